@@ -1,0 +1,37 @@
+"""The ``trl-ext`` command. Each subcommand lives in the module of its capability and is imported on use."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: subcommand -> ("module:function", one-line help). Each function takes ``argv`` and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("trl_ext.train:launch_main", "validate a recipe and run it with accelerate launch"),
+    "merge": ("trl_ext.modeling:merge_cli", "merge a (Q)LoRA adapter into its base and save a plain model"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: trl-ext <command> [args]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `trl-ext <command> --help` for a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"trl-ext: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

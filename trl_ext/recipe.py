@@ -1,0 +1,508 @@
+"""Recipe YAML -> typed TRL configs, validated before any weight is loaded.
+
+A recipe is a flat YAML mapping in TRL's own config convention: its keys are the fields of TRL's script/dataset
+arguments (:class:`trl.ScriptArguments`, :class:`trl.DatasetMixtureConfig`), :class:`trl.ModelConfig` and the
+method's config class (``DPOConfig``, ``GRPOConfig``, ``KTOConfig``, ``PPOConfig``), plus ``method:`` and the fields
+of :class:`RecipeArguments`. Anything TRL accepts works unchanged; CLI flags (``--key value``) override the YAML.
+
+Validation happens in :func:`load_recipe`, before anything heavy:
+
+- an unknown key fails with the key, the method and the closest valid key (or the method the key belongs to);
+- a wrong type or value fails with the key and what is allowed (``1e-5`` written without a dot, which YAML reads
+  as a string, is accepted for float keys);
+- :func:`load_datasets` then checks the columns the method needs and names the missing one and the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import importlib
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+#: method -> (module, config class, trainer class)
+METHODS: dict[str, tuple[str, str, str]] = {
+    "dpo": ("trl_ext.trainers.dpo", "DPOConfig", "DPOTrainer"),
+    "grpo": ("trl_ext.trainers.grpo", "GRPOConfig", "GRPOTrainer"),
+    "kto": ("trl_ext.trainers.kto", "KTOConfig", "KTOTrainer"),
+    "ppo": ("trl_ext.trainers.ppo", "PPOConfig", "PPOTrainer"),
+}
+
+#: Dataset columns each method needs (TRL's formats: preference, unpaired preference, prompt-only).
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "dpo": ("chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
+    "grpo": ("prompt",),
+    "ppo": ("prompt",),
+}
+
+#: Keys TRL's parser handles itself rather than through a dataclass field.
+PARSER_KEYS = {"env"}
+
+
+class RecipeError(ValueError):
+    """A recipe problem found before any weight is loaded. The message says what is wrong and how to fix it."""
+
+
+@dataclass
+class RecipeArguments:
+    """Script-level recipe keys: TRL's ``ScriptArguments`` fields plus trl-ext's own.
+
+    Args:
+        method (`str`):
+            Training method: ``dpo``, ``grpo``, ``kto`` or ``ppo``.
+        dataset_name (`str`, *optional*):
+            Dataset to load: ``builtin:<name>`` for a bundled one, a local file or directory (JSON/JSONL/CSV/Parquet),
+            or a Hub dataset id. Ignored if ``datasets`` (TRL's mixture) is given.
+        dataset_config (`str`, *optional*):
+            Dataset configuration name (``name`` of ``datasets.load_dataset``).
+        dataset_train_split (`str`, *optional*, defaults to `"train"`):
+            Split to train on.
+        dataset_test_split (`str`, *optional*, defaults to `"test"`):
+            Split to evaluate on when ``eval_strategy`` is not ``no``.
+        dataset_streaming (`bool`, *optional*, defaults to `False`):
+            Stream the dataset.
+        ignore_bias_buffers (`bool`, *optional*, defaults to `False`):
+            TRL's DDP workaround for boolean buffers.
+        accelerate_config (`str`, *optional*):
+            accelerate config file ``trl-ext train`` launches with when none is given on the command line; a relative
+            path is looked up from the current directory, then from the recipe's directory.
+        reward_funcs (`list[str]`, *optional*):
+            GRPO/PPO reward functions: TRL's names (``accuracy_reward``, ``think_format_reward``, ...) or dotted import
+            paths. A class is instantiated with the matching entry of ``reward_kwargs``.
+        reward_kwargs (`dict`, *optional*):
+            Constructor arguments for reward classes, keyed by the entry of ``reward_funcs`` (full path or class name).
+        reward_model_name_or_path (`str`, *optional*):
+            A sequence-classification reward model (path or Hub id), used with the reward functions.
+    """
+
+    method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto or ppo."})
+    dataset_name: str | None = field(default=None, metadata={"help": "builtin:<name>, a local path or a Hub id."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on."})
+    dataset_streaming: bool = field(default=False, metadata={"help": "Stream the dataset."})
+    ignore_bias_buffers: bool = field(default=False, metadata={"help": "TRL's DDP workaround for bool buffers."})
+    accelerate_config: str | None = field(default=None, metadata={"help": "accelerate config for `trl-ext train`."})
+    reward_funcs: list[str] | None = field(default=None, metadata={"help": "Reward functions (names/import paths)."})
+    reward_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Constructor kwargs for reward classes, keyed by reward_funcs entry."}
+    )
+    reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model path or Hub id."})
+
+
+@dataclass
+class Recipe:
+    """A parsed, validated recipe."""
+
+    method: str
+    path: str | None
+    script: RecipeArguments
+    training: Any  # the method's config (a TrainingArguments subclass)
+    model: Any  # trl.ModelConfig
+    datasets: Any  # trl.DatasetMixtureConfig
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def trainer_class(self):
+        module, _, trainer = METHODS[self.method]
+        return getattr(importlib.import_module(module), trainer)
+
+
+def method_config_class(method: str):
+    module, config, _ = METHODS[method]
+    return getattr(importlib.import_module(module), config)
+
+
+def dataclass_types(method: str) -> tuple[type, ...]:
+    from trl import DatasetMixtureConfig, ModelConfig
+
+    return (RecipeArguments, method_config_class(method), ModelConfig, DatasetMixtureConfig)
+
+
+def recipe_fields(method: str) -> dict[str, dataclasses.Field]:
+    """Every key a recipe for ``method`` may hold, mapped to its dataclass field."""
+    fields: dict[str, dataclasses.Field] = {}
+    for cls in dataclass_types(method):
+        for f in dataclasses.fields(cls):
+            if f.init:
+                fields.setdefault(f.name, f)
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# value checking
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp):
+    """Return ``value`` converted to ``tp`` where the conversion is lossless, else raise :class:`_Mismatch`."""
+    if tp is Any or tp is typing.Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _Mismatch
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        values = [m.value for m in tp]
+        if value in values:
+            return value
+        if isinstance(value, tp):
+            return value.value
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads `1e-5` (no dot) as a string
+                return float(value)
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        args = typing.get_args(tp)
+        return [_coerce(v, args[0]) for v in value] if args else list(value)
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return value
+        raise _Mismatch
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _Mismatch
+    return value  # an annotation we do not model: let TRL's own checks decide
+
+
+def _check_value(key: str, value, f: dataclasses.Field, method: str):
+    tp = f.type
+    if isinstance(tp, str):  # postponed annotations
+        tp = typing.get_type_hints(_owner_of(f, method)).get(f.name, Any)
+    try:
+        coerced = _coerce(value, tp)
+    except _Mismatch:
+        raise RecipeError(
+            f"Recipe key {key!r} has value {value!r}, but {method} expects {_describe(tp)}."
+        ) from None
+    choices = f.metadata.get("choices")
+    if choices:
+        items = coerced if isinstance(coerced, list) else [coerced]
+        bad = [v for v in items if v is not None and v not in choices]
+        if bad:
+            raise RecipeError(
+                f"Recipe key {key!r} has value {bad[0]!r}; allowed values: {', '.join(map(str, choices))}."
+            )
+    return coerced
+
+
+def _owner_of(f: dataclasses.Field, method: str):
+    for cls in dataclass_types(method):
+        if f.name in {x.name for x in dataclasses.fields(cls)}:
+            return cls
+    return object
+
+
+def _unknown_key_error(key: str, method: str, valid: list[str], source: str) -> RecipeError:
+    other = [m for m in METHODS if m != method and key in _safe_fields(m)]
+    hint = ""
+    if other:
+        hint = f" It is a key of method {other[0]!r}, not of {method!r}."
+    else:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        if close:
+            hint = f" Did you mean {close[0]!r}?"
+    return RecipeError(f"Unknown key {key!r} in {source} for method {method!r}.{hint}")
+
+
+def _safe_fields(method: str) -> dict:
+    try:
+        return recipe_fields(method)
+    except ImportError:  # a method whose trainer module is not importable here
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _split_cli(overrides: list[str]) -> list[tuple[str, str | None]]:
+    """``["--lr", "1", "--flag", "--x=2"]`` -> ``[("lr", "1"), ("flag", None), ("x", "2")]``."""
+    out, i = [], 0
+    while i < len(overrides):
+        tok = overrides[i]
+        if not tok.startswith("--"):
+            raise RecipeError(f"Unexpected command-line argument {tok!r}; overrides look like --key value.")
+        key = tok[2:]
+        if "=" in key:
+            key, val = key.split("=", 1)
+            out.append((key, val))
+            i += 1
+        elif i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
+            out.append((key, overrides[i + 1]))
+            i += 2
+        else:
+            out.append((key, None))
+            i += 1
+    return out
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
+    """Parse and validate a recipe file plus ``--key value`` overrides (which win over the file).
+
+    Raises :class:`RecipeError` naming the key and the fix. Loads no weights and no data.
+    """
+    from trl import TrlParser
+
+    overrides = list(overrides or [])
+    raw: dict = {}
+    source = "the command line"
+    if path is not None:
+        source = f"recipe {path}"
+        try:
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise RecipeError(f"Recipe file {path} does not exist.") from None
+        except yaml.YAMLError as err:
+            raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"Recipe {path} must be a YAML mapping of key: value, got {type(raw).__name__}.")
+
+    cli = _split_cli(overrides)
+    method = next((v for k, v in cli if k == "method"), None) or raw.get("method")
+    if method is None:
+        raise RecipeError(f"{source} has no 'method' key; add `method: dpo` (or grpo, kto, ppo).")
+    if method not in METHODS:
+        close = difflib.get_close_matches(str(method), list(METHODS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"Unknown method {method!r} in {source}; choose one of {', '.join(METHODS)}.{hint}")
+
+    fields = recipe_fields(method)
+    valid = sorted(fields) + sorted(PARSER_KEYS)
+    config: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in PARSER_KEYS:
+            continue
+        if key not in fields:
+            raise _unknown_key_error(key, method, valid, source)
+        config[key] = _check_value(key, value, fields[key], method)
+    for key, _ in cli:
+        if key not in fields and key != "config":
+            raise _unknown_key_error(key, method, valid, "the command-line overrides")
+
+    env = raw.get("env") or {}
+    if not isinstance(env, dict):
+        raise RecipeError(f"'env' in {source} must be a mapping of VARIABLE: value.")
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+
+    _apply_hardware_defaults(config, cli)
+
+    parser = TrlParser(dataclass_types(method))
+    parser.set_defaults_with_config(**config)
+    try:
+        script, training, model, mixture = parser.parse_args_into_dataclasses(args=overrides)
+    except SystemExit as err:  # argparse already printed "argument --key: invalid ... value"
+        raise RecipeError(f"Invalid command-line override for method {method!r} (see the message above).") from err
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"Invalid {source} for method {method!r}: {err}") from None
+
+    recipe = Recipe(method=method, path=str(path) if path else None, script=script, training=training,
+                    model=model, datasets=mixture, raw=raw)
+    _validate_semantics(recipe, source)
+    return recipe
+
+
+def _apply_hardware_defaults(config: dict, cli: list[tuple[str, str | None]]) -> None:
+    """Without a GPU, mixed precision cannot run: turn bf16/fp16 off (with a warning) so GPU presets validate and
+    quickstart recipes run on CPU unchanged."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    cli_keys = {k for k, _ in cli}
+    for key in ("bf16", "fp16"):
+        if key in cli_keys:
+            continue
+        if config.get(key):
+            logger.warning("No CUDA device: %s mixed precision is turned off; training runs in fp32.", key)
+        config[key] = False
+
+
+def _validate_semantics(recipe: Recipe, source: str) -> None:
+    m = recipe.model
+    if not m.model_name_or_path:
+        raise RecipeError(f"{source} has no 'model_name_or_path'; name a Hub model, a local path or builtin:tiny-chat.")
+    if m.load_in_4bit and m.load_in_8bit:
+        raise RecipeError(f"{source} sets both load_in_4bit and load_in_8bit; keep one.")
+    if (m.load_in_4bit or m.load_in_8bit) and not m.use_peft:
+        raise RecipeError(
+            f"{source} loads the model in {'4' if m.load_in_4bit else '8'}-bit without use_peft: quantized weights "
+            "cannot be trained directly. Add `use_peft: true` (QLoRA) or drop the quantization."
+        )
+    if not recipe.script.dataset_name and not recipe.datasets.datasets:
+        raise RecipeError(f"{source} names no dataset; add `dataset_name:` (e.g. builtin:preferences) or `datasets:`.")
+    if recipe.method in ("grpo", "ppo") and not (recipe.script.reward_funcs or recipe.script.reward_model_name_or_path):
+        raise RecipeError(
+            f"{source} uses method {recipe.method!r} but names no reward: add `reward_funcs:` (import paths) "
+            "and/or `reward_model_name_or_path:`."
+        )
+    if recipe.script.reward_funcs:
+        from trl_ext.rewards import resolve_reward_func
+
+        for name in recipe.script.reward_funcs:
+            try:
+                resolve_reward_func(name)
+            except (ImportError, AttributeError, ValueError) as err:
+                raise RecipeError(f"reward_funcs entry {name!r} in {source} cannot be loaded: {err}") from None
+
+
+def resolve_accelerate_config(recipe_path: str | None, config: str | None) -> str | None:
+    """A relative accelerate config path is tried from the current directory, then from the recipe's directory."""
+    if config is None:
+        return None
+    candidates = [Path(config)]
+    if recipe_path is not None and not Path(config).is_absolute():
+        candidates.append(Path(recipe_path).resolve().parent / config)
+    for cand in candidates:
+        if cand.is_file():
+            return str(cand)
+    raise RecipeError(f"accelerate config {config!r} not found (looked in {', '.join(map(str, candidates))}).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------------------------------------------
+
+_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_dataset_by_name(name: str, config: str | None = None, streaming: bool = False):
+    """Load ``builtin:<name>``, a local data file or directory, or a Hub dataset, as a ``DatasetDict``."""
+    from datasets import load_dataset
+
+    from trl_ext.modeling import resolve_builtin
+
+    path = Path(resolve_builtin(name))
+    if path.is_dir():
+        files = {p.stem: str(p) for p in sorted(path.iterdir()) if p.suffix in _DATA_BUILDERS}
+        if files:
+            builder = _DATA_BUILDERS[Path(next(iter(files.values()))).suffix]
+            return load_dataset(builder, data_files=files, streaming=streaming)
+        return load_dataset(str(path), name=config, streaming=streaming)
+    if path.is_file():
+        if path.suffix not in _DATA_BUILDERS:
+            raise RecipeError(f"Dataset file {name} must be one of {', '.join(_DATA_BUILDERS)}.")
+        return load_dataset(_DATA_BUILDERS[path.suffix], data_files={"train": str(path)}, streaming=streaming)
+    return load_dataset(name, name=config, streaming=streaming)
+
+
+def load_datasets(recipe: Recipe):
+    """``(train_dataset, eval_dataset_or_None)`` with the method's required columns checked."""
+    from trl import get_dataset
+
+    if recipe.datasets.datasets:
+        from trl_ext.modeling import resolve_builtin
+
+        for ds in recipe.datasets.datasets:
+            resolved = Path(resolve_builtin(ds.path))
+            if resolved.is_dir() and ds.data_files is None:
+                ds.data_files = {p.stem: str(p) for p in resolved.iterdir() if p.suffix in _DATA_BUILDERS}
+                ds.path = _DATA_BUILDERS[Path(next(iter(ds.data_files.values()))).suffix]
+        dataset = get_dataset(recipe.datasets)
+        label = ", ".join(d.path for d in recipe.datasets.datasets)
+    else:
+        dataset = load_dataset_by_name(
+            recipe.script.dataset_name, recipe.script.dataset_config, recipe.script.dataset_streaming
+        )
+        label = recipe.script.dataset_name
+    train_split = recipe.script.dataset_train_split
+    if train_split not in dataset:
+        raise RecipeError(
+            f"Dataset {label} has no split {train_split!r} (splits: {', '.join(dataset)}); "
+            "set dataset_train_split."
+        )
+    train = dataset[train_split]
+    check_columns(train, recipe.method, f"{label} (split {train_split!r})")
+    eval_ds = None
+    if str(getattr(recipe.training, "eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
+        test_split = recipe.script.dataset_test_split
+        if test_split not in dataset:
+            raise RecipeError(
+                f"eval_strategy is {recipe.training.eval_strategy!r} but dataset {label} has no split "
+                f"{test_split!r} (splits: {', '.join(dataset)}); set dataset_test_split or eval_strategy: no."
+            )
+        eval_ds = dataset[test_split]
+        check_columns(eval_ds, recipe.method, f"{label} (split {test_split!r})")
+    return train, eval_ds
+
+
+def check_columns(dataset, method: str, label: str) -> None:
+    columns = list(dataset.column_names or [])
+    for col in REQUIRED_COLUMNS[method]:
+        if col not in columns:
+            raise RecipeError(
+                f"Dataset {label} has no column {col!r}, which method {method!r} needs "
+                f"(it needs {', '.join(REQUIRED_COLUMNS[method])}; found {', '.join(columns) or 'none'})."
+            )

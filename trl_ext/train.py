@@ -1,0 +1,175 @@
+"""Training entry point: ``accelerate launch [--config_file X] -m trl_ext.train --config R.yaml [--key value ...]``.
+
+``trl-ext train R.yaml [...]`` validates the recipe, then runs exactly this module through ``accelerate launch``
+(see :func:`launch_main`). Every process parses the same recipe; nothing heavy happens before validation passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from trl_ext.recipe import Recipe, RecipeError, load_datasets, load_recipe, resolve_accelerate_config
+
+logger = logging.getLogger(__name__)
+
+
+def _trainer_kwargs(recipe: Recipe) -> dict:
+    """Arguments that differ between methods (reward functions for the online methods)."""
+    if recipe.method not in ("grpo", "ppo"):
+        return {}
+    from trl_ext.rewards import load_reward_funcs
+
+    reward_kwargs = recipe.script.reward_kwargs
+    if isinstance(reward_kwargs, str):
+        import json
+
+        reward_kwargs = json.loads(reward_kwargs)
+    funcs = load_reward_funcs(recipe.script.reward_funcs, reward_kwargs)
+    if recipe.script.reward_model_name_or_path:
+        funcs.append(recipe.script.reward_model_name_or_path)
+    return {"reward_funcs": funcs}
+
+
+def check_output_dir(recipe: Recipe) -> None:
+    """Refuse to write a fresh run over checkpoints a previous run left, unless resuming from them."""
+    out = Path(recipe.training.output_dir)
+    if recipe.training.resume_from_checkpoint or not out.is_dir():
+        return
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+    if checkpoints:
+        raise RecipeError(
+            f"output_dir {out} already holds checkpoints ({', '.join(checkpoints[-3:])}); a new run would overwrite "
+            "them. Resume with --resume_from_checkpoint true, or choose another --output_dir."
+        )
+
+
+def build_trainer(recipe: Recipe, callbacks: list | None = None):
+    """Load data, model and tokenizer as the recipe says and return the method's trainer, ready to ``train()``."""
+    from trl_ext.modeling import load_model_and_tokenizer
+
+    check_output_dir(recipe)
+    train_dataset, eval_dataset = load_datasets(recipe)
+    method_kwargs = _trainer_kwargs(recipe)  # imports reward code (and builds indexes) before weights load
+    model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training)
+    trainer = recipe.trainer_class(
+        model=model,
+        args=recipe.training,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        **method_kwargs,
+    )
+    if recipe.script.ignore_bias_buffers:
+        import torch
+
+        trainer.model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
+        ]
+    return trainer
+
+
+def run(recipe: Recipe):
+    """Train and save: the adapter (or model), tokenizer and ``trainer_state.json`` land in ``output_dir``."""
+    trainer = build_trainer(recipe)
+    resume = recipe.training.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "false"):
+        resume = resume.lower() == "true"
+    trainer.train(resume_from_checkpoint=resume or None)
+    output_dir = recipe.training.output_dir
+    trainer.save_model(output_dir)
+    trainer.save_state()
+    trainer.accelerator.print(f"Saved to {output_dir}")
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            print("trl-ext: error: --config needs a recipe path", file=sys.stderr)
+            return 2
+        config = argv[i + 1]
+        del argv[i : i + 2]
+    try:
+        recipe = load_recipe(config, argv)
+        run(recipe)
+    except RecipeError as err:
+        print(f"trl-ext: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `trl-ext train`: the same module through `accelerate launch`
+# ---------------------------------------------------------------------------------------------------------------
+
+_DEFAULT_ACCELERATE_CONFIG = Path(
+    os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"), "accelerate", "default_config.yaml"
+)
+
+
+def accelerate_launch_args(recipe_path: str, overrides: list[str], accelerate_config: str | None,
+                           num_processes: int | None) -> list[str]:
+    """The ``accelerate launch`` argument list that runs this module on ``recipe_path``."""
+    args: list[str] = []
+    if accelerate_config:
+        args += ["--config_file", accelerate_config]
+    if num_processes is not None:
+        args += ["--num_processes", str(num_processes)]
+        if num_processes > 1 and not accelerate_config:
+            args += ["--multi_gpu"]
+    if not accelerate_config and not _DEFAULT_ACCELERATE_CONFIG.is_file():
+        # No config anywhere: say the single-machine defaults out loud instead of letting accelerate warn.
+        if num_processes is None:
+            args += ["--num_processes", "1"]
+        args += ["--num_machines", "1", "--dynamo_backend", "no"]
+    return args + ["-m", "trl_ext.train", "--config", recipe_path, *overrides]
+
+
+def launch_main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="trl-ext train",
+        description="Validate a recipe, then run it with `accelerate launch -m trl_ext.train`. "
+        "Extra --key value pairs override recipe keys.",
+    )
+    parser.add_argument("recipe", help="recipe YAML")
+    parser.add_argument("--accelerate_config", "--accelerate-config", dest="accelerate_config", default=None,
+                        help="accelerate config file (default: the recipe's accelerate_config key)")
+    parser.add_argument("--num_processes", "--num-processes", dest="num_processes", type=int, default=None,
+                        help="number of processes (GPUs); >1 without a config launches multi-GPU DDP")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, overrides)  # fail here, once, before any process starts
+        check_output_dir(recipe)
+        accelerate_config = resolve_accelerate_config(
+            args.recipe, args.accelerate_config or recipe.script.accelerate_config
+        )
+    except RecipeError as err:
+        print(f"trl-ext: error: {err}", file=sys.stderr)
+        return 2
+
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    launch_args = accelerate_launch_args(args.recipe, overrides, accelerate_config, args.num_processes)
+    try:
+        launch_command(launch_command_parser().parse_args(launch_args))
+    except Exception as err:  # accelerate raises CalledProcessError when the training process fails
+        returncode = getattr(err, "returncode", 1)
+        print(f"trl-ext: training failed (exit code {returncode})", file=sys.stderr)
+        return returncode or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
