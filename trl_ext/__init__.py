@@ -21,6 +21,14 @@ _EXPORTS = {
     "get_quantization_config": "trl_ext.modeling",
     "merge_adapter": "trl_ext.modeling",
     "load_reward_funcs": "trl_ext.rewards",
+    "KeywordReward": "trl_ext.rewards.keyword",
+    # issue-owned modules; each name below is defined by its module
+    "PPOConfig": "trl_ext.trainers.ppo",
+    "PPOTrainer": "trl_ext.trainers.ppo",
+    "QueryRewriteReward": "trl_ext.rewards.query_rewrite",
+    "EWCArguments": "trl_ext.ewc",
+    "ForgettingMonitorCallback": "trl_ext.callbacks",
+    "estimate_memory": "trl_ext.memory",
 }
 
 __all__ = sorted(_EXPORTS)

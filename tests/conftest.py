@@ -1,0 +1,44 @@
+"""Shared test helpers. Everything runs offline on the bundled tiny model and data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+TINY_MODEL = "builtin:tiny-chat"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_command(args: list[str], timeout: float = 900, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command (e.g. ``[sys.executable, "-m", "trl_ext.cli", ...]``) and return it, output captured."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=env)
+
+
+def trl_ext_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return run_command([sys.executable, "-m", "trl_ext.cli", *args], timeout=timeout)
+
+
+def accelerate_launch(*args: str, num_processes: int = 1, timeout: float = 900) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with N CPU processes (gloo DDP when N > 1) running ``-m trl_ext.train ARGS``."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if num_processes > 1:
+        launch += ["--multi_gpu"]
+    return run_command([*launch, "-m", "trl_ext.train", *args], timeout=timeout)
+
+
+@pytest.fixture
+def tiny_model_path() -> str:
+    from trl_ext.modeling import resolve_builtin
+
+    return resolve_builtin(TINY_MODEL)

@@ -1,0 +1,32 @@
+"""A rule-based reward: does the completion mention given keywords? Useful for smoke tests and quickstarts."""
+
+from __future__ import annotations
+
+
+def completion_text(completion) -> str:
+    """Text of a plain (``str``) or conversational (``[{"role": ..., "content": ...}]``) completion."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    raise TypeError(f"completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+class KeywordReward:
+    """Reward 1.0 for a completion that contains any of ``keywords`` (case-insensitive), else 0.0.
+
+    Example:
+        >>> reward = KeywordReward(keywords=["river"])
+        >>> reward(prompts=["Where?"], completions=["By the Ashen river.", "No idea."])
+        [1.0, 0.0]
+    """
+
+    def __init__(self, keywords: list[str] | str = "river"):
+        self.keywords = [keywords] if isinstance(keywords, str) else list(keywords)
+        if not self.keywords:
+            raise ValueError("KeywordReward needs at least one keyword.")
+        self._lowered = [k.lower() for k in self.keywords]
+        self.__name__ = "keyword_reward"
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        return [1.0 if any(k in completion_text(c).lower() for k in self._lowered) else 0.0 for c in completions]
