@@ -375,13 +375,16 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def _apply_hardware_defaults(config: dict, cli: list[tuple[str, str | None]]) -> None:
-    """Without a GPU, mixed precision cannot run: turn bf16/fp16 off (with a warning) so GPU presets validate and
-    quickstart recipes run on CPU unchanged."""
+    """Without a GPU: train on CPU explicitly (``use_cpu``, which is also what lets ``accelerate launch
+    --multi_gpu`` form a gloo process group there) and turn bf16/fp16 off with a warning, so GPU presets validate
+    and quickstart recipes run on CPU unchanged."""
     import torch
 
     if torch.cuda.is_available():
         return
     cli_keys = {k for k, _ in cli}
+    if "use_cpu" not in cli_keys:
+        config["use_cpu"] = True
     for key in ("bf16", "fp16"):
         if key in cli_keys:
             continue
