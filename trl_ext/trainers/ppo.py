@@ -1,0 +1,484 @@
+"""PPO with a critic (RLHF PPO: KL-in-reward, GAE, clipped policy and value losses) on TRL's ``GRPOTrainer``.
+
+GRPO's machinery does generation (including vLLM), reward functions and reward models, the PEFT reference (adapters
+off) and logging. PPO adds only the critic, the per-token KL-penalized reward, GAE and the value loss: the per-token
+advantages, shape ``(B, T)``, go through GRPO's PPO-clip loss unchanged. With LoRA, every role lives on one base:
+actor = the ``default`` adapter, critic = a second adapter plus a scalar value head, reference = adapters disabled.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import trl
+from torch import nn
+
+from trl_ext.modeling import align_adapter_dtype
+from trl_ext.trainers import TrlExtTrainerMixin
+from trl_ext.trainers.ppo_core import (
+    AdaptiveKLController,
+    FixedKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae_advantages_and_returns,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+)
+
+CRITIC_MODES = ("adapter", "shared", "model")
+CRITIC_DIR = "critic"
+VALUE_HEAD_FILE = "value_head.safetensors"
+STATE_FILE = "ppo_state.json"
+
+
+@dataclass
+class PPOConfig(trl.GRPOConfig):
+    """TRL's :class:`trl.GRPOConfig` plus the fields of RLHF PPO. Every GRPO field works unchanged; PPO changes the
+    defaults of ``num_generations`` (1: the critic is the baseline) and ``loss_type`` (``bnpo``: token mean over the
+    mini-batch, as classic PPO). ``epsilon`` is PPO's policy clip range.
+
+    Args:
+        kl_coef (`float`, *optional*, defaults to `0.05`):
+            Coefficient of the KL penalty ``-kl_coef * (log π - log π_ref)`` added to the reward at every completion
+            token (the initial value when ``adaptive_kl`` is on).
+        adaptive_kl (`bool`, *optional*, defaults to `False`):
+            Adapt ``kl_coef`` after each rollout so the measured KL approaches ``target_kl`` (Ziegler et al., 2019).
+        target_kl (`float`, *optional*, defaults to `6.0`):
+            Target per-sequence KL of the adaptive controller.
+        kl_horizon (`int`, *optional*, defaults to `10000`):
+            Horizon (in samples) of the adaptive controller.
+        missing_eos_penalty (`float`, *optional*):
+            Subtracted from the score of every completion that does not end with an EOS token.
+        gamma (`float`, *optional*, defaults to `1.0`):
+            Discount factor of GAE.
+        lam (`float`, *optional*, defaults to `0.95`):
+            λ of GAE.
+        whiten_rewards (`bool`, *optional*, defaults to `False`):
+            Whiten the per-token rewards (without shifting their mean) before GAE.
+        whiten_advantages (`bool`, *optional*, defaults to `True`):
+            Whiten the advantages over the rollout's completion tokens.
+        vf_coef (`float`, *optional*, defaults to `0.1`):
+            Weight of the value loss in the total loss.
+        cliprange_value (`float`, *optional*, defaults to `0.2`):
+            Clip range of the value prediction around the rollout's values.
+        critic (`str`, *optional*, defaults to `"adapter"`):
+            Where the critic lives: ``adapter`` (its own LoRA adapter on the actor's base plus a value head; needs
+            LoRA), ``shared`` (a value head on the actor's own adapter/weights) or ``model`` (a separate model from
+            ``critic_model_name_or_path``, with LoRA when the actor has it).
+        critic_model_name_or_path (`str`, *optional*):
+            Model of the critic when ``critic`` is ``model`` (``builtin:<name>``, a path or a Hub id).
+        num_ppo_epochs (`int`, *optional*):
+            PPO epochs per rollout; sets GRPO's ``num_iterations``.
+        num_mini_batches (`int`, *optional*):
+            Mini-batches (optimizer steps with ``gradient_accumulation_steps: 1``) per rollout epoch; sets GRPO's
+            ``steps_per_generation``.
+    """
+
+    num_generations: int | None = field(default=1, metadata={"help": "Completions per prompt (PPO: 1)."})
+    loss_type: str = field(default="bnpo", metadata={"help": "GRPO loss aggregation; PPO uses bnpo."})
+    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient in the per-token reward."})
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards target_kl."})
+    target_kl: float = field(default=6.0, metadata={"help": "Target KL of the adaptive controller."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
+    missing_eos_penalty: float | None = field(default=None, metadata={"help": "Score penalty without EOS."})
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards before GAE."})
+    whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Value loss weight."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip range."})
+    critic: str = field(
+        default="adapter", metadata={"help": "Critic placement: adapter, shared or model.", "choices": CRITIC_MODES}
+    )
+    critic_model_name_or_path: str | None = field(default=None, metadata={"help": "Critic model (critic: model)."})
+    num_ppo_epochs: int | None = field(default=None, metadata={"help": "PPO epochs per rollout (num_iterations)."})
+    num_mini_batches: int | None = field(
+        default=None, metadata={"help": "Mini-batches per rollout (steps_per_generation)."}
+    )
+
+    def __post_init__(self):
+        if self.critic not in CRITIC_MODES:
+            raise ValueError(f"critic must be one of {', '.join(CRITIC_MODES)}; got {self.critic!r}.")
+        if self.critic == "model" and not self.critic_model_name_or_path:
+            raise ValueError("critic: model needs critic_model_name_or_path (the critic's model path or Hub id).")
+        if self.beta != 0.0:
+            raise ValueError(
+                f"beta={self.beta}: PPO puts the KL penalty into the per-token reward; set kl_coef instead of beta."
+            )
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}.")
+        if self.num_ppo_epochs is not None:
+            self.num_iterations = self.num_ppo_epochs
+        if self.num_mini_batches is not None:
+            if self.generation_batch_size is not None:
+                raise ValueError("Set num_mini_batches or generation_batch_size, not both.")
+            self.steps_per_generation = self.num_mini_batches
+        # One completion per prompt is PPO's normal case, which GRPO's own check (>= 2 per group) forbids: validate
+        # against a group as large as the generation batch, then put the real value back.
+        wanted = self.num_generations
+        if self.num_generations_eval is None:
+            self.num_generations_eval = wanted
+        if wanted == 1:
+            import os
+
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            spg = self.steps_per_generation or self.gradient_accumulation_steps
+            batch = self.generation_batch_size or self.per_device_train_batch_size * world * spg
+            if batch < 2:
+                raise ValueError("PPO needs at least 2 completions per rollout to whiten advantages; raise the batch.")
+            self.num_generations = batch
+        super().__post_init__()
+        self.num_generations = wanted
+        if self.ddp_find_unused_parameters is None:
+            # The critic runs outside the DDP forward; DDP must wait for every parameter's gradient.
+            self.ddp_find_unused_parameters = False
+
+
+class ValueHead(nn.Module):
+    """A scalar value per position: ``Linear(hidden_size, 1)`` over the last hidden state."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+def _backbone(model):
+    """The decoder (no LM head) of a causal LM or PeftModel: hidden states without vocabulary-sized logits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(base, "base_model_prefix", "model")
+    return getattr(base, prefix, base)
+
+
+@contextmanager
+def _no_gradient_checkpointing(module):
+    """Checkpointed layers recompute in backward with whatever adapter is active then; the critic's must not."""
+    flagged = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in flagged:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in flagged:
+            m.gradient_checkpointing = True
+
+
+class PPOTrainer(TrlExtTrainerMixin, trl.GRPOTrainer):
+    """RLHF PPO with a critic on TRL's :class:`trl.GRPOTrainer` (same constructor).
+
+    Logs TRL's classic PPO metrics: ``objective/{kl,entropy,non_score_reward,rlhf_reward,scores}``,
+    ``policy/{approxkl,clipfrac}``, ``loss/{policy,value}``, ``val/{clipfrac,mean,var}``. The critic is saved to
+    ``<checkpoint>/critic/`` (adapter or model, ``value_head.safetensors``, ``ppo_state.json``) and restored on resume.
+    """
+
+    _tag_names = ["trl", "trl-ext", "ppo"]
+
+    def __init__(self, model, reward_funcs=None, args: PPOConfig | None = None, *posargs, peft_config=None, **kwargs):
+        if args is None or not isinstance(args, PPOConfig):
+            raise TypeError("PPOTrainer needs args=PPOConfig(...) (a GRPOConfig lacks the critic and GAE fields).")
+        if args.critic == "adapter" and peft_config is None and not hasattr(model, "peft_config"):
+            raise ValueError(
+                "critic: adapter puts the critic in a second LoRA adapter, so the actor must use LoRA: pass a "
+                "peft_config (recipe: use_peft: true), or set critic: shared or critic: model."
+            )
+        super().__init__(model, reward_funcs, args, *posargs, peft_config=peft_config, **kwargs)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self._is_peft = hasattr(unwrapped, "peft_config")
+        self._actor_adapter = unwrapped.active_adapter if self._is_peft else None
+        self._critic_adapter = None
+        if args.critic == "adapter":
+            self._critic_adapter = "critic"
+            config = copy.deepcopy(unwrapped.peft_config[self._actor_adapter])
+            config.inference_mode = False
+            unwrapped.add_adapter(self._critic_adapter, config)
+            for name, param in unwrapped.named_parameters():
+                if f".{self._critic_adapter}." in name:
+                    param.requires_grad_(True)
+            align_adapter_dtype(unwrapped)
+        elif args.critic == "model":
+            unwrapped.add_module("ppo_critic_backbone", self._load_critic_model(args, peft_config))
+        hidden = unwrapped.config.get_text_config().hidden_size
+        unwrapped.add_module("ppo_value_head", ValueHead(hidden).to(self.accelerator.device))
+        self._trainable = [p for p in unwrapped.parameters() if p.requires_grad]
+        if not self._is_peft and self.ref_model is None:  # full fine-tuning: a frozen copy is the reference
+            self.ref_model = copy.deepcopy(unwrapped).eval().requires_grad_(False)
+            for name in ("ppo_value_head", "ppo_critic_backbone"):
+                self.ref_model._modules.pop(name, None)
+        if args.adaptive_kl:
+            self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
+        else:
+            self.kl_ctl = FixedKLController(args.kl_coef)
+        self._last_logps = None
+        self._rewards_per_func = None
+
+    # ---------------------------------------------------------------------------------------------- critic plumbing
+    def _load_critic_model(self, args, peft_config):
+        from transformers import AutoModel
+
+        from trl_ext.modeling import resolve_builtin
+
+        actor = self.accelerator.unwrap_model(self.model)
+        kwargs = {"dtype": actor.dtype}
+        quantization = getattr(actor.config, "quantization_config", None)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+        critic = AutoModel.from_pretrained(resolve_builtin(args.critic_model_name_or_path), **kwargs)
+        if peft_config is not None:
+            from peft import get_peft_model, prepare_model_for_kbit_training
+
+            if quantization is not None:
+                critic = prepare_model_for_kbit_training(critic, use_gradient_checkpointing=False)
+            critic = get_peft_model(critic, dataclasses.replace(peft_config, task_type="FEATURE_EXTRACTION"))
+            align_adapter_dtype(critic)
+        return critic.to(self.accelerator.device)
+
+    def _restore_trainable(self):
+        """PEFT's adapter switching toggles ``requires_grad``; put back the flags the optimizer was built from."""
+        for param in self._trainable:
+            param.requires_grad_(True)
+
+    @contextmanager
+    def _critic_backbone(self):
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.args.critic == "model":
+            yield _backbone(unwrapped.ppo_critic_backbone)
+            return
+        if self._critic_adapter is None:
+            yield _backbone(unwrapped)
+            return
+        backbone = _backbone(unwrapped)
+        unwrapped.set_adapter(self._critic_adapter)
+        try:
+            with _no_gradient_checkpointing(backbone):
+                yield backbone
+        finally:
+            unwrapped.set_adapter(self._actor_adapter)
+            self._restore_trainable()
+
+    def _critic_values(self, input_ids, attention_mask, logits_to_keep):
+        """Value of the state before each completion token: ``(B, logits_to_keep)``."""
+        head = self.accelerator.unwrap_model(self.model).ppo_value_head
+        with self._critic_backbone() as backbone, self.accelerator.autocast():
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return head(hidden[:, -logits_to_keep - 1 : -1]).float()
+
+    # --------------------------------------------------------------------------------------------- rollout scoring
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        self._last_logps = logps.detach()
+        return logps, entropies, aux
+
+    @torch.no_grad()
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        prompt_ids, completion_ids = output["prompt_ids"], output["completion_ids"]
+        mask = output["completion_mask"] * output.get("tool_mask", 1)
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        n_tokens = completion_ids.size(1)
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        logps = output.get("old_per_token_logps")
+        if logps is None:
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, input_ids, attention_mask, n_tokens, batch_size=batch_size
+            )
+        ref_logps = self._reference_logps(input_ids, attention_mask, n_tokens, batch_size)
+        values = torch.cat(
+            [
+                self._critic_values(input_ids[i : i + batch_size], attention_mask[i : i + batch_size], n_tokens)
+                for i in range(0, input_ids.size(0), batch_size)
+            ]
+        )
+        scores = self._local_scores(completion_ids, output["completion_mask"])
+        rewards, non_score, kl = kl_penalized_rewards(logps.float(), ref_logps.float(), scores, mask, self.kl_ctl.value)
+        if self.args.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae_advantages_and_returns(rewards, values, mask, self.args.gamma, self.args.lam)
+        if self.args.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        output.update(advantages=advantages, returns=returns, old_values=values * mask, old_per_token_logps=logps)
+
+        # TRL's classic PPO metrics, averaged over every process's rollout
+        seq_kl = kl.sum(1)
+        stats = torch.stack(
+            [seq_kl.mean(), (-logps.float() * mask).sum(1).mean(), non_score.sum(1).mean(), scores.mean()]
+        )
+        kl_mean, entropy, nsr, score = self.accelerator.gather(stats[None]).mean(0).tolist()
+        m = self._metrics[mode]
+        m["objective/kl"].append(kl_mean)
+        m["objective/entropy"].append(entropy)
+        m["objective/non_score_reward"].append(nsr)
+        m["objective/rlhf_reward"].append(score + nsr)
+        m["objective/scores"].append(score)
+        m["objective/kl_coef"].append(self.kl_ctl.value)
+        if mode == "train":
+            self.kl_ctl.update(kl_mean, input_ids.size(0) * self.accelerator.num_processes)
+        return output
+
+    def _reference_logps(self, input_ids, attention_mask, n_tokens, batch_size):
+        if self.ref_model is not None:
+            model = self.ref_model
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, n_tokens, batch_size=batch_size
+            )
+            return logps
+        from trl.trainer.utils import use_adapter
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        try:
+            with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, n_tokens, batch_size=batch_size
+                )
+        finally:
+            self._restore_trainable()
+        return logps
+
+    def _local_scores(self, completion_ids, completion_mask):
+        """This process's sequence scores (weighted reward sum), with the missing-EOS penalty applied."""
+        rpf = self._rewards_per_func
+        weights = self.reward_weights.to(rpf.device).unsqueeze(0)
+        scores = (rpf * weights).nansum(dim=1)
+        scores = torch.where(torch.isnan(rpf).all(dim=1), torch.zeros_like(scores), scores)
+        n = completion_ids.size(0)
+        start = self.accelerator.process_index * n
+        scores = scores[start : start + n].to(completion_ids.device).float()
+        if self.args.missing_eos_penalty is not None:
+            lengths = completion_mask.sum(1).clamp(min=1)
+            last = completion_ids.gather(1, (lengths - 1).unsqueeze(1)).squeeze(1)
+            eos = torch.tensor(self.eos_token_ids, device=last.device)
+            has_eos = torch.isin(last, eos) & (completion_mask.sum(1) > 0)
+            scores = scores - self.args.missing_eos_penalty * (~has_eos).float()
+        return scores
+
+    # ------------------------------------------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        self._restore_trainable()
+        loss = super()._compute_loss(model, inputs)  # PPO-clip over the (B, T) advantages, GRPO's aggregation
+        mode = "train" if self.model.training else "eval"
+        mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        values = self._critic_values(input_ids, attention_mask, inputs["completion_ids"].size(1))
+        vf_loss, vf_clipfrac = clipped_value_loss(
+            values, inputs["old_values"], inputs["returns"], mask, self.args.cliprange_value
+        )
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        loss = loss + self.args.vf_coef * vf_loss / normalizer
+
+        with torch.no_grad():
+            logps = self._last_logps.float()
+            old = inputs.get("old_per_token_logps", logps).float()
+            pg_loss, pg_clipfrac, approxkl = clipped_policy_loss(
+                logps, old, inputs["advantages"], mask, self.args.epsilon
+            )
+            stats = torch.stack(
+                [approxkl, pg_clipfrac, pg_loss, vf_loss.detach(), vf_clipfrac,
+                 masked_mean(values, mask), masked_var(values, mask)]
+            )
+            stats = self.accelerator.gather(stats[None]).mean(0).tolist()
+        for name, value in zip(
+            ["policy/approxkl", "policy/clipfrac", "loss/policy", "loss/value", "val/clipfrac", "val/mean", "val/var"],
+            stats,
+        ):
+            self._metrics[mode][name].append(value)
+        return loss
+
+    def create_optimizer(self, *args, **kwargs):
+        self._restore_trainable()
+        return super().create_optimizer(*args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- saving and resuming
+    @contextmanager
+    def _critic_detached(self):
+        """The actor's saved weights stay the actor's: the critic modules are saved separately, under ``critic/``."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        held = {n: unwrapped._modules.pop(n) for n in ("ppo_value_head", "ppo_critic_backbone") if n in unwrapped._modules}
+        try:
+            yield
+        finally:
+            unwrapped._modules.update(held)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        with self._critic_detached():
+            super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.save_critic(output_dir or self.args.output_dir)
+
+    def save_critic(self, output_dir: str) -> Path:
+        """Write the critic (adapter or model, value head) and the KL controller state to ``output_dir/critic``."""
+        from safetensors.torch import save_file
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        path = Path(output_dir) / CRITIC_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        if self._critic_adapter is not None:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(unwrapped, adapter_name=self._critic_adapter)
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path / "adapter_model.safetensors")
+            unwrapped.peft_config[self._critic_adapter].save_pretrained(str(path))
+        elif self.args.critic == "model":
+            unwrapped.ppo_critic_backbone.save_pretrained(str(path / "model"))
+        head = {k: v.detach().contiguous().cpu() for k, v in unwrapped.ppo_value_head.state_dict().items()}
+        save_file(head, path / VALUE_HEAD_FILE)
+        (path / STATE_FILE).write_text(json.dumps({"critic": self.args.critic, "kl_ctl": self.kl_ctl.state_dict()}))
+        return path
+
+    def load_critic(self, checkpoint_dir: str) -> None:
+        """Restore what :meth:`save_critic` wrote; fails naming the missing file."""
+        from safetensors.torch import load_file
+
+        path = Path(checkpoint_dir) / CRITIC_DIR
+        if not (path / VALUE_HEAD_FILE).is_file():
+            raise FileNotFoundError(
+                f"{checkpoint_dir} has no {CRITIC_DIR}/{VALUE_HEAD_FILE}: it was not written by PPOTrainer, so the "
+                "critic cannot be restored. Resume from a PPO checkpoint or start a new run."
+            )
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        saved = json.loads((path / STATE_FILE).read_text())
+        if saved.get("critic") != self.args.critic:
+            raise ValueError(f"{path} holds a critic: {saved.get('critic')} critic; this run uses {self.args.critic}.")
+        device = self.accelerator.device
+        if self._critic_adapter is not None:
+            from peft import set_peft_model_state_dict
+
+            state = load_file(str(path / "adapter_model.safetensors"), device=str(device))
+            result = set_peft_model_state_dict(unwrapped, state, adapter_name=self._critic_adapter)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"critic adapter in {path} does not match this model: {result.unexpected_keys[:3]}")
+        elif self.args.critic == "model":
+            from peft import set_peft_model_state_dict
+
+            backbone = unwrapped.ppo_critic_backbone
+            model_dir = path / "model"
+            if hasattr(backbone, "peft_config"):
+                set_peft_model_state_dict(backbone, load_file(str(model_dir / "adapter_model.safetensors")))
+            else:
+                backbone.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=False)
+        unwrapped.ppo_value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=str(device)))
+        self.kl_ctl.load_state_dict(saved["kl_ctl"])
+        self._restore_trainable()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with self._critic_detached():
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.load_critic(resume_from_checkpoint)
