@@ -1,0 +1,174 @@
+"""The memory estimator: components against hand-computed values, monotonicity, verdicts and the train refusal."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from trl_ext.memory import (GiB, check_recipe_memory, estimate_memory, estimate_settings, load_architecture,
+                            with_settings)
+from trl_ext.memory.settings import MemorySettings
+from trl_ext.recipe import RecipeError, load_recipe
+
+from conftest import REPO, trl_ext_cli
+
+DPO_PRESET = REPO / "recipes" / "dpo" / "qwen2.5-7b-qlora.yaml"
+
+
+def write(tmp_path, text: str, name: str = "r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GRPO_RECIPE = """
+method: grpo
+model_name_or_path: Qwen/Qwen2.5-1.5B-Instruct
+dataset_name: builtin:prompts
+reward_funcs: [trl_ext.rewards.keyword.KeywordReward]
+load_in_4bit: true
+use_bnb_nested_quant: true
+use_peft: true
+lora_r: 16
+output_dir: outputs/x
+per_device_train_batch_size: 4
+gradient_accumulation_steps: 4
+num_generations: 8
+max_completion_length: 256
+beta: 0.04
+bf16: true
+optim: paged_adamw_8bit
+"""
+
+
+# ---------------------------------------------------------------------------------------------------- architectures
+
+
+def test_bundled_architectures_have_the_published_parameter_counts():
+    qwen = load_architecture("Qwen/Qwen2.5-7B-Instruct")
+    llama = load_architecture("meta-llama/Llama-3.1-8B-Instruct")
+    # Llama-3.1-8B: 32 x (2*4096^2 + 2*4096*1024 + 3*4096*14336) linear + 2*128256*4096 embeddings/head + norms
+    assert llama.linear_params == 32 * (2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336) == 6_979_321_856
+    assert llama.total_params == 8_030_261_248
+    # Qwen2.5-7B: untied 152064-token embeddings/head, q/k/v biases
+    assert qwen.linear_params == 28 * (2 * 3584**2 + 2 * 3584 * 512 + 3 * 3584 * 18944) == 6_525_288_448
+    assert qwen.embedding_params == 2 * 152064 * 3584
+    assert round(qwen.total_params / 1e9, 2) == 7.62
+
+
+def test_unknown_model_names_the_fix():
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download nobody/none config.json"):
+        load_architecture("nobody/none")
+
+
+# ------------------------------------------------------------------------------------------- hand-computed values
+
+
+def test_qwen7b_dpo_components_match_hand_computation():
+    est = estimate_memory(DPO_PRESET)
+    s = est.settings
+    assert (s.method, s.batch_size, s.max_length, s.compute_bytes) == ("dpo", 2, 1024, 2)  # bf16 despite no GPU
+    # NF4 with double quant: 0.5 + 1/64 + 4/(64*256) byte per linear weight
+    assert est.component("base weights").bytes == pytest.approx(6_525_288_448 * (0.5 + 1 / 64 + 4 / 16384))
+    # embeddings + lm_head + norms + qkv biases, upcast to fp32 by k-bit prep
+    other = 2 * 152064 * 3584 + 28 * (2 * 3584 + 3584 + 2 * 512) + 3584
+    assert est.component("embeddings, lm_head, norms").bytes == 4 * other
+    lora = 28 * 16 * (2 * (3584 + 3584) + 2 * (3584 + 512) + 3 * (3584 + 18944))
+    assert lora == 40_370_176
+    assert est.component("adapter weights").bytes == 2 * lora
+    assert est.component("optimizer states").bytes == 2 * lora  # paged_adamw_8bit: 2 x 1 byte
+    # activations with checkpointing: T * (L*b*h + one layer + 2*b*h + 10h), T = 2 * 2 * 1024
+    h, i, q, kv = 3584, 18944, 3584, 512
+    layer = 8 * h + 2 * (2 * h + 3 * q + 3 * kv + 4 * i) + 3 * (5 * h + q + i) + 2 * 16 * 7  # dropout 0.05
+    assert est.component("activations").bytes == 4096 * (28 * 2 * h + layer + 2 * 2 * h + 10 * h)
+    # fused LM head: 4096x32768 bf16 tile + 7 fp32 stats/token + bf16 cast of a head tile + fp32 dL/dhidden
+    assert est.component("logits / log-probs").bytes == 4096 * 32768 * 2 + 4096 * 28 + 32768 * h * 2 + 4096 * h * 4
+    assert est.peak_phase == "train"
+    assert est.fits and 10 < est.peak_gib < 20
+
+
+def test_llama8b_grpo_generation_and_full_logits_match_hand_computation():
+    arch = load_architecture("meta-llama/Llama-3.1-8B-Instruct")
+    s = MemorySettings(method="grpo", model=arch.name, batch_size=2, grad_accum=4, generation_batch_size=8,
+                       num_generations=8, prompt_length=256, completion_length=512, beta=0.0, fused_logits=False)
+    est = estimate_settings(arch, s, 24e9)
+    # KV cache: 2 (k, v) * 32 layers * 8 kv heads * 128 * 2 bytes per token, 8 sequences of 768 tokens
+    assert est.component("generation KV cache").bytes == 2 * 32 * 1024 * 2 * 8 * 768
+    # completion-only full logits: B * C tokens x V x (2 logits + 4 log-softmax + 4 gradient)
+    assert est.component("logits / log-probs").bytes == 2 * 512 * 128256 * 10
+    assert "reference pass" not in [c.name for c in est.components]  # beta = 0: no reference model
+    fused = with_settings(est, fused_logits=True)
+    assert fused.component("logits / log-probs").bytes == 1024 * 32768 * 2 + 1024 * 28 + 32768 * 4096 * 2 + 1024 * 4096 * 4
+    assert fused.peak_bytes < est.peak_bytes
+
+
+# ---------------------------------------------------------------------------------------------------- monotonicity
+
+
+@pytest.mark.parametrize("key,values", [
+    ("batch_size", [1, 2, 4, 8]),
+    ("max_length", [512, 1024, 2048]),
+])
+def test_dpo_peak_grows_with_batch_and_length(key, values):
+    base = estimate_memory(DPO_PRESET)
+    peaks = [with_settings(base, **{key: v}).peak_bytes for v in values]
+    assert peaks == sorted(peaks) and len(set(peaks)) == len(peaks)
+
+
+def test_grpo_peak_grows_with_generations_and_completion_length(tmp_path):
+    base = estimate_memory(write(tmp_path, GRPO_RECIPE))
+    assert base.settings.generation_batch_size == 16  # 4 per device x 4 accumulation steps
+    gens = [with_settings(base, num_generations=g, generation_batch_size=g * 4).peak_bytes for g in (4, 8, 16, 32)]
+    assert gens == sorted(gens) and len(set(gens)) == 4
+    lens = [with_settings(base, completion_length=c).peak_bytes for c in (128, 256, 512, 1024)]
+    assert lens == sorted(lens) and len(set(lens)) == 4
+    assert any("prompt length assumed 512" in n for n in base.settings.notes)
+
+
+def test_precomputed_reference_and_checkpointing_lower_the_peak():
+    base = estimate_memory(DPO_PRESET)
+    assert with_settings(base, precompute_ref=True).peak_bytes < base.peak_bytes
+    assert with_settings(base, gradient_checkpointing=False).peak_bytes > base.peak_bytes + 5 * GiB
+
+
+# ------------------------------------------------------------------------------------------------------- verdicts
+
+
+def test_vllm_colocate_too_small_for_its_weight_copy_is_a_problem(tmp_path):
+    recipe = write(tmp_path, GRPO_RECIPE.replace("Qwen2.5-1.5B", "Qwen2.5-7B") + "use_vllm: true\n"
+                   "vllm_mode: colocate\nvllm_gpu_memory_utilization: 0.3\n")
+    est = estimate_memory(recipe)
+    vllm = est.component("vLLM colocate (own 16-bit weights + KV cache)")
+    assert vllm.bytes == pytest.approx(0.3 * 24e9)
+    assert not est.fits and "raise the utilization" in est.problems[0] and "16-bit weights (14.2 GiB)" in est.problems[0]
+
+
+def test_too_small_gpu_gets_concrete_suggestions():
+    est = estimate_memory(DPO_PRESET, gpu_memory_gb=12)
+    assert not est.fits
+    assert any(s.startswith("per_device_train_batch_size: 1, gradient_accumulation_steps: 16") for s in est.suggestions)
+    assert any(s.startswith("precompute_ref_log_probs: true") for s in est.suggestions)
+
+
+def test_train_refuses_a_recipe_that_does_not_fit_a_small_gpu():
+    recipe = load_recipe(DPO_PRESET)
+    with pytest.raises(RecipeError) as err:
+        check_recipe_memory(recipe, gpu_memory_bytes=8 * GiB)
+    message = str(err.value)
+    assert "8.0 GiB" in message and "Biggest components: embeddings, lm_head, norms 4.1 GiB" in message
+    assert "--skip_memory_check true" in message
+    assert check_recipe_memory(recipe, gpu_memory_bytes=24e9).fits
+    forced = load_recipe(DPO_PRESET, ["--skip_memory_check", "true"])
+    assert check_recipe_memory(forced, gpu_memory_bytes=8 * GiB) is None
+
+
+def test_estimate_cli_prints_json_and_exit_code_follows_the_verdict():
+    ok = trl_ext_cli("estimate", str(DPO_PRESET), "--json", timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    data = json.loads(ok.stdout[ok.stdout.index("{"):])
+    assert data["fits"] is True and data["method"] == "dpo" and data["peak_gib"] < 20
+    assert {"base weights", "activations", "logits / log-probs", "reference pass"} <= {c["name"] for c in data["components"]}
+    small = trl_ext_cli("estimate", str(DPO_PRESET), "--gpu-memory-gb", "10", timeout=120)
+    assert small.returncode == 1 and "DOES NOT FIT" in small.stdout and "Suggestions" in small.stdout

@@ -1,0 +1,348 @@
+"""Analytic peak-memory model of one training process, component by component.
+
+Every number is in bytes. ``b`` is the compute dtype's size (2 for bf16/fp16), ``h`` the hidden size, ``I`` the MLP
+intermediate size, ``q = heads * head_dim``, ``kv = kv_heads * head_dim``, ``L`` layers, ``V`` vocabulary, ``B`` the
+per-device micro-batch, ``T`` tokens in a micro-batch. Components belong to a *phase*: ``static`` ones live for the
+whole run, the others only while their phase runs. The peak is
+
+    peak = sum(static) + max over phases (train, generation, scoring, precompute) of sum(phase)
+           + allocator slack (5 % of what the PyTorch allocator holds).
+
+The formulas (each component's ``formula`` repeats its own):
+
+- 4-bit NF4 base weights (decoder linears only; bitsandbytes keeps embeddings and the LM head in 16-bit):
+  0.5 byte/param + absmax per 64-weight block: fp32 (4/64 byte/param) or, with double quantization, 8-bit
+  (1/64) plus one fp32 second-level constant per 256 blocks (4/(64*256)). 8-bit: 1 byte/param + fp32 row scales.
+- Embeddings, LM head (when untied), norms and biases: 16-bit, upcast to fp32 by PEFT's
+  ``prepare_model_for_kbit_training`` (which trl-ext runs on every quantized base).
+- LoRA: r * (in + out) per adapted linear per layer; weights and gradients in the compute dtype, AdamW's two states
+  counted in fp32 (8 byte/param), bitsandbytes 8-bit optimizers 2 byte/param; paged optimizers are counted in full.
+- Activations per token per layer without gradient checkpointing (SDPA/flash attention, no T^2 term):
+  fp32 RMSNorm inputs 2*4h, and in b bytes: norm outputs 2h, q/rotated q/attention output 3q, k/v/rotated k 3kv,
+  gate/up/SiLU/product 4I; LoRA dropout (p > 0) keeps a copy plus mask of each adapted input (in*(b+1)).
+  With gradient checkpointing only each layer's input (b*h) is kept, plus one layer recomputed in backward and two
+  gradient buffers (2*b*h). Eager attention adds heads*S*(2b) per token per layer (scores and probabilities).
+- Log-probabilities: TRL >= 1.16 runs a fused LM head (tiles of 4096 tokens x 32768 vocabulary in b bytes, seven
+  fp32 statistics per token, an fp32 gradient of the hidden states T*h*4, and the b-byte cast of one fp32 head tile);
+  otherwise the full logits T*V*(b + 4 + 4): the logits, an fp32 log-softmax and its fp32 gradient.
+  Scored tokens: DPO 2*B*max_length (chosen and rejected concatenated, prompt included), KTO B*max_length,
+  GRPO/PPO B*max_completion_length (completion-only logits).
+- Reference pass (no grad, adapters disabled; DPO/KTO run it while the policy graph is alive, so it adds to the
+  training phase): one layer's working set T*b*(2h+q+2kv+3I) plus its log-prob buffers. None with
+  precompute_ref_log_probs (then it runs once before training, as its own phase).
+- Generation with HF generate: KV cache 2*L*kv*b per token for generation_batch_size*(prompt+completion) tokens,
+  a prefill working set and fp32 sampling logits (3*V*4 per sequence).
+- vLLM colocate: vLLM takes gpu_memory_utilization x the GPU's total memory, for its own 16-bit copy of the weights,
+  activations and its KV cache; with sleep mode it holds that only while generating.
+- PPO: a critic adapter + value head (weights, gradients, optimizer) on the same 4-bit base, and the critic's own
+  activations in the update; the reference is the base with adapters off (free). A separate reward model is a
+  16-bit copy of its architecture.
+- EWC (full): an fp32 diagonal Fisher for every base weight of the adapted modules, plus one module's dense
+  s*B*A - delta (and its gradient) while the penalty is computed; kfac: in^2 + out^2 fp32 factors per module;
+  lora_params: fp32 per adapter parameter.
+- Fixed: CUDA context, cuBLAS workspaces and kernels, 0.5 GiB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from trl_ext.memory.arch import Architecture
+from trl_ext.memory.settings import MemorySettings
+
+GiB = 1024**3
+CUDA_CONTEXT_BYTES = int(0.5 * GiB)
+ALLOCATOR_SLACK = 0.05
+FUSED_TOKEN_TILE = 4096
+FUSED_VOCAB_TILE = 32768
+PHASES = ("train", "generation", "scoring", "precompute")
+
+
+@dataclass
+class Component:
+    name: str
+    bytes: float
+    phase: str  # static | train | generation | scoring | precompute | fixed
+    formula: str
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GiB
+
+
+@dataclass
+class MemoryEstimate:
+    """Components, the predicted peak and the verdict against ``gpu_bytes``."""
+
+    settings: MemorySettings
+    architecture: Architecture
+    gpu_bytes: float
+    components: list[Component]
+    peak_phase: str
+    peak_bytes: float
+    problems: list[str] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+    reward_architecture: Architecture | None = None
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / GiB
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems and self.peak_bytes <= self.gpu_bytes
+
+    def component(self, name: str) -> Component:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise KeyError(f"no component {name!r}; components: {', '.join(c.name for c in self.components)}")
+
+    def biggest(self, n: int = 3) -> list[Component]:
+        """The largest components that count towards the peak."""
+        counted = [c for c in self.components if c.phase in ("static", "fixed", self.peak_phase)]
+        return sorted(counted, key=lambda c: -c.bytes)[:n]
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def nf4_bytes_per_param(double_quant: bool) -> float:
+    """0.5 byte + absmax overhead per weight (block size 64; second-level block 256 with double quantization)."""
+    return 0.5 + ((1 / 64 + 4 / (64 * 256)) if double_quant else 4 / 64)
+
+
+def lora_params(arch: Architecture, s: MemorySettings) -> int:
+    shapes = arch.linear_shapes()
+    return arch.num_layers * sum(s.lora_r * (shapes[n][0] + shapes[n][1]) for n in s.lora_targets)
+
+
+def adapted_base_params(arch: Architecture, s: MemorySettings) -> int:
+    shapes = arch.linear_shapes()
+    return arch.num_layers * sum(shapes[n][0] * shapes[n][1] for n in s.lora_targets)
+
+
+def optimizer_bytes_per_param(optim: str) -> float:
+    optim = optim.lower()
+    if "8bit" in optim:
+        return 2.0
+    if optim.startswith("sgd"):
+        return 0.0
+    if "adafactor" in optim:
+        return 0.5
+    return 8.0
+
+
+def activation_bytes_per_token_layer(arch: Architecture, s: MemorySettings, seq_len: int) -> float:
+    """Saved tensors of one decoder layer per token, without gradient checkpointing."""
+    b, h = s.compute_bytes, arch.hidden_size
+    per = 2 * 4 * h + b * (2 * h + 3 * arch.q_dim + 3 * arch.kv_dim + 4 * arch.intermediate_size)
+    if s.use_peft and s.lora_dropout > 0:
+        shapes = arch.linear_shapes()
+        per += sum(shapes[n][0] * (b + 1) for n in s.lora_targets)
+    if s.use_peft:
+        per += b * s.lora_r * len(s.lora_targets)
+    if s.attn_implementation == "eager":
+        per += arch.num_heads * seq_len * 2 * b
+    return per
+
+
+def activation_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_len: int) -> float:
+    tokens = sequences * seq_len
+    layer = activation_bytes_per_token_layer(arch, s, seq_len)
+    b, h = s.compute_bytes, arch.hidden_size
+    if s.gradient_checkpointing:
+        per_token = arch.num_layers * b * h + layer + 2 * b * h
+    else:
+        per_token = arch.num_layers * layer + 2 * b * h
+    return tokens * (per_token + 10 * h)  # + final norm (fp32 in, b out) and embedding output
+
+
+def no_grad_working_set(arch: Architecture, s: MemorySettings, tokens: int) -> float:
+    b = s.compute_bytes
+    return tokens * b * (2 * arch.hidden_size + arch.q_dim + 2 * arch.kv_dim + 3 * arch.intermediate_size)
+
+
+def logprob_bytes(arch: Architecture, s: MemorySettings, tokens: int, grad: bool) -> tuple[float, str]:
+    b, h, V = s.compute_bytes, arch.hidden_size, arch.vocab_size
+    if s.fused_logits:
+        tile = min(tokens, FUSED_TOKEN_TILE) * min(V, FUSED_VOCAB_TILE) * b
+        stats = tokens * 7 * 4
+        head_cast = min(V, FUSED_VOCAB_TILE) * h * b if s.kbit_prep and b < 4 else 0
+        grad_hidden = tokens * h * 4 if grad else 0
+        return tile + stats + head_cast + grad_hidden, (
+            f"fused LM head: tile min(T,4096)x{min(V, FUSED_VOCAB_TILE)}x{b} + T*7*4 stats"
+            + (" + head tile cast" if head_cast else "") + (" + fp32 dL/dhidden T*h*4" if grad else "")
+            + f", T={tokens}")
+    per = b + 4 + (4 if grad else 0)
+    return tokens * V * per, f"full logits T*V*({per}) with T={tokens}, V={V}"
+
+
+def base_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, float, str, str]:
+    """(linear weights, embeddings/head/norms, formula, formula)."""
+    if s.quantization in ("nf4", "fp4"):
+        bpp = nf4_bytes_per_param(s.double_quant)
+        lin = arch.linear_params * bpp
+        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x {bpp:.4f} B ({s.quantization}" + (
+            ", double quant)" if s.double_quant else ")")
+    elif s.quantization == "int8":
+        rows = arch.num_layers * sum(o for _, o in arch.linear_shapes().values())
+        lin = arch.linear_params * 1 + rows * 4
+        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x 1 B + fp32 row scales"
+    else:
+        lin = arch.linear_params * s.compute_bytes
+        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x {s.compute_bytes} B"
+    other = arch.embedding_params + arch.other_params
+    ob = 4 if s.kbit_prep else s.compute_bytes
+    other_f = f"{other / 1e9:.3f}B params x {ob} B" + (" (fp32 upcast by k-bit prep)" if s.kbit_prep else "")
+    return lin, other * ob, lin_f, other_f
+
+
+def sixteen_bit_weights(arch: Architecture) -> float:
+    return arch.total_params * 2.0
+
+
+def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
+    comps: list[Component] = []
+    lin, other, lin_f, other_f = base_weight_bytes(arch, s)
+    comps.append(Component("base weights", lin, "static", lin_f))
+    comps.append(Component("embeddings, lm_head, norms", other, "static", other_f))
+    pb = 4 if s.compute_bytes == 4 else 2
+    ob = optimizer_bytes_per_param(s.optim)
+    trainable = lora_params(arch, s) if s.use_peft else arch.total_params
+    what = f"LoRA r={s.lora_r} on {len(s.lora_targets)} modules" if s.use_peft else "all parameters"
+    if s.use_peft:
+        comps.append(Component("adapter weights", trainable * pb, "static", f"{trainable / 1e6:.1f}M ({what}) x {pb} B"))
+    comps.append(Component("gradients", trainable * pb, "static", f"{trainable / 1e6:.1f}M x {pb} B"))
+    comps.append(Component("optimizer states", trainable * ob, "static", f"{trainable / 1e6:.1f}M x {ob:g} B ({s.optim})"))
+    if s.method == "ppo":
+        head = arch.hidden_size * (4 + 4 + 8)
+        if s.critic_mode == "model":
+            clin, cother, _, _ = base_weight_bytes(arch, s)
+            comps.append(Component("critic model (separate base)", clin + cother, "static",
+                                   "a second quantized base for the critic"))
+        ctrain = lora_params(arch, s) if s.use_peft else arch.total_params
+        comps.append(Component("critic adapter + value head", ctrain * (2 * pb + ob) + head, "static",
+                               f"{ctrain / 1e6:.1f}M x ({pb}+{pb}+{ob:g}) B + value head h*(4+4+8)"))
+    needs_ref = (s.method in ("dpo", "kto") and not s.precompute_ref) or (s.method in ("grpo", "ppo") and s.beta > 0)
+    if needs_ref and not s.use_peft:
+        comps.append(Component("reference model copy", sixteen_bit_weights(arch), "static",
+                               "full fine-tuning keeps a 16-bit reference copy: params x 2 B"))
+    if s.reward_model:
+        if reward_arch is not None:
+            comps.append(Component("reward model", sixteen_bit_weights(reward_arch), "static",
+                                   f"{reward_arch.total_params / 1e9:.2f}B params x 2 B (sequence classifier)"))
+        else:
+            problems.append(f"reward model {s.reward_model!r} has no config.json offline; its weights are not counted "
+                            "(download its config.json or use a bundled architecture).")
+    if s.ewc_lambda > 0:
+        adapted = adapted_base_params(arch, s)
+        if s.ewc_fisher_mode == "kfac":
+            shapes = arch.linear_shapes()
+            n = arch.num_layers * sum(shapes[m][0] ** 2 + shapes[m][1] ** 2 for m in s.lora_targets)
+            comps.append(Component("EWC Fisher (K-FAC)", n * 4, "static", "sum (in^2 + out^2) x 4 B per module"))
+        elif s.ewc_fisher_mode == "lora_params":
+            n = lora_params(arch, s)
+            comps.append(Component("EWC Fisher (LoRA params)", n * 8, "static", f"{n / 1e6:.1f}M x (4 Fisher + 4 anchor) B"))
+        else:
+            comps.append(Component("EWC Fisher (full weight space)", adapted * 4, "static",
+                                   f"{adapted / 1e9:.2f}B adapted base params x 4 B (fp32 diagonal)"))
+    if s.method in ("grpo", "ppo") and s.use_vllm and s.vllm_mode == "colocate":
+        reserved = s.vllm_gpu_memory_utilization * gpu_bytes
+        weights = sixteen_bit_weights(arch)
+        kv_seq = 2 * arch.num_layers * arch.kv_dim * 2 * (s.prompt_length + s.completion_length)
+        if weights + 1 * GiB + kv_seq > reserved:
+            problems.append(
+                f"vLLM colocate gets vllm_gpu_memory_utilization {s.vllm_gpu_memory_utilization:g} x "
+                f"{gpu_bytes / GiB:.1f} GiB = {reserved / GiB:.1f} GiB, less than its 16-bit weights "
+                f"({weights / GiB:.1f} GiB) + ~1 GiB activations + one sequence of KV cache: raise the utilization, "
+                "use vllm_mode: server on another GPU, or generate with use_vllm: false.")
+        comps.append(Component("vLLM colocate (own 16-bit weights + KV cache)", reserved,
+                               "generation" if s.vllm_sleep else "static",
+                               f"gpu_memory_utilization {s.vllm_gpu_memory_utilization:g} x GPU; weights "
+                               f"{weights / GiB:.1f} GiB inside" + ("; released while training (sleep mode)"
+                                                                    if s.vllm_sleep else "")))
+    comps.append(Component("CUDA context + kernels", CUDA_CONTEXT_BYTES, "fixed", "fixed 0.5 GiB"))
+    return comps
+
+
+def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
+    comps: list[Component] = []
+    B = s.batch_size
+    if s.method == "dpo":
+        seqs, seq_len, scored = 2 * B, s.max_length, 2 * B * s.max_length
+        shape = f"2 x {B} sequences (chosen+rejected concatenated) x {seq_len} tokens"
+    elif s.method == "kto":
+        seqs, seq_len, scored = B, s.max_length, B * s.max_length
+        shape = f"{B} sequences x {seq_len} tokens"
+    else:
+        seqs, seq_len, scored = B, s.prompt_length + s.completion_length, B * s.completion_length
+        shape = f"{B} sequences x ({s.prompt_length} prompt + {s.completion_length} completion) tokens"
+    ckpt = "with" if s.gradient_checkpointing else "without"
+    act = activation_bytes(arch, s, seqs, seq_len)
+    comps.append(Component("activations", act, "train", f"{shape}, {ckpt} gradient checkpointing"))
+    lp, lp_f = logprob_bytes(arch, s, scored, grad=True)
+    comps.append(Component("logits / log-probs", lp, "train", lp_f))
+    if s.method == "ppo":
+        comps.append(Component("critic activations", act, "train", "critic forward/backward on the same tokens"))
+    shapes = arch.linear_shapes()
+    if s.quantization != "none":
+        biggest = max(i * o for i, o in shapes.values())
+        comps.append(Component("4-bit dequantization buffer", biggest * s.compute_bytes, "train",
+                               "largest linear dequantized to 16-bit during forward/backward"))
+    ref_tokens = seqs * seq_len
+    ref_scored = scored
+    ref = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
+    ref_f = f"no-grad forward over {ref_tokens} tokens (adapters disabled)"
+    if s.method in ("dpo", "kto"):
+        if s.precompute_ref:
+            comps.append(Component("reference pass", ref, "precompute", ref_f + ", once before training"))
+        else:
+            comps.append(Component("reference pass", ref, "train", ref_f + ", while the policy graph is alive"))
+    if s.ewc_lambda > 0 and s.ewc_fisher_mode == "full":
+        biggest = max(i * o for n, (i, o) in shapes.items() if n in s.lora_targets)
+        comps.append(Component("EWC penalty buffers", biggest * 4 * 3, "train",
+                               "one module's dense s*B*A - delta, its square and gradient, fp32"))
+    if s.method in ("grpo", "ppo"):
+        G = s.generation_batch_size
+        total_len = s.prompt_length + s.completion_length
+        rollout = G * total_len * 8 * 2 + G * s.completion_length * 4 * 6
+        comps.append(Component("rollout buffers", rollout, "static",
+                               f"{G} completions: ids/masks int64, per-token log-probs/advantages fp32"))
+        if not (s.use_vllm and s.vllm_mode in ("colocate", "server")):
+            kv = 2 * arch.num_layers * arch.kv_dim * s.compute_bytes * G * total_len
+            comps.append(Component("generation KV cache", kv, "generation",
+                                   f"2*L*kv*{s.compute_bytes} B x {G} sequences x {total_len} tokens (HF generate)"))
+            prefill = no_grad_working_set(arch, s, G * s.prompt_length) + G * arch.vocab_size * 4 * 3
+            comps.append(Component("generation prefill + sampling", prefill, "generation",
+                                   f"prefill of {G}x{s.prompt_length} tokens + fp32 sampling logits"))
+        if s.beta > 0:
+            comps.append(Component("reference pass", ref, "scoring", ref_f + ", per micro-batch after generation"))
+        else:
+            lp_old = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
+            comps.append(Component("old log-prob pass", lp_old, "scoring", "no-grad policy forward per micro-batch"))
+    return comps
+
+
+def estimate_settings(arch: Architecture, s: MemorySettings, gpu_bytes: float,
+                      reward_arch: Architecture | None = None) -> MemoryEstimate:
+    """The estimate for explicit settings (what :func:`trl_ext.memory.estimate_memory` calls after reading a recipe)."""
+    problems: list[str] = []
+    comps = _static(arch, s, gpu_bytes, reward_arch, problems) + _dynamic(arch, s)
+    static = sum(c.bytes for c in comps if c.phase == "static")
+    fixed = sum(c.bytes for c in comps if c.phase == "fixed")
+    vllm = sum(c.bytes for c in comps if c.name.startswith("vLLM") and c.phase == "static")
+    per_phase = {p: sum(c.bytes for c in comps if c.phase == p) for p in PHASES}
+    peak_phase = max(per_phase, key=per_phase.get)
+    allocator = static - vllm + per_phase[peak_phase]
+    slack = ALLOCATOR_SLACK * allocator
+    comps.append(Component("allocator fragmentation", slack, "fixed", f"{ALLOCATOR_SLACK:.0%} of PyTorch-held memory"))
+    peak = static + fixed + slack + per_phase[peak_phase]
+    return MemoryEstimate(settings=s, architecture=arch, gpu_bytes=gpu_bytes, components=comps,
+                          peak_phase=peak_phase, peak_bytes=peak, problems=problems, reward_architecture=reward_arch)
+
+
+def with_settings(est: MemoryEstimate, **changes) -> MemoryEstimate:
+    """Re-estimate with some settings changed (used for suggestions and monotonicity)."""
+    return estimate_settings(est.architecture, replace(est.settings, **changes), est.gpu_bytes,
+                             est.reward_architecture)

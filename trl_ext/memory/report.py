@@ -1,0 +1,159 @@
+"""Verdict, suggestions, text/JSON rendering, the ``trl-ext estimate`` command and the pre-training check."""
+
+from __future__ import annotations
+
+import json
+
+from trl_ext.memory.estimator import GiB, MemoryEstimate, with_settings
+
+#: What the preset library aims for on a 24 GB card (L4/A10G expose about 22 GiB).
+PRESET_TARGET_GIB = 20.0
+
+
+def _round_len(n: int) -> int:
+    return max(64, int(n) // 64 * 64)
+
+
+def suggest(est: MemoryEstimate) -> list[str]:
+    """Concrete recipe changes, each re-estimated, best first. Empty when the estimate fits."""
+    s = est.settings
+    tries: list[tuple[str, dict]] = []
+    if not s.gradient_checkpointing:
+        tries.append(("gradient_checkpointing: true", {"gradient_checkpointing": True}))
+    if s.batch_size > 1:
+        b = max(1, s.batch_size // 2)
+        ga = s.grad_accum * s.batch_size // b
+        tries.append((f"per_device_train_batch_size: {b}, gradient_accumulation_steps: {ga} (same effective batch)",
+                      {"batch_size": b, "grad_accum": ga}))
+    if s.method in ("dpo", "kto"):
+        if not s.precompute_ref:
+            tries.append(("precompute_ref_log_probs: true", {"precompute_ref": True}))
+        n = _round_len(s.max_length * 3 // 4)
+        if n < s.max_length:
+            tries.append((f"max_length: {n}", {"max_length": n}))
+    if not s.fused_logits:
+        tries.append(("chunked log-probs: TRL >= 1.16's fused LM head, or use_liger_kernel: true",
+                      {"fused_logits": True}))
+    if s.method in ("grpo", "ppo"):
+        n = _round_len(s.completion_length * 3 // 4)
+        if n < s.completion_length:
+            tries.append((f"max_completion_length: {n}", {"completion_length": n}))
+        if s.num_generations > 2:
+            g = s.num_generations // 2
+            gb = max(g, s.generation_batch_size // 2)
+            tries.append((f"num_generations: {g}, generation_batch_size: {gb}",
+                          {"num_generations": g, "generation_batch_size": gb}))
+        if s.use_vllm and s.vllm_mode == "colocate" and not s.vllm_sleep:
+            tries.append(("vllm_enable_sleep_mode: true", {"vllm_sleep": True}))
+    if "8bit" not in s.optim.lower():
+        tries.append(("optim: paged_adamw_8bit", {"optim": "paged_adamw_8bit"}))
+    out = []
+    for text, change in tries:
+        new = with_settings(est, **change)
+        if new.peak_bytes < est.peak_bytes - 0.05 * GiB:
+            mark = "fits" if new.fits else "still too big"
+            out.append((new.peak_bytes, f"{text}  ->  {new.peak_gib:.1f} GiB ({mark})"))
+    return [text for _, text in sorted(out)]
+
+
+def finish(est: MemoryEstimate) -> MemoryEstimate:
+    if not est.fits:
+        est.suggestions = suggest(est)
+    return est
+
+
+def verdict(est: MemoryEstimate) -> str:
+    gpu = est.gpu_bytes / GiB
+    if est.problems:
+        return f"DOES NOT FIT on {gpu:.1f} GiB: " + " ".join(est.problems)
+    if est.fits:
+        return f"FITS: predicted peak {est.peak_gib:.1f} GiB of {gpu:.1f} GiB ({est.peak_bytes / est.gpu_bytes:.0%})."
+    return f"DOES NOT FIT: predicted peak {est.peak_gib:.1f} GiB exceeds {gpu:.1f} GiB."
+
+
+def format_estimate(est: MemoryEstimate) -> str:
+    s, a = est.settings, est.architecture
+    lines = [
+        f"Memory estimate: {s.method} on {a.name} ({a.total_params / 1e9:.2f}B params, vocab {a.vocab_size}), "
+        f"quantization {s.quantization}, micro-batch {s.batch_size}, peak during {est.peak_phase}",
+        "",
+        f"  {'component':<46} {'phase':<11} {'GiB':>7}   formula",
+    ]
+    for c in sorted(est.components, key=lambda c: (c.phase not in ("static", "fixed"), -c.bytes)):
+        counted = "" if c.phase in ("static", "fixed", est.peak_phase) else " (not at peak)"
+        lines.append(f"  {c.name:<46} {c.phase:<11} {c.gib:7.2f}   {c.formula}{counted}")
+    lines += ["", f"  {'predicted peak':<46} {'':<11} {est.peak_gib:7.2f}"]
+    for note in s.notes:
+        lines.append(f"  note: {note}")
+    lines += ["", verdict(est)]
+    if est.suggestions:
+        lines.append("Suggestions (each re-estimated alone):")
+        lines += [f"  - {x}" for x in est.suggestions]
+    return "\n".join(lines)
+
+
+def estimate_to_dict(est: MemoryEstimate) -> dict:
+    return {
+        "model": est.architecture.name,
+        "method": est.settings.method,
+        "gpu_gib": round(est.gpu_bytes / GiB, 3),
+        "peak_gib": round(est.peak_gib, 3),
+        "peak_phase": est.peak_phase,
+        "fits": est.fits,
+        "components": [{"name": c.name, "phase": c.phase, "gib": round(c.gib, 4), "bytes": int(c.bytes),
+                        "formula": c.formula} for c in est.components],
+        "problems": est.problems,
+        "suggestions": est.suggestions,
+        "notes": list(est.settings.notes),
+    }
+
+
+def estimate_line(est: MemoryEstimate) -> str:
+    """The one-line comment each preset carries."""
+    return (f"# Estimated peak: {est.peak_gib:.1f} GiB on one 24 GB GPU "
+            f"(`trl-ext estimate`; {est.settings.method}, peak during {est.peak_phase})")
+
+
+def memory_check_error(est: MemoryEstimate) -> str | None:
+    """The refusal message, or None when the estimate fits."""
+    if est.fits:
+        return None
+    big = ", ".join(f"{c.name} {c.gib:.1f} GiB" for c in est.biggest(3))
+    msg = (f"This recipe is predicted to need {est.peak_gib:.1f} GiB of GPU memory but the GPU has "
+           f"{est.gpu_bytes / GiB:.1f} GiB. Biggest components: {big}.")
+    if est.problems:
+        msg += " " + " ".join(est.problems)
+    if est.suggestions:
+        msg += " Try: " + "; ".join(est.suggestions[:3]) + "."
+    return msg + " Run `trl-ext estimate` on the recipe for the breakdown, or pass --skip_memory_check true to train anyway."
+
+
+def estimate_cli(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from trl_ext.memory import estimate_memory
+    from trl_ext.recipe import RecipeError
+
+    parser = argparse.ArgumentParser(
+        prog="trl-ext estimate",
+        description="Predict a recipe's peak GPU memory per component (no weights loaded, offline). "
+        "Extra --key value pairs override recipe keys.")
+    parser.add_argument("recipe", help="recipe YAML")
+    parser.add_argument("--gpu-memory-gb", "--gpu_memory_gb", dest="gpu", type=float, default=24.0,
+                        help="GPU memory in GB (10^9 bytes) to judge against (default 24)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--prompt-length", "--prompt_length", dest="prompt_length", type=int, default=None,
+                        help="GRPO/PPO prompt tokens (default: from the recipe, else 512)")
+    parser.add_argument("--full-logits", "--full_logits", dest="full_logits", action="store_true",
+                        help="model a trainer that materializes the full (tokens, vocab) logits")
+    args, overrides = parser.parse_known_args(argv)
+    if args.gpu <= 0:
+        parser.error("--gpu-memory-gb must be positive, e.g. 24")
+    try:
+        est = estimate_memory(args.recipe, gpu_memory_gb=args.gpu, overrides=overrides,
+                              prompt_length=args.prompt_length, full_logits=args.full_logits or None)
+    except (RecipeError, FileNotFoundError, ValueError) as err:
+        print(f"trl-ext: error: {err}", flush=True)
+        return 2
+    print(json.dumps(estimate_to_dict(est), indent=2) if args.json else format_estimate(est))
+    return 0 if est.fits else 1

@@ -1,0 +1,158 @@
+"""The recipe settings that decide peak memory, gathered into one flat, replaceable dataclass.
+
+:func:`settings_from_recipe` reads them from a validated :class:`trl_ext.recipe.Recipe`; the estimator only sees
+:class:`MemorySettings`, so suggestions ("half the micro-batch") are a ``dataclasses.replace`` away. Extension fields
+of other trl-ext methods (PPO's critic, EWC) are read with ``getattr`` so recipes without them work unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl_ext.memory.arch import LINEAR_NAMES
+
+#: Prompt length assumed for GRPO/PPO when nothing in the recipe bounds it (TRL's GRPOConfig has no prompt limit).
+DEFAULT_PROMPT_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    method: str
+    model: str
+    quantization: str = "nf4"  # nf4 | fp4 | int8 | none
+    double_quant: bool = True
+    kbit_prep: bool = True  # PEFT's prepare_model_for_kbit_training upcasts 16-bit params to fp32
+    compute_bytes: int = 2  # bf16/fp16 compute on a GPU; 4 for fp32
+    use_peft: bool = True
+    lora_r: int = 16
+    lora_targets: tuple[str, ...] = LINEAR_NAMES
+    lora_dropout: float = 0.0
+    optim: str = "adamw_torch_fused"
+    gradient_checkpointing: bool = True
+    attn_implementation: str = "sdpa"
+    batch_size: int = 1  # per_device_train_batch_size
+    grad_accum: int = 1
+    max_length: int = 1024  # DPO/KTO: prompt + completion
+    prompt_length: int = DEFAULT_PROMPT_LENGTH  # GRPO/PPO
+    prompt_length_assumed: bool = True
+    completion_length: int = 256  # GRPO/PPO max_completion_length
+    num_generations: int = 8
+    generation_batch_size: int = 8  # per device, completions generated at once
+    precompute_ref: bool = False
+    beta: float = 0.1
+    fused_logits: bool = True  # TRL's fused LM head: log-probs in tiles, no (tokens, vocab) logits tensor
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_sleep: bool = False
+    kto_kl: bool = True  # KTO's mismatched-pair KL term (loss_type kto)
+    # PPO
+    critic_mode: str = "adapter"  # adapter (second LoRA + value head on the same base) | model (separate base)
+    reward_model: str | None = None
+    reward_adapter: bool = False
+    # EWC
+    ewc_lambda: float = 0.0
+    ewc_fisher_mode: str = "full"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _expand_targets(targets) -> tuple[str, ...]:
+    from trl_ext.modeling import lora_target_modules
+
+    expanded = lora_target_modules(targets)
+    if expanded == "all-linear":
+        return LINEAR_NAMES
+    names = tuple(t for t in expanded if t in LINEAR_NAMES)
+    return names or LINEAR_NAMES
+
+
+def _compute_bytes(recipe) -> int:
+    """16-bit unless the recipe asks for fp32: on a CPU-only machine load_recipe turns bf16/fp16 off, so the raw
+    recipe keys decide what the run does on its GPU."""
+    raw = recipe.raw or {}
+    dtype = str(raw.get("dtype") or getattr(recipe.model, "dtype", None) or "auto")
+    if dtype == "float32" and not raw.get("bf16") and not raw.get("fp16"):
+        return 4
+    return 2
+
+
+def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: bool | None = None
+                         ) -> MemorySettings:
+    """Everything memory depends on, read from a parsed recipe. ``prompt_length``/``full_logits`` override."""
+    t, m, method = recipe.training, recipe.model, recipe.method
+    notes: list[str] = []
+    quant = "none"
+    if m.load_in_4bit:
+        quant = str(getattr(m, "bnb_4bit_quant_type", "nf4") or "nf4")
+    elif m.load_in_8bit:
+        quant = "int8"
+    batch = int(t.per_device_train_batch_size)
+    grad_accum = int(t.gradient_accumulation_steps)
+
+    completion = int(getattr(t, "max_completion_length", None) or 256)
+    prompt_assumed = False
+    if prompt_length is None:
+        prompt_length = getattr(t, "max_prompt_length", None)
+        vllm_len = getattr(t, "vllm_max_model_length", None)
+        if prompt_length is None and vllm_len:
+            prompt_length = max(int(vllm_len) - completion, 1)
+        if prompt_length is None:
+            prompt_length = DEFAULT_PROMPT_LENGTH
+            prompt_assumed = method in ("grpo", "ppo")
+    num_generations = int(getattr(t, "num_generations", 1) or 1)
+    gen_batch = getattr(t, "generation_batch_size", None)
+    if gen_batch is None:
+        steps = getattr(t, "steps_per_generation", None) or grad_accum
+        gen_batch = batch * steps
+    if method in ("grpo", "ppo"):
+        # TRL sets generation_batch_size for all processes; per device it is divided by the world size, which the
+        # estimate takes as 1 (one GPU). Under DDP each GPU generates generation_batch_size / num_processes.
+        if prompt_assumed:
+            notes.append(f"prompt length assumed {prompt_length} tokens (TRL does not bound it; pass --prompt-length)")
+
+    if full_logits is None:
+        try:
+            from trl.trainer.utils import add_fused_lm_head  # noqa: F401  (TRL >= 1.16 fuses the LM head)
+
+            full_logits = False
+        except ImportError:
+            full_logits = True
+
+    critic_mode = str(getattr(t, "critic_mode", None) or getattr(t, "critic", None) or "adapter")
+    return MemorySettings(
+        method=method,
+        model=str(m.model_name_or_path),
+        quantization=quant,
+        double_quant=bool(getattr(m, "use_bnb_nested_quant", False)),
+        kbit_prep=quant != "none",  # trl_ext.modeling.load_model always runs k-bit preparation on quantized bases
+        compute_bytes=_compute_bytes(recipe),
+        use_peft=bool(m.use_peft),
+        lora_r=int(m.lora_r or 16),
+        lora_targets=_expand_targets(m.lora_target_modules),
+        lora_dropout=float(m.lora_dropout or 0.0),
+        optim=str(getattr(t.optim, "value", t.optim)),
+        gradient_checkpointing=bool(t.gradient_checkpointing),
+        attn_implementation=str(m.attn_implementation or "sdpa"),
+        batch_size=batch,
+        grad_accum=grad_accum,
+        max_length=int(getattr(t, "max_length", None) or 1024),
+        prompt_length=int(prompt_length),
+        prompt_length_assumed=prompt_assumed,
+        completion_length=completion,
+        num_generations=num_generations,
+        generation_batch_size=int(gen_batch),
+        precompute_ref=bool(getattr(t, "precompute_ref_log_probs", False)),
+        beta=float(getattr(t, "beta", 0.0) or 0.0),
+        fused_logits=not full_logits,
+        use_vllm=bool(getattr(t, "use_vllm", False)),
+        vllm_mode=str(getattr(t, "vllm_mode", "colocate") or "colocate"),
+        vllm_gpu_memory_utilization=float(getattr(t, "vllm_gpu_memory_utilization", 0.3) or 0.3),
+        vllm_sleep=bool(getattr(t, "vllm_enable_sleep_mode", False)),
+        kto_kl=str(getattr(t, "loss_type", "kto")) == "kto",
+        critic_mode="model" if critic_mode in ("model", "separate", "separate_model", "full") else "adapter",
+        reward_model=recipe.script.reward_model_name_or_path,
+        reward_adapter=bool(getattr(t, "reward_adapter_path", None) or getattr(t, "reward_adapter", None)),
+        ewc_lambda=float(getattr(t, "ewc_lambda", 0.0) or 0.0),
+        ewc_fisher_mode=str(getattr(t, "ewc_fisher_mode", "full") or "full"),
+        notes=tuple(notes),
+    )
