@@ -85,6 +85,9 @@ class RecipeArguments:
             Constructor arguments for reward classes, keyed by the entry of ``reward_funcs`` (full path or class name).
         reward_model_name_or_path (`str`, *optional*):
             A sequence-classification reward model (path or Hub id), used with the reward functions.
+        skip_memory_check (`bool`, *optional*, defaults to `False`):
+            On a GPU, ``trl-ext train`` refuses a recipe that ``trl-ext estimate`` predicts not to fit the visible GPU
+            memory, before loading weights. Set true to train anyway.
     """
 
     method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto or ppo."})
@@ -100,6 +103,9 @@ class RecipeArguments:
         default=None, metadata={"help": "Constructor kwargs for reward classes, keyed by reward_funcs entry."}
     )
     reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model path or Hub id."})
+    skip_memory_check: bool = field(
+        default=False, metadata={"help": "Train even if the memory estimate says the recipe does not fit the GPU."}
+    )
 
 
 @dataclass

@@ -46,11 +46,24 @@ def check_output_dir(recipe: Recipe) -> None:
         )
 
 
+def check_gpu_memory(recipe: Recipe) -> None:
+    """On a GPU, refuse (RecipeError) a recipe predicted not to fit this process's GPU (``skip_memory_check``)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from trl_ext.memory import check_recipe_memory
+
+    device = torch.cuda.current_device()
+    check_recipe_memory(recipe, torch.cuda.get_device_properties(device).total_memory)
+
+
 def build_trainer(recipe: Recipe, callbacks: list | None = None):
     """Load data, model and tokenizer as the recipe says and return the method's trainer, ready to ``train()``."""
     from trl_ext.modeling import load_model_and_tokenizer
 
     check_output_dir(recipe)
+    check_gpu_memory(recipe)
     train_dataset, eval_dataset = load_datasets(recipe)
     method_kwargs = _trainer_kwargs(recipe)  # imports reward code (and builds indexes) before weights load
     model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training)
