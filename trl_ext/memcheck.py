@@ -1,0 +1,195 @@
+"""``trl-ext memcheck``: measure a recipe's real peak GPU memory without downloading anything.
+
+It builds the recipe's architecture from its ``config.json`` (bundled, local or cached) with random weights, saves it
+to a temporary directory with a word-level tokenizer of the same vocabulary size, writes a synthetic dataset whose
+rows fill the recipe's maximum lengths (completions are forced to ``max_completion_length`` for GRPO/PPO), then runs
+the recipe itself -- quantization, LoRA, trainer, reference pass, generation and vLLM as configured -- for ``--steps``
+optimizer steps and reports ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` next to the estimate.
+``--memory-cap-gb 24`` caps this process with ``torch.cuda.set_per_process_memory_fraction`` to emulate a 24 GB card
+on a larger one. It needs a CUDA GPU; on CPU it exits with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+GB = 1e9
+GiB = 1024**3
+
+
+class MemcheckUnavailable(RuntimeError):
+    """memcheck cannot run here (no CUDA GPU)."""
+
+
+def synthetic_lengths(recipe, prompt_length: int | None = None) -> dict[str, int]:
+    """Token counts of the synthetic rows: every sequence is as long as the recipe allows.
+
+    DPO/KTO: a quarter of ``max_length`` is prompt, the rest completion (prompt + completion = max_length).
+    GRPO/PPO: the estimator's prompt length and ``max_completion_length`` (generation is forced to it).
+    """
+    from trl_ext.memory import settings_from_recipe
+
+    s = settings_from_recipe(recipe, prompt_length=prompt_length)
+    if s.method in ("dpo", "kto"):
+        prompt = max(1, s.max_length // 4)
+        return {"prompt": prompt, "completion": s.max_length - prompt}
+    return {"prompt": s.prompt_length, "completion": s.completion_length}
+
+
+def synthetic_rows(method: str, lengths: dict[str, int], n_rows: int, vocab_size: int, seed: int = 0) -> list[dict]:
+    """Rows in TRL's standard (plain text) format; each word is one token of :func:`word_tokenizer`."""
+    import random
+
+    rng = random.Random(seed)
+    words = max(vocab_size - 3, 1)
+
+    def text(n: int) -> str:
+        return " ".join(f"w{rng.randrange(words)}" for _ in range(n))
+
+    rows = []
+    for i in range(n_rows):
+        prompt = text(lengths["prompt"])
+        if method == "dpo":
+            rows.append({"prompt": prompt, "chosen": text(lengths["completion"]),
+                         "rejected": text(lengths["completion"])})
+        elif method == "kto":
+            rows.append({"prompt": prompt, "completion": text(lengths["completion"]), "label": i % 2 == 0})
+        else:
+            rows.append({"prompt": prompt})
+    return rows
+
+
+def word_tokenizer(vocab_size: int):
+    """A fast word-level tokenizer with ``vocab_size`` ids: ``w0 .. w{V-4}`` plus ``<unk>``, ``<pad>``, ``</s>``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size - 3)}
+    vocab.update({"<unk>": vocab_size - 3, "<pad>": vocab_size - 2, "</s>": vocab_size - 1})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
+def _save_random_model(config: dict, out: Path, model_class: str = "causal") -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if not k.startswith("_")})
+    cls = AutoModelForCausalLM if model_class == "causal" else AutoModelForSequenceClassification
+    if model_class != "causal":
+        cfg.num_labels = 1
+    with torch.device("cuda"):
+        model = cls.from_config(cfg, dtype=torch.bfloat16)
+    if model_class != "causal":
+        model.config.pad_token_id = cfg.vocab_size - 2
+    model.save_pretrained(out)
+    word_tokenizer(cfg.vocab_size).save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+
+
+def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = None,
+             overrides: list[str] | None = None, workdir: str | None = None,
+             prompt_length: int | None = None) -> dict:
+    """Run ``steps`` real training steps of the recipe on random weights and return the measured peaks."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MemcheckUnavailable(
+            "trl-ext memcheck measures real GPU memory and needs a CUDA GPU; none is visible here. "
+            "On CPU, use `trl-ext estimate RECIPE` for the predicted peak.")
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}.")
+    from trl_ext.memory import estimate_memory, load_architecture
+    from trl_ext.recipe import load_recipe
+    from trl_ext.train import build_trainer
+
+    overrides = list(overrides or [])
+    recipe = load_recipe(recipe_path, overrides)
+    arch = load_architecture(recipe.model.model_name_or_path)
+    work = Path(workdir or tempfile.mkdtemp(prefix="trl-ext-memcheck-"))
+    model_dir = work / "model"
+    _save_random_model(arch.config, model_dir)
+    extra = ["--model_name_or_path", str(model_dir)]
+    if recipe.script.reward_model_name_or_path:
+        reward = load_architecture(recipe.script.reward_model_name_or_path)
+        _save_random_model(reward.config, work / "reward", model_class="classifier")
+        extra += ["--reward_model_name_or_path", str(work / "reward")]
+    lengths = synthetic_lengths(recipe, prompt_length)
+    t = recipe.training
+    per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    rows = synthetic_rows(recipe.method, lengths, max(64, 2 * steps * per_step), arch.vocab_size)
+    data = work / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    extra += ["--dataset_name", str(data), "--max_steps", str(steps), "--output_dir", str(work / "out"),
+              "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+              "--skip_memory_check", "true"]
+    run_recipe = load_recipe(recipe_path, overrides + extra)
+    if run_recipe.method in ("grpo", "ppo"):  # every completion as long as the recipe allows
+        key = "min_tokens" if getattr(run_recipe.training, "use_vllm", False) else "min_new_tokens"
+        kwargs = dict(run_recipe.training.generation_kwargs or {})
+        kwargs[key] = lengths["completion"]
+        run_recipe.training.generation_kwargs = kwargs
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if memory_cap_gb:
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gb * GB / total))
+    torch.cuda.reset_peak_memory_stats()
+    trainer = build_trainer(run_recipe)
+    trainer.train()
+    allocated = torch.cuda.max_memory_allocated()
+    reserved = torch.cuda.max_memory_reserved()
+    estimate = estimate_memory(recipe, gpu_memory_bytes=(memory_cap_gb * GB) if memory_cap_gb else total,
+                               prompt_length=prompt_length)
+    return {
+        "recipe": str(recipe_path),
+        "model": arch.name,
+        "method": recipe.method,
+        "steps": steps,
+        "gpu": torch.cuda.get_device_name(),
+        "gpu_total_gib": round(total / GiB, 2),
+        "memory_cap_gb": memory_cap_gb,
+        "lengths": lengths,
+        "max_memory_allocated_gib": round(allocated / GiB, 2),
+        "max_memory_reserved_gib": round(reserved / GiB, 2),
+        "estimated_peak_gib": round(estimate.peak_gib, 2),
+        "torch": torch.__version__,
+    }
+
+
+def memcheck_cli(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="trl-ext memcheck",
+        description="Measure a recipe's peak GPU memory: random weights from its config, synthetic batches at "
+        "its maximum lengths, N real training steps (needs a CUDA GPU). Extra --key value pairs override recipe keys.")
+    parser.add_argument("recipe", help="recipe YAML")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps to run (default 5)")
+    parser.add_argument("--memory-cap-gb", "--memory_cap_gb", dest="cap", type=float, default=None,
+                        help="cap this process at this many GB (10^9 bytes), e.g. 24 to emulate a 24 GB card")
+    parser.add_argument("--prompt-length", "--prompt_length", dest="prompt_length", type=int, default=None,
+                        help="GRPO/PPO prompt tokens (default: as trl-ext estimate)")
+    parser.add_argument("--workdir", default=None, help="directory for the random model and data (default: temp)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        result = memcheck(args.recipe, steps=args.steps, memory_cap_gb=args.cap, overrides=overrides,
+                          workdir=args.workdir, prompt_length=args.prompt_length)
+    except MemcheckUnavailable as err:
+        print(f"trl-ext memcheck: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"trl-ext memcheck: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['recipe']}: {result['steps']} steps on {result['gpu']}"
+              + (f" capped at {args.cap:g} GB" if args.cap else "")
+              + f": max allocated {result['max_memory_allocated_gib']} GiB, max reserved "
+              f"{result['max_memory_reserved_gib']} GiB (estimated {result['estimated_peak_gib']} GiB)")
+    return 0
