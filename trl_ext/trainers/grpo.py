@@ -6,13 +6,18 @@ from dataclasses import dataclass
 
 import trl
 
+from trl_ext.ewc.args import EWCArguments, document_ewc_fields
+from trl_ext.ewc.trainer import EWCTrainerMixin
 from trl_ext.trainers import TrlExtTrainerMixin
 
 
+@document_ewc_fields
 @dataclass
-class GRPOConfig(trl.GRPOConfig):
-    """TRL's :class:`trl.GRPOConfig`; every TRL field works unchanged."""
+class GRPOConfig(EWCArguments, trl.GRPOConfig):
+    """TRL's :class:`trl.GRPOConfig`; every TRL field works unchanged, plus the EWC and forgetting-monitor keys
+    of :class:`trl_ext.ewc.EWCArguments` (listed below)."""
 
 
-class GRPOTrainer(TrlExtTrainerMixin, trl.GRPOTrainer):
-    """TRL's :class:`trl.GRPOTrainer` with QLoRA adapters kept in the compute dtype."""
+class GRPOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
+    """TRL's :class:`trl.GRPOTrainer` with QLoRA adapters kept in the compute dtype, the EWC penalty
+    (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``)."""

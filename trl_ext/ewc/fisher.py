@@ -1,0 +1,308 @@
+"""Diagonal Fisher of the frozen base weights of LoRA-adapted modules, from per-sample gradients taken by hooks.
+
+For an adapted linear layer ``y = W x (+ s B A x)``, the gradient of one sequence's loss with respect to ``W`` is
+``G_n = sum_t g_t x_t^T`` with ``x_t`` the layer input and ``g_t`` the gradient at the base layer's output. A forward
+hook on ``module.base_layer`` keeps ``x`` and a tensor hook on its output receives ``g``, so ``W`` never needs a
+``.grad`` and may be 4-bit. ``F = sum_n G_n ** 2 / n_tokens`` is accumulated in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from trl_ext.ewc.data import collate
+
+logger = logging.getLogger(__name__)
+
+LORA_PARAMS_WARNING = (
+    "ewc_fisher_mode=lora_params is an ablation: at PEFT's default init B = 0, so the gradient (and the Fisher) of "
+    "every LoRA A matrix is zero and A is not regularized at all. Use ewc_fisher_mode full (or kfac) for EWC."
+)
+
+
+@dataclass
+class AdaptedModule:
+    """A LoRA layer and the name of the linear module it adapts, as named in the base model."""
+
+    name: str
+    layer: torch.nn.Module  # peft.tuners.lora.LoraLayer
+    adapter: str = "default"
+
+    @property
+    def lora_A(self) -> torch.nn.Parameter:
+        return self.layer.lora_A[self.adapter].weight  # (r, in)
+
+    @property
+    def lora_B(self) -> torch.nn.Parameter:
+        return self.layer.lora_B[self.adapter].weight  # (out, r)
+
+    @property
+    def scaling(self) -> float:
+        return float(self.layer.scaling[self.adapter])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.layer.out_features), int(self.layer.in_features))
+
+
+def unwrap(model):
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DDP and friends
+        model = model.module
+    return model
+
+
+def base_model_of(model):
+    """The transformers model under a PEFT wrapper (module names as in the base model)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraModel
+
+    model = unwrap(model)
+    if isinstance(model, PeftModel):
+        model = model.base_model
+    if isinstance(model, LoraModel):
+        model = model.model
+    return model
+
+
+def adapted_modules(model) -> list[AdaptedModule]:
+    """Every LoRA-adapted linear layer of ``model``, keyed by its name in the base model."""
+    from peft.tuners.lora import LoraLayer
+
+    out = []
+    for name, module in base_model_of(model).named_modules():
+        if isinstance(module, LoraLayer) and hasattr(module, "base_layer"):
+            adapters = [a for a in module.active_adapters if a in module.lora_A]
+            if not adapters:
+                continue
+            if len(adapters) > 1:
+                raise ValueError(f"EWC supports one active LoRA adapter; module {name} has {adapters}.")
+            if getattr(module, "use_dora", {}).get(adapters[0], False):
+                raise ValueError("EWC in full weight space does not support DoRA adapters; set use_dora: false.")
+            if not isinstance(module.lora_A[adapters[0]], torch.nn.Linear):
+                raise ValueError(f"EWC supports LoRA on linear layers only; {name} is {type(module.base_layer)}.")
+            out.append(AdaptedModule(name, module, adapters[0]))
+    return out
+
+
+def eval_mode(model) -> None:
+    """``model.eval()`` (dropout and LoRA dropout off), except that bitsandbytes 4-bit linears keep their training
+    flag: on CPU, a gradient-free forward of a 4-bit linear in eval mode repacks its weight for inference in a way
+    that breaks every later training forward. The flag changes nothing else in those layers (they hold no dropout)."""
+    model.eval()
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # pragma: no cover
+        return
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.training = True
+
+
+@contextlib.contextmanager
+def fisher_pass_mode(model, gradient_checkpointing_kwargs=None):
+    """Eval mode (dropout and LoRA dropout off) and gradient checkpointing off, restored afterwards."""
+    base = base_model_of(model)
+    was_training = unwrap(model).training
+    checkpointing = bool(getattr(base, "is_gradient_checkpointing", False))
+    eval_mode(unwrap(model))
+    if checkpointing:
+        base.gradient_checkpointing_disable()
+    try:
+        yield
+    finally:
+        if checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        unwrap(model).train(was_training)
+
+
+@dataclass
+class FisherEstimate:
+    """Fisher tensors keyed as in the Fisher file, plus what was measured."""
+
+    tensors: dict[str, torch.Tensor]
+    mode: str
+    fisher_type: str
+    n_samples: int
+    n_tokens: int
+    split_half_agreement: float | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def fisher_keys(name: str, mode: str) -> tuple[str, ...]:
+    if mode == "full":
+        return (name,)
+    if mode == "kfac":
+        return (f"{name}.kfac_out", f"{name}.kfac_in")
+    return (f"{name}.lora_A", f"{name}.lora_B")
+
+
+def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per position drawn from ``softmax(logits)`` (temperature 1): the true Fisher's labels."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+def sequence_log_probs(logits, input_ids, target_mask, fisher_type, generator):
+    """Per-sequence sum of masked next-token log-probs (B,): data labels or labels sampled from the model."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    if fisher_type == "true":
+        labels = sample_labels(logits.detach(), generator)
+    else:
+        labels = torch.roll(input_ids, -1, dims=1)
+    token_logp = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return (token_logp * target_mask).sum(dim=1)
+
+
+def _all_reduce(tensors: list[torch.Tensor]) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for t in tensors:
+            dist.all_reduce(t)
+            dist.broadcast(t, src=0)  # bit-identical on every rank
+
+
+def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "true", batch_size: int = 8,
+                    seed: int = 0, pad_token_id: int = 0, dtype: torch.dtype = torch.float32,
+                    process_index: int = 0, num_processes: int = 1, gradient_checkpointing_kwargs=None,
+                    modules: list[AdaptedModule] | None = None) -> FisherEstimate:
+    """Diagonal Fisher of every LoRA-adapted module of ``model`` from ``samples`` (see :func:`load_token_samples`).
+
+    Samples are sharded over ``num_processes`` and the sums all-reduced, so every rank gets the same estimate. Even
+    and odd samples are accumulated apart to report the split-half agreement (cosine similarity of the two halves).
+    """
+    start = time.perf_counter()
+    modules = modules if modules is not None else adapted_modules(model)
+    if not modules:
+        raise ValueError("The model has no LoRA-adapted module: EWC needs `use_peft: true` (LoRA or QLoRA).")
+    if mode == "lora_params":
+        warnings.warn(LORA_PARAMS_WARNING, stacklevel=2)
+    device = next(p for p in unwrap(model).parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed + process_index)
+    # acc[half][key]: float32 sums; tokens[half]: modelled tokens; positions[half]: non-pad positions (kfac inputs)
+    acc: list[dict[str, torch.Tensor]] = [{}, {}]
+    for half in (0, 1):
+        for m in modules:
+            out_f, in_f = m.shape
+            if mode == "full":
+                acc[half][m.name] = torch.zeros(out_f, in_f, dtype=torch.float32, device=device)
+            elif mode == "kfac":
+                acc[half][f"{m.name}.kfac_out"] = torch.zeros(out_f, dtype=torch.float32, device=device)
+                acc[half][f"{m.name}.kfac_in"] = torch.zeros(in_f, dtype=torch.float32, device=device)
+            else:
+                acc[half][f"{m.name}.lora_A"] = torch.zeros_like(m.lora_A, dtype=torch.float32)
+                acc[half][f"{m.name}.lora_B"] = torch.zeros_like(m.lora_B, dtype=torch.float32)
+    counts = torch.zeros(2, 3, dtype=torch.float64, device=device)  # [half, (samples, tokens, positions)]
+    state: dict = {}
+
+    def on_grad(name, x, g):
+        halves, attn = state["halves"], state["attn"]
+        g = g.float()
+        for n in range(x.shape[0]):
+            h = int(halves[n])
+            if mode == "full":
+                G = g[n].transpose(0, 1) @ x[n]  # (out, in) per-sample gradient of W
+                acc[h][name].addcmul_(G, G)
+            else:
+                acc[h][f"{name}.kfac_out"].add_((g[n] * g[n]).sum(0))
+                xn = x[n] * attn[n].unsqueeze(-1)
+                acc[h][f"{name}.kfac_in"].add_((xn * xn).sum(0))
+
+    def forward_hook(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                x = inputs[0].detach().float()
+                output.register_hook(lambda g: on_grad(name, x, g))
+        return hook
+
+    def embed_hook(module, inputs, output):
+        output.requires_grad_(True)
+        state["embeds"] = output
+
+    handles = []
+    lora_params = [p for m in modules for p in (m.lora_A, m.lora_B)]
+    try:
+        with fisher_pass_mode(model, gradient_checkpointing_kwargs):
+            if mode != "lora_params":
+                handles.append(base_model_of(model).get_input_embeddings().register_forward_hook(embed_hook))
+                handles += [m.layer.base_layer.register_forward_hook(forward_hook(m.name)) for m in modules]
+            indices = list(range(process_index, len(samples), num_processes))
+            step = batch_size if mode != "lora_params" else 1
+            for b0 in range(0, len(indices), step):
+                idx = indices[b0 : b0 + step]
+                input_ids, attn, target = collate([samples[i] for i in idx], pad_token_id, device)
+                halves = torch.tensor([i % 2 for i in idx])
+                state.update(halves=halves, attn=attn.float())
+                logits = unwrap(model)(input_ids=input_ids, attention_mask=attn, use_cache=False).logits
+                seq_logp = sequence_log_probs(logits, input_ids, target, fisher_type, generator)
+                if mode == "lora_params":
+                    grads = torch.autograd.grad(seq_logp.sum(), lora_params, allow_unused=True)
+                    h = int(halves[0])
+                    for m, gA, gB in zip(modules, grads[0::2], grads[1::2]):
+                        if gA is not None:
+                            acc[h][f"{m.name}.lora_A"].addcmul_(gA.float(), gA.float())
+                        if gB is not None:
+                            acc[h][f"{m.name}.lora_B"].addcmul_(gB.float(), gB.float())
+                else:
+                    torch.autograd.grad(seq_logp.sum(), state["embeds"])
+                ntok = target.sum(dim=1).double()
+                for h in (0, 1):
+                    sel = halves.to(device) == h
+                    counts[h, 0] += sel.sum()
+                    counts[h, 1] += ntok[sel].sum()
+                    counts[h, 2] += attn[sel].sum()
+                state.pop("embeds", None)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    _all_reduce([counts] + [t for half in acc for t in half.values()])
+    # normalise each half by its own token count, then combine: F = (sum_even + sum_odd) / all tokens
+    tensors, dot, n0, n1 = {}, 0.0, 0.0, 0.0
+    total_tokens = float(counts[:, 1].sum())
+    total_positions = float(counts[:, 2].sum())
+    if total_tokens == 0:
+        raise ValueError("The Fisher samples hold no token to model.")
+    for key in acc[0]:
+        denom = (lambda h: counts[h, 2]) if key.endswith(".kfac_in") else (lambda h: counts[h, 1])
+        halves_f = [acc[h][key] / max(float(denom(h)), 1.0) for h in (0, 1)]
+        dot += float((halves_f[0] * halves_f[1]).sum())
+        n0 += float((halves_f[0] ** 2).sum())
+        n1 += float((halves_f[1] ** 2).sum())
+        total = (acc[0][key] + acc[1][key]) / (total_positions if key.endswith(".kfac_in") else total_tokens)
+        tensors[key] = total.to(dtype)
+    agreement = dot / (n0 * n1) ** 0.5 if n0 > 0 and n1 > 0 else None
+    return FisherEstimate(tensors=tensors, mode=mode, fisher_type=fisher_type, n_samples=int(counts[:, 0].sum()),
+                          n_tokens=int(total_tokens), split_half_agreement=agreement,
+                          seconds=time.perf_counter() - start)
+
+
+def fisher_quantiles(tensors: dict[str, torch.Tensor], mode: str, max_entries: int = 1_000_000,
+                     seed: int = 0) -> dict[str, float]:
+    """Quantiles of the Fisher's entries (a random subset of at most ``max_entries``) for the start-of-run log."""
+    parts = []
+    g = torch.Generator().manual_seed(seed)
+    total = 0
+    for key, t in tensors.items():
+        if mode == "kfac":
+            if not key.endswith(".kfac_out"):
+                continue
+            t = t.float().cpu()[:, None] * tensors[key[: -len("out")] + "in"].float().cpu()[None, :]
+        flat = t.float().reshape(-1).cpu()
+        total += flat.numel()
+        parts.append(flat)
+    allf = torch.cat(parts)
+    if allf.numel() > max_entries:
+        allf = allf[torch.randint(0, allf.numel(), (max_entries,), generator=g)]
+    q = torch.quantile(allf, torch.tensor([0.5, 0.9, 0.99]))
+    return {"ewc/fisher_q50": float(q[0]), "ewc/fisher_q90": float(q[1]), "ewc/fisher_q99": float(q[2]),
+            "ewc/fisher_max": float(allf.max()), "ewc/fisher_mean": float(allf.mean()),
+            "ewc/fisher_entries": float(total)}

@@ -1,0 +1,138 @@
+"""The EWC penalty ``lambda/2 * sum(F * (s B A - delta_anchor)^2)`` in full weight space, in float32 row chunks.
+
+No dense (out, in) product outlives one chunk: value and gradients are computed chunk by chunk, both in
+:class:`FullWeightPenalty` (a custom autograd function that recomputes the chunks in backward) and in
+:meth:`EWCPenalty.value_and_grads` (what the trainers use: no autograd graph at all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: float32 elements per chunk of the (out, in) difference (16 MiB).
+CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass
+class Anchor:
+    """``delta_anchor = scaling * B @ A`` of a previous adapter (online EWC), kept as low-rank factors."""
+
+    scaling: float
+    lora_A: torch.Tensor  # (r, in)
+    lora_B: torch.Tensor  # (out, r)
+
+
+def _fisher_rows(fisher, r0: int, r1: int) -> torch.Tensor:
+    if isinstance(fisher, tuple):  # kfac: (out,), (in,)
+        return fisher[0][r0:r1].float().unsqueeze(1) * fisher[1].float().unsqueeze(0)
+    return fisher[r0:r1].float()
+
+
+def module_penalty(A, B, scaling: float, fisher, anchor: Anchor | None = None, grads: bool = True,
+                   chunk_elements: int = CHUNK_ELEMENTS):
+    """``(sum F * D^2, dA, dB)`` for ``D = scaling * B @ A - delta_anchor``, where ``dA``/``dB`` are the gradients
+    of ``sum F * D^2 / 2`` (None when ``grads`` is false). Everything in float32, row chunk by row chunk."""
+    A32, B32 = A.detach().float(), B.detach().float()
+    out_features, in_features = B32.shape[0], A32.shape[1]
+    rows = max(1, chunk_elements // max(in_features, 1))
+    value = torch.zeros((), dtype=torch.float32, device=A32.device)
+    gA = torch.zeros_like(A32) if grads else None
+    gB = torch.zeros_like(B32) if grads else None
+    if anchor is not None:
+        aA, aB = anchor.lora_A.float(), anchor.lora_B.float()
+    for r0 in range(0, out_features, rows):
+        r1 = min(out_features, r0 + rows)
+        D = scaling * (B32[r0:r1] @ A32)
+        if anchor is not None:
+            D = D - anchor.scaling * (aB[r0:r1] @ aA)
+        FD = _fisher_rows(fisher, r0, r1) * D
+        value += (FD * D).sum()
+        if grads:
+            gB[r0:r1] = scaling * (FD @ A32.T)
+            gA += scaling * (B32[r0:r1].T @ FD)
+    return value, gA, gB
+
+
+class FullWeightPenalty(torch.autograd.Function):
+    """``sum F * (s B A - delta)^2 / 2`` of one module, differentiable in A and B, chunked in forward and backward."""
+
+    @staticmethod
+    def forward(ctx, A, B, scaling, fisher, anchor):
+        value, _, _ = module_penalty(A, B, scaling, fisher, anchor, grads=False)
+        ctx.save_for_backward(A, B)
+        ctx.extra = (scaling, fisher, anchor)
+        return value / 2
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        A, B = ctx.saved_tensors
+        scaling, fisher, anchor = ctx.extra
+        _, gA, gB = module_penalty(A, B, scaling, fisher, anchor, grads=True)
+        return (gA * grad_output).to(A.dtype), (gB * grad_output).to(B.dtype), None, None, None
+
+
+class EWCPenalty:
+    """The EWC penalty over every adapted module: ``ewc_lambda/2 * sum F (s B A - delta_anchor)^2``.
+
+    ``fisher`` maps Fisher-file keys to tensors (see :func:`trl_ext.ewc.fisher.fisher_keys`). In ``lora_params``
+    mode the penalty is ``ewc_lambda/2 * sum F_A (A - A*)^2 + F_B (B - B*)^2`` with ``A*``, ``B*`` the values at
+    construction.
+    """
+
+    def __init__(self, modules, fisher: dict[str, torch.Tensor], ewc_lambda: float, mode: str = "full",
+                 anchors: dict[str, Anchor] | None = None):
+        self.modules = modules
+        self.ewc_lambda = float(ewc_lambda)
+        self.mode = mode
+        self.anchors = anchors or {}
+        self.fisher = {}
+        for m in modules:
+            dev = m.lora_A.device
+            if mode == "full":
+                self.fisher[m.name] = fisher[m.name].to(dev)
+            elif mode == "kfac":
+                self.fisher[m.name] = (fisher[f"{m.name}.kfac_out"].to(dev), fisher[f"{m.name}.kfac_in"].to(dev))
+            else:
+                self.fisher[m.name] = (fisher[f"{m.name}.lora_A"].to(dev), fisher[f"{m.name}.lora_B"].to(dev))
+                self.anchors[m.name] = Anchor(m.scaling, m.lora_A.detach().float().clone(),
+                                              m.lora_B.detach().float().clone())
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for m in self.modules for p in (m.lora_A, m.lora_B)]
+
+    def loss(self) -> torch.Tensor:
+        """The penalty as a differentiable float32 scalar (custom autograd, chunked)."""
+        total = torch.zeros((), dtype=torch.float32, device=self.modules[0].lora_A.device)
+        for m in self.modules:
+            if self.mode == "lora_params":
+                fA, fB = self.fisher[m.name]
+                a = self.anchors[m.name]
+                total = total + 0.5 * ((fA.float() * (m.lora_A.float() - a.lora_A) ** 2).sum()
+                                       + (fB.float() * (m.lora_B.float() - a.lora_B) ** 2).sum())
+            else:
+                total = total + FullWeightPenalty.apply(m.lora_A, m.lora_B, m.scaling, self.fisher[m.name],
+                                                        self.anchors.get(m.name))
+        return self.ewc_lambda * total
+
+    @torch.no_grad()
+    def value_and_grads(self):
+        """``(penalty, predicted_kl, {param: grad})`` without an autograd graph; ``predicted_kl = sum F D^2 / 2``."""
+        quad = torch.zeros((), dtype=torch.float32, device=self.modules[0].lora_A.device)
+        grads = {}
+        for m in self.modules:
+            if self.mode == "lora_params":
+                fA, fB = self.fisher[m.name]
+                a = self.anchors[m.name]
+                dA, dB = m.lora_A.float() - a.lora_A, m.lora_B.float() - a.lora_B
+                quad += (fA.float() * dA * dA).sum() + (fB.float() * dB * dB).sum()
+                gA, gB = fA.float() * dA, fB.float() * dB
+            else:
+                value, gA, gB = module_penalty(m.lora_A, m.lora_B, m.scaling, self.fisher[m.name],
+                                               self.anchors.get(m.name))
+                quad += value
+            grads[m.lora_A] = self.ewc_lambda * gA
+            grads[m.lora_B] = self.ewc_lambda * gB
+        predicted_kl = 0.5 * quad
+        return self.ewc_lambda * predicted_kl, predicted_kl, grads
