@@ -34,7 +34,7 @@ The formulas (each component's ``formula`` repeats its own):
   a prefill working set and fp32 sampling logits (3*V*4 per sequence).
 - vLLM colocate: vLLM takes gpu_memory_utilization x the GPU's total memory, for its own 16-bit copy of the weights,
   activations and its KV cache; with sleep mode it holds that only while generating.
-- PPO: a critic adapter + value head (weights, gradients, optimizer) on the same 4-bit base, and the critic's own
+- PPO: a critic adapter + value head (only the head with ``critic: shared``; a second base with ``critic: model``) (weights, gradients, optimizer) on the same 4-bit base, and the critic's own
   activations in the update; the reference is the base with adapters off (free). A separate reward model is a
   16-bit copy of its architecture.
 - EWC (full): an fp32 diagonal Fisher for every base weight of the adapted modules, plus one module's dense
@@ -221,7 +221,7 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
             clin, cother, _, _ = base_weight_bytes(arch, s)
             comps.append(Component("critic model (separate base)", clin + cother, "static",
                                    "a second quantized base for the critic"))
-        ctrain = lora_params(arch, s) if s.use_peft else arch.total_params
+        ctrain = 0 if s.critic_mode == "shared" else (lora_params(arch, s) if s.use_peft else arch.total_params)
         comps.append(Component("critic adapter + value head", ctrain * (2 * pb + ob) + head, "static",
                                f"{ctrain / 1e6:.1f}M x ({pb}+{pb}+{ob:g}) B + value head h*(4+4+8)"))
     needs_ref = (s.method in ("dpo", "kto") and not s.precompute_ref) or (s.method in ("grpo", "ppo") and s.beta > 0)
@@ -283,7 +283,7 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     comps.append(Component("activations", act, "train", f"{shape}, {ckpt} gradient checkpointing"))
     lp, lp_f = logprob_bytes(arch, s, scored, grad=True)
     comps.append(Component("logits / log-probs", lp, "train", lp_f))
-    if s.method == "ppo":
+    if s.method == "ppo" and s.critic_mode != "shared":
         comps.append(Component("critic activations", act, "train", "critic forward/backward on the same tokens"))
     shapes = arch.linear_shapes()
     if s.quantization != "none":

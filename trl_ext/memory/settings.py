@@ -47,7 +47,7 @@ class MemorySettings:
     vllm_sleep: bool = False
     kto_kl: bool = True  # KTO's mismatched-pair KL term (loss_type kto)
     # PPO
-    critic_mode: str = "adapter"  # adapter (second LoRA + value head on the same base) | model (separate base)
+    critic_mode: str = "adapter"  # adapter (own LoRA + value head, same base) | shared (value head on the actor) | model
     reward_model: str | None = None
     reward_adapter: bool = False
     # EWC
@@ -118,7 +118,10 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         except ImportError:
             full_logits = True
 
-    critic_mode = str(getattr(t, "critic_mode", None) or getattr(t, "critic", None) or "adapter")
+    critic_mode = str(getattr(t, "critic", None) or getattr(t, "critic_mode", None) or "adapter")
+    beta = float(getattr(t, "beta", 0.0) or 0.0)
+    if method == "ppo":  # PPO puts the KL into the reward: a reference pass whenever kl_coef > 0
+        beta = max(beta, float(getattr(t, "kl_coef", 0.0) or 0.0))
     return MemorySettings(
         method=method,
         model=str(m.model_name_or_path),
@@ -142,14 +145,14 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         num_generations=num_generations,
         generation_batch_size=int(gen_batch),
         precompute_ref=bool(getattr(t, "precompute_ref_log_probs", False)),
-        beta=float(getattr(t, "beta", 0.0) or 0.0),
+        beta=beta,
         fused_logits=not full_logits,
         use_vllm=bool(getattr(t, "use_vllm", False)),
         vllm_mode=str(getattr(t, "vllm_mode", "colocate") or "colocate"),
         vllm_gpu_memory_utilization=float(getattr(t, "vllm_gpu_memory_utilization", 0.3) or 0.3),
         vllm_sleep=bool(getattr(t, "vllm_enable_sleep_mode", False)),
         kto_kl=str(getattr(t, "loss_type", "kto")) == "kto",
-        critic_mode="model" if critic_mode in ("model", "separate", "separate_model", "full") else "adapter",
+        critic_mode=critic_mode if critic_mode in ("adapter", "shared", "model") else "adapter",
         reward_model=recipe.script.reward_model_name_or_path,
         reward_adapter=bool(getattr(t, "reward_adapter_path", None) or getattr(t, "reward_adapter", None)),
         ewc_lambda=float(getattr(t, "ewc_lambda", 0.0) or 0.0),

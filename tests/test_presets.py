@@ -1,0 +1,40 @@
+"""Every preset recipe validates (no weights loaded) and the 24 GB presets fit their budget by the estimate."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import RECIPES
+
+from trl_ext.memory import PRESET_TARGET_GIB, estimate_memory
+from trl_ext.recipe import load_recipe, resolve_accelerate_config
+
+PRESET_DIRS = ("dpo", "grpo", "ppo", "kto")
+ALL = sorted(p for d in (*PRESET_DIRS, "quickstart") for p in (RECIPES / d).glob("*.yaml"))
+GPU_PRESETS = [p for p in ALL if p.parent.name in PRESET_DIRS]
+
+
+def _id(path):
+    return f"{path.parent.name}/{path.name}"
+
+
+@pytest.mark.parametrize("path", ALL, ids=_id)
+def test_preset_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.method == (path.parent.name if path.parent.name in PRESET_DIRS else recipe.method)
+
+
+@pytest.mark.parametrize("path", GPU_PRESETS, ids=_id)
+def test_gpu_preset_names_single_gpu_accelerate_config_and_fits_20_gib(path):
+    recipe = load_recipe(path)
+    assert recipe.script.accelerate_config == "../accelerate/single_gpu.yaml"
+    assert resolve_accelerate_config(str(path), recipe.script.accelerate_config).endswith("single_gpu.yaml")
+    est = estimate_memory(recipe, gpu_memory_gb=24)
+    assert est.fits and est.peak_gib <= PRESET_TARGET_GIB, f"{path.name}: {est.peak_gib:.1f} GiB"
+    assert re.search(r"^# Estimated peak: \d+(\.\d)? GiB", path.read_text(), re.M), "state the estimate in a comment"
+
+
+def test_the_library_has_the_issue_presets():
+    names = {_id(p) for p in GPU_PRESETS}
+    assert {"dpo/qwen2.5-7b-qlora.yaml", "kto/qwen2.5-7b-qlora.yaml"} <= names
