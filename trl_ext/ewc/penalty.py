@@ -31,10 +31,11 @@ def _fisher_rows(fisher, r0: int, r1: int) -> torch.Tensor:
 
 
 def module_penalty(A, B, scaling: float, fisher, anchor: Anchor | None = None, grads: bool = True,
-                   chunk_elements: int = CHUNK_ELEMENTS):
+                   chunk_elements: int | None = None):
     """``(sum F * D^2, dA, dB)`` for ``D = scaling * B @ A - delta_anchor``, where ``dA``/``dB`` are the gradients
     of ``sum F * D^2 / 2`` (None when ``grads`` is false). Everything in float32, row chunk by row chunk."""
     A32, B32 = A.detach().float(), B.detach().float()
+    chunk_elements = chunk_elements or CHUNK_ELEMENTS
     out_features, in_features = B32.shape[0], A32.shape[1]
     rows = max(1, chunk_elements // max(in_features, 1))
     value = torch.zeros((), dtype=torch.float32, device=A32.device)
