@@ -1,0 +1,181 @@
+"""PPO with a critic on the tiny model: config validation, learning under 4-bit + LoRA, critic save/resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import RECIPES, accelerate_launch, run_command
+
+QUICKSTART = str(RECIPES / "quickstart" / "ppo.yaml")
+CLASSIC_METRICS = [
+    "objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward", "objective/scores",
+    "policy/approxkl", "policy/clipfrac", "loss/policy", "loss/value", "val/clipfrac", "val/mean", "val/var",
+]
+
+
+def quickstart_copy(directory: Path) -> str:
+    """The quickstart recipe with ``reward_kwargs`` as a JSON string, a form that validates on every load in one
+    process (the mapping form validates on the first load only, see the report on recipe field types)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(QUICKSTART).read_text())
+    raw["reward_kwargs"] = json.dumps(raw["reward_kwargs"])
+    path = directory / "ppo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def build(output_dir, *overrides):
+    from trl_ext.recipe import load_recipe
+    from trl_ext.train import build_trainer
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    recipe = load_recipe(quickstart_copy(output_dir.parent),
+                         ["--output_dir", str(output_dir), "--logging_steps", "1", *overrides])
+    return build_trainer(recipe)
+
+
+def rollout_metric(trainer, key):
+    return [h[key] for h in trainer.state.log_history if key in h]
+
+
+# --------------------------------------------------------------------------------------------------- validation
+def test_ppo_config_rejects_bad_input_with_the_fix(tmp_path):
+    from trl_ext.trainers.ppo import PPOConfig, PPOTrainer
+
+    with pytest.raises(ValueError, match="set kl_coef instead of beta"):
+        PPOConfig(output_dir=str(tmp_path), bf16=False, beta=0.1)
+    with pytest.raises(ValueError, match="critic must be one of adapter, shared, model"):
+        PPOConfig(output_dir=str(tmp_path), bf16=False, critic="value")
+    with pytest.raises(ValueError, match="critic_model_name_or_path"):
+        PPOConfig(output_dir=str(tmp_path), bf16=False, critic="model")
+    with pytest.raises(ValueError, match=r"lam must be in \[0, 1\]"):
+        PPOConfig(output_dir=str(tmp_path), bf16=False, lam=1.5)
+    with pytest.raises(ValueError, match="use_peft: true"):
+        PPOTrainer(model=None, args=PPOConfig(output_dir=str(tmp_path), bf16=False), peft_config=None)
+
+
+def test_ppo_config_maps_epochs_and_mini_batches_and_keeps_one_completion_per_prompt(tmp_path):
+    from trl_ext.trainers.ppo import PPOConfig
+
+    cfg = PPOConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=4, num_ppo_epochs=3, num_mini_batches=2)
+    assert (cfg.num_iterations, cfg.steps_per_generation, cfg.generation_batch_size) == (3, 2, 8)
+    assert cfg.num_generations == 1 and cfg.beta == 0.0 and cfg.loss_type == "bnpo"
+
+
+def test_quickstart_recipe_validates_and_unknown_ppo_key_is_named(tmp_path):
+    from trl_ext.recipe import RecipeError, load_recipe
+
+    check = ("from trl_ext.recipe import load_recipe; r = load_recipe(%r); "
+             "print(r.method, r.training.critic, r.model.load_in_4bit, r.training.num_iterations)" % QUICKSTART)
+    result = run_command([sys.executable, "-c", check], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-4:] == ["ppo", "adapter", "True", "4"]
+    recipe = quickstart_copy(tmp_path)
+    with pytest.raises(RecipeError, match="Did you mean 'kl_coef'"):
+        load_recipe(recipe, ["--kl_coeff", "0.1"])
+    with pytest.raises(RecipeError, match="Invalid command-line override"):
+        load_recipe(recipe, ["--critic", "nope"])
+
+
+# ----------------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
+def test_ppo_4bit_lora_raises_the_keyword_score_with_bounded_kl(tmp_path):
+    trainer = build(tmp_path / "run")
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    assert unwrapped.is_loaded_in_4bit
+    assert set(unwrapped.peft_config) == {"default", "critic"}
+    trainer.train()
+    scores = rollout_metric(trainer, "objective/scores")
+    kls = rollout_metric(trainer, "objective/kl")
+    assert len(scores) == 8  # 64 steps / (4 epochs x 2 mini-batches)
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert last > first + 0.2, scores
+    assert all(abs(k) < 10.0 for k in kls), kls
+    logged = set().union(*(h.keys() for h in trainer.state.log_history))
+    assert set(CLASSIC_METRICS) <= logged
+    assert all(v >= 0 for v in rollout_metric(trainer, "loss/value"))
+
+    trainer.save_model(str(tmp_path / "final"))
+    critic = tmp_path / "final" / "critic"
+    assert (tmp_path / "final" / "adapter_model.safetensors").is_file()
+    assert {"adapter_model.safetensors", "adapter_config.json", "value_head.safetensors", "ppo_state.json"} <= {
+        p.name for p in critic.iterdir()
+    }
+    from safetensors.torch import load_file
+
+    actor_keys = load_file(str(tmp_path / "final" / "adapter_model.safetensors")).keys()
+    assert not any("value_head" in k or ".critic." in k for k in actor_keys)
+
+
+def _critic_state(trainer):
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    adapter = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if ".critic." in n}
+    head = {n: p.detach().clone() for n, p in unwrapped.ppo_value_head.named_parameters()}
+    return adapter, head
+
+
+@pytest.mark.slow
+def test_checkpoint_saves_critic_and_resume_restores_it_and_continues(tmp_path):
+    out = tmp_path / "run"
+    short = ["--num_ppo_epochs", "2", "--save_strategy", "steps", "--save_steps", "4", "--max_completion_length", "12"]
+    first = build(out, *short, "--max_steps", "4")
+    first.train()
+    saved_adapter, saved_head = _critic_state(first)
+    checkpoint = out / "checkpoint-4"
+    assert (checkpoint / "critic" / "value_head.safetensors").is_file()
+    assert json.loads((checkpoint / "critic" / "ppo_state.json").read_text())["critic"] == "adapter"
+    del first
+
+    resumed = build(out, *short, "--max_steps", "8", "--resume_from_checkpoint", str(checkpoint))
+    fresh_adapter, fresh_head = _critic_state(resumed)
+    assert not torch.equal(fresh_head["summary.weight"], saved_head["summary.weight"])
+    resumed._load_from_checkpoint(str(checkpoint))
+    loaded_adapter, loaded_head = _critic_state(resumed)
+    assert loaded_adapter.keys() == saved_adapter.keys() and len(loaded_adapter) > 0
+    assert all(torch.equal(loaded_adapter[k], saved_adapter[k]) for k in saved_adapter)
+    assert all(torch.equal(loaded_head[k], saved_head[k]) for k in saved_head)
+    # nothing that should train was frozen by the adapter switching during loading
+    unwrapped = resumed.accelerator.unwrap_model(resumed.model)
+    assert all(p.requires_grad for n, p in unwrapped.named_parameters() if "lora_" in n or "value_head" in n)
+
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 8
+    assert [h["step"] for h in resumed.state.log_history if "loss/value" in h] == [1, 2, 3, 4, 5, 6, 7, 8]
+    after_adapter, after_head = _critic_state(resumed)
+    assert not torch.equal(after_head["summary.weight"], saved_head["summary.weight"])  # the critic kept training
+    assert any(not torch.equal(after_adapter[k], saved_adapter[k]) for k in saved_adapter)
+
+
+@pytest.mark.slow
+def test_shared_critic_trains_a_value_head_on_the_actor_adapter(tmp_path):
+    trainer = build(tmp_path / "run", "--critic", "shared", "--max_steps", "2", "--num_ppo_epochs", "1",
+                    "--max_completion_length", "12")
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    assert set(unwrapped.peft_config) == {"default"}
+    before = unwrapped.ppo_value_head.summary.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, unwrapped.ppo_value_head.summary.weight)
+    assert rollout_metric(trainer, "loss/value")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_completes_and_saves_the_critic(tmp_path):
+    out = tmp_path / "ddp"
+    result = accelerate_launch(
+        "--config", QUICKSTART, "--output_dir", str(out), "--max_steps", "2", "--num_ppo_epochs", "1",
+        "--num_mini_batches", "1", "--per_device_train_batch_size", "4", "--max_completion_length", "12",
+        num_processes=2, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "critic" / "value_head.safetensors").is_file()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert any("objective/scores" in h for h in state["log_history"])
