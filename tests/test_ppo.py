@@ -179,3 +179,16 @@ def test_two_process_ddp_on_cpu_completes_and_saves_the_critic(tmp_path):
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert any("objective/scores" in h for h in state["log_history"])
+
+
+@pytest.mark.slow
+def test_ewc_penalty_applies_to_the_actor_adapter_under_ppo(tmp_path):
+    trainer = build(tmp_path / "run", "--ewc_lambda", "100", "--ewc_fisher_samples", "8",
+                    "--ewc_fisher_max_length", "64", "--max_steps", "3", "--num_ppo_epochs", "3",
+                    "--num_mini_batches", "1", "--max_completion_length", "12")
+    assert trainer.ewc_penalty is not None
+    assert {m.adapter for m in trainer.ewc_penalty.modules} == {"default"}  # the critic adapter is not anchored
+    trainer.train()
+    penalties = [h["ewc/penalty"] for h in trainer.state.log_history if "ewc/penalty" in h]
+    assert len(penalties) == 3
+    assert penalties[-1] > 0.0 and all(torch.isfinite(torch.tensor(penalties)))

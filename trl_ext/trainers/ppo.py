@@ -19,6 +19,8 @@ import torch
 import trl
 from torch import nn
 
+from trl_ext.ewc.args import EWCArguments, document_ewc_fields
+from trl_ext.ewc.trainer import EWCTrainerMixin
 from trl_ext.modeling import align_adapter_dtype
 from trl_ext.trainers import TrlExtTrainerMixin
 from trl_ext.trainers.ppo_core import (
@@ -39,9 +41,11 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 STATE_FILE = "ppo_state.json"
 
 
+@document_ewc_fields
 @dataclass
-class PPOConfig(trl.GRPOConfig):
-    """TRL's :class:`trl.GRPOConfig` plus the fields of RLHF PPO. Every GRPO field works unchanged; PPO changes the
+class PPOConfig(EWCArguments, trl.GRPOConfig):
+    """TRL's :class:`trl.GRPOConfig` plus the fields of RLHF PPO and the EWC and forgetting-monitor keys of
+    :class:`trl_ext.ewc.EWCArguments` (listed below). Every GRPO field works unchanged; PPO changes the
     defaults of ``num_generations`` (1: the critic is the baseline) and ``loss_type`` (``bnpo``: token mean over the
     mini-batch, as classic PPO). ``epsilon`` is PPO's policy clip range.
 
@@ -176,8 +180,9 @@ def _no_gradient_checkpointing(module):
             m.gradient_checkpointing = True
 
 
-class PPOTrainer(TrlExtTrainerMixin, trl.GRPOTrainer):
-    """RLHF PPO with a critic on TRL's :class:`trl.GRPOTrainer` (same constructor).
+class PPOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
+    """RLHF PPO with a critic on TRL's :class:`trl.GRPOTrainer` (same constructor), with the EWC penalty on the
+    actor's adapter (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``).
 
     Logs TRL's classic PPO metrics: ``objective/{kl,entropy,non_score_reward,rlhf_reward,scores}``,
     ``policy/{approxkl,clipfrac}``, ``loss/{policy,value}``, ``val/{clipfrac,mean,var}``. The critic is saved to
