@@ -79,16 +79,18 @@ class RewriteScorer:
             content tokens are penalised linearly, reaching 1 at twice that length.
         min_length_allowance: see above.
         copy_ngram: token n-gram length that counts as copying a gold document.
+        copy_budget: tokens absent from query and context that a rewrite may share with gold-document n-grams (a
+            title's words) before the copy penalty starts; it reaches 1 at twice the budget.
         max_chars: longer rewrites fail the format gate.
     """
 
     def __init__(self, corpus=BUILTIN_CORPUS, k_recall: int = 5, k_ndcg: int = 10, k_mrr: int = 10,
-                 max_length_ratio: float = 2.0, min_length_allowance: int = 9, copy_ngram: int = 4,
+                 max_length_ratio: float = 2.0, min_length_allowance: int = 9, copy_ngram: int = 4, copy_budget: int = 4,
                  max_chars: int = 200, rank_tiers=RANK_TIERS):
         self.corpus = corpus
         self.k_recall, self.k_ndcg, self.k_mrr = k_recall, k_ndcg, k_mrr
         self.max_length_ratio, self.min_length_allowance = max_length_ratio, min_length_allowance
-        self.copy_ngram, self.max_chars = copy_ngram, max_chars
+        self.copy_ngram, self.copy_budget, self.max_chars = copy_ngram, copy_budget, max_chars
         self.rank_tiers = tuple(tuple(t) for t in rank_tiers)
         self._index = None
 
@@ -159,10 +161,10 @@ class RewriteScorer:
         for doc_id in gold:
             if doc_id in index.position:
                 gold_grams |= _ngrams(index.doc_tokens[index.position[doc_id]], self.copy_ngram)
-        copied = sum(g in gold_grams for g in novel)
-        copy_share = copied / len(grams) if grams else 0.0
+        copied = {t for g in novel if g in gold_grams for t in g if t not in source}
+        copy = max(0.0, len(copied) - self.copy_budget) / self.copy_budget
         repetition = 1.0 - len(set(all_tokens)) / len(all_tokens) if all_tokens else 0.0
-        out["leakage"] = min(1.0, (1.0 if leaked else 0.0) + max(0.0, copy_share - 0.5) / 0.5 + 2.0 * repetition)
+        out["leakage"] = min(1.0, (1.0 if leaked else 0.0) + copy + 2.0 * repetition)
         return out
 
 

@@ -1,0 +1,180 @@
+"""``trl-ext eval-rewrite``: retrieval metrics of original queries vs rewrites on a benchmark split, plus hack probes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+PROBES = ("keyword_stuffing", "gold_copy", "answer_leak", "repeated_tokens", "empty", "overlong", "wrong_language")
+
+
+def load_rows(split: str, dataset: str = "builtin:query_rewrite") -> list[dict]:
+    from trl_ext.modeling import resolve_builtin
+
+    path = Path(resolve_builtin(dataset))
+    path = path / f"{split}.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no split file {path}; bundled splits: train, test.")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def probe_variants(row: dict, gold_text: str) -> dict[str, str]:
+    """Reward-hacking variants of a row's reference rewrite; each must score below the reference."""
+    ref = row["reference_rewrites"][0]
+    keywords = " ".join(dict.fromkeys(re.findall(r"[\u4e00-\u9fff]{2,4}|[A-Za-z0-9]{2,}", gold_text)))
+    english = language_of(row["query"]) == "zh"
+    return {
+        "keyword_stuffing": f"{ref} {keywords[:60]}",
+        "gold_copy": gold_text[:80],
+        "answer_leak": f"{ref} {' '.join(row.get('answer_terms') or [gold_text[-12:]])}",
+        "repeated_tokens": " ".join([ref] * 3),
+        "empty": "",
+        "overlong": ref + "，" + "请详细介绍相关的全部内容和所有可能的情况以及各种注意事项" * 3,
+        "wrong_language": "how to use this feature of the system" if english else "这个系统功能的使用方法",
+    }
+
+
+def language_of(text: str) -> str:
+    from trl_ext.rewards.query_rewrite.text import language
+
+    return language(text)
+
+
+def probe_pass_rate(reward, rows: list[dict], corpus: dict[str, str]) -> tuple[float, dict[str, float]]:
+    per_probe = {p: [0, 0] for p in PROBES}
+    for row in rows:
+        if not row.get("gold_doc_ids") or not row.get("reference_rewrites"):
+            continue
+        variants = probe_variants(row, corpus[row["gold_doc_ids"][0]])
+        names = ["reference", *variants]
+        texts = [row["reference_rewrites"][0], *variants.values()]
+        cols = {k: [row.get(k)] * len(texts) for k in
+                ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")}
+        scores = dict(zip(names, reward(prompts=None, completions=texts, **cols)))
+        for p in PROBES:
+            per_probe[p][0] += scores[p] < scores["reference"]
+            per_probe[p][1] += 1
+    passed = sum(v[0] for v in per_probe.values())
+    total = sum(v[1] for v in per_probe.values())
+    return (passed / total if total else 0.0), {p: v[0] / v[1] for p, v in per_probe.items() if v[1]}
+
+
+def generate_rewrites(model_path: str, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
+    """Greedy rewrites from a model or adapter directory, prompted with each row's ``prompt`` messages."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ext.modeling import resolve_builtin
+
+    path = resolve_builtin(model_path)
+    if (Path(path) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in chunk]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def read_rewrites(path: str, rows: list[dict]) -> list[str]:
+    """Rewrites from JSONL lines ``{"id": ..., "rewrite": ...}`` (matched by id) or ``{"rewrite": ...}`` in row order."""
+    with open(path, encoding="utf-8") as fh:
+        items = [json.loads(line) for line in fh if line.strip()]
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("rewrite", item.get("completion")), str):
+            raise ValueError(f"{path} line {i + 1}: expected an object with a string 'rewrite' (and optionally 'id').")
+    if all("id" in item for item in items):
+        by_id = {item["id"]: item.get("rewrite", item.get("completion")) for item in items}
+        missing = [r["id"] for r in rows if r["id"] not in by_id]
+        if missing:
+            raise ValueError(f"{path} has no rewrite for {len(missing)} row(s) of the split, e.g. {missing[:3]}; "
+                             "add them or evaluate the split the file was made for (--split).")
+        return [by_id[r["id"]] for r in rows]
+    if len(items) != len(rows):
+        raise ValueError(f"{path} has {len(items)} rewrites without ids but the split has {len(rows)} rows; "
+                         "give one line per row in order, or add an 'id' to each line.")
+    return [item.get("rewrite", item.get("completion")) for item in items]
+
+
+def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
+    from trl_ext.rewards.query_rewrite import QueryRewriteReward
+    from trl_ext.rewards.query_rewrite.text import check_format
+
+    reward = QueryRewriteReward(corpus=corpus)
+    index = reward.scorer.index
+    scored = [(r, w) for r, w in zip(rows, rewrites) if r.get("gold_doc_ids")]
+    table = {}
+    for name in ("original", "rewrite"):
+        sums = {"MRR@10": 0.0, "Recall@5": 0.0, "NDCG@10": 0.0}
+        for row, rewrite in scored:
+            text = row["query"]
+            if name == "rewrite":
+                text, _ = check_format(rewrite, row["query"])
+                text = text or ""
+            m = index.metrics(text, row["gold_doc_ids"], 5, 10, 10)
+            sums["MRR@10"] += m["mrr"]
+            sums["Recall@5"] += m["recall"]
+            sums["NDCG@10"] += m["ndcg"]
+        table[name] = {k: v / max(len(scored), 1) for k, v in sums.items()}
+    valid = sum(check_format(w, r["query"])[0] is not None for r, w in scored)
+    corpus_text = {d["id"]: d["text"] for d in index.docs}
+    rate, per_probe = probe_pass_rate(reward, rows, corpus_text)
+    return {"rows": len(scored), "metrics": table, "format_valid": valid / max(len(scored), 1),
+            "hack_probe_pass_rate": rate, "hack_probes": per_probe}
+
+
+def eval_rewrite_cli(argv: list[str]) -> int:
+    from trl_ext.rewards.query_rewrite import BUILTIN_CORPUS
+
+    parser = argparse.ArgumentParser(prog="trl-ext eval-rewrite", description=__doc__)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--rewrites", help='JSONL of {"id": ..., "rewrite": ...} (or one {"rewrite": ...} per row)')
+    src.add_argument("--model", help="model or adapter directory (or builtin:...) that generates the rewrites")
+    src.add_argument("--references", action="store_true", help="score the rows' reference rewrites")
+    parser.add_argument("--split", default="test", help="benchmark split (default: test)")
+    parser.add_argument("--dataset", default="builtin:query_rewrite", help="benchmark folder or JSONL file")
+    parser.add_argument("--corpus", default=BUILTIN_CORPUS, help="corpus JSONL (default: the bundled one)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+    try:
+        rows = load_rows(args.split, args.dataset)[: args.limit]
+        if args.references:
+            rewrites = [(r.get("reference_rewrites") or [r["query"]])[0] for r in rows]
+        elif args.rewrites:
+            rewrites = read_rewrites(args.rewrites, rows)
+        else:
+            rewrites = generate_rewrites(args.model, rows)
+        result = evaluate(rows, rewrites, args.corpus)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"trl-ext eval-rewrite: error: {err}", file=sys.stderr)
+        return 2
+    result["split"] = args.split
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=1))
+        return 0
+    print(f"split {args.split}: {result['rows']} rows, {result['format_valid']:.1%} rewrites pass the format gate")
+    print(f"{'':<10}{'MRR@10':>9}{'Recall@5':>10}{'NDCG@10':>9}")
+    for name, m in result["metrics"].items():
+        print(f"{name:<10}{m['MRR@10']:>9.3f}{m['Recall@5']:>10.3f}{m['NDCG@10']:>9.3f}")
+    print(f"hack-probe pass rate: {result['hack_probe_pass_rate']:.1%} "
+          f"({', '.join(f'{k} {v:.0%}' for k, v in result['hack_probes'].items())})")
+    return 0
