@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import importlib
 import logging
 import os
@@ -137,14 +138,24 @@ def dataclass_types(method: str) -> tuple[type, ...]:
     return (RecipeArguments, method_config_class(method), ModelConfig, DatasetMixtureConfig)
 
 
-def recipe_fields(method: str) -> dict[str, dataclasses.Field]:
-    """Every key a recipe for ``method`` may hold, mapped to its dataclass field."""
-    fields: dict[str, dataclasses.Field] = {}
+def recipe_fields(method: str) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Every key a recipe for ``method`` may hold, mapped to ``(field, type annotation)``.
+
+    The annotation comes from ``typing.get_type_hints`` of the owning class, not from ``Field.type``: transformers'
+    argument parser rewrites ``Field.type`` in place (``dict | str | None`` becomes ``str``) when it builds a parser.
+    """
+    fields: dict[str, tuple[dataclasses.Field, Any]] = {}
     for cls in dataclass_types(method):
+        hints = _type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.init:
-                fields.setdefault(f.name, f)
+            if f.init and f.name not in fields:
+                fields[f.name] = (f, hints.get(f.name, Any))
     return fields
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -159,7 +170,11 @@ class _Mismatch(Exception):
 def _describe(tp) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and str in args:
+            return _describe(enums[0])
+        return " or ".join(_describe(a) for a in args)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -180,7 +195,12 @@ def _coerce(value, tp):
         return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
+        args = typing.get_args(tp)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and str in args and isinstance(value, str):
+            # `SchedulerType | str` style: the str alternative only admits the enum's values written as strings
+            return _coerce(value, enums[0])
+        for arg in args:
             try:
                 return _coerce(value, arg)
             except _Mismatch:
@@ -240,10 +260,8 @@ def _coerce(value, tp):
     return value  # an annotation we do not model: let TRL's own checks decide
 
 
-def _check_value(key: str, value, f: dataclasses.Field, method: str):
-    tp = f.type
-    if isinstance(tp, str):  # postponed annotations
-        tp = typing.get_type_hints(_owner_of(f, method)).get(f.name, Any)
+def _check_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: str):
+    f, tp = spec
     try:
         coerced = _coerce(value, tp)
     except _Mismatch:
@@ -259,13 +277,6 @@ def _check_value(key: str, value, f: dataclasses.Field, method: str):
                 f"Recipe key {key!r} has value {bad[0]!r}; allowed values: {', '.join(map(str, choices))}."
             )
     return coerced
-
-
-def _owner_of(f: dataclasses.Field, method: str):
-    for cls in dataclass_types(method):
-        if f.name in {x.name for x in dataclasses.fields(cls)}:
-            return cls
-    return object
 
 
 def _unknown_key_error(key: str, method: str, valid: list[str], source: str) -> RecipeError:
