@@ -108,18 +108,36 @@ class RewriteScorer:
         m["rank_reward"] = rank_reward(m["rank"], self.rank_tiers)
         return m
 
+    @staticmethod
+    def _slots(row: dict) -> dict[str, list[str]]:
+        slots = row.get("required_slots")
+        if isinstance(slots, str):
+            slots = json.loads(slots) if slots.strip() else {}
+        if slots and not isinstance(slots, dict):
+            raise ValueError(f"required_slots must be a dict of slot -> value or list of synonyms, got {slots!r:.80}")
+        return {k: _as_list(v) for k, v in (slots or {}).items() if _as_list(v)}
+
     def score(self, row: dict, completion) -> dict:
-        """All components for one completion; ``format`` is 0 (and nothing else is computed) when the gate fails."""
+        """All components for one completion. When the format gate fails (``format`` 0), every other component takes
+        its worst value: 0 for rewards, 1 for penalties, minus the original query's rank reward for ``gain``."""
         query = row.get("query")
         if not isinstance(query, str) or not query.strip():
             raise ValueError("each row needs a non-empty 'query' column (the original query); the dataset has "
                              f"query={query!r}. See trl_ext.rewards.query_rewrite for the row schema.")
         rewrite, reason = check_format(completion_text(completion), query, self.max_chars)
         out: dict = {"format": 0.0 if rewrite is None else 1.0, "format_reason": reason}
-        if rewrite is None:
+        gold = _as_list(row.get("gold_doc_ids"))
+        if rewrite is None:  # every component at its worst value, so logged means count gated completions too
+            if gold:
+                old = self.retrieval(query, gold)
+                out.update(rank=0.0, ndcg=0.0, recall=0.0, mrr=0.0, gain=-old["rank_reward"], gold_rank=None)
+            if self._slots(row):
+                out["slots"] = 0.0
+            if _as_list(row.get("reference_rewrites")):
+                out["reference_f1"] = 0.0
+            out.update(faithfulness=0.0, length=1.0, leakage=1.0, hallucination=1.0)
             return out
         context = row.get("context") or ""
-        gold = _as_list(row.get("gold_doc_ids"))
         index = self.index
         rw_tokens = content_tokens(rewrite)
         q_content = content_tokens(query)
@@ -130,10 +148,7 @@ class RewriteScorer:
             out.update(rank=new["rank_reward"], ndcg=new["ndcg"], recall=new["recall"], mrr=new["mrr"],
                        gain=new["rank_reward"] - old["rank_reward"], gold_rank=new["rank"])
         # slots: share of required slots stated (any synonym, case-insensitive substring)
-        slots = row.get("required_slots")
-        if isinstance(slots, str):
-            slots = json.loads(slots) if slots.strip() else {}
-        slots = {k: _as_list(v) for k, v in (slots or {}).items() if _as_list(v)}
+        slots = self._slots(row)
         if slots:
             low = rewrite.lower()
             out["slots"] = sum(any(s.lower() in low for s in syn) for syn in slots.values()) / len(slots)
@@ -203,10 +218,6 @@ class _RewriteReward:
         return [self.value(c) for c in comps]
 
     def value(self, comps: dict) -> float | None:
-        if self.component == "format":
-            return comps["format"]
-        if comps["format"] == 0.0:
-            return 0.0 if self.component not in PENALTIES else -1.0
         v = comps.get(self.component)
         return None if v is None else (-v if self.component in PENALTIES else float(v))
 
