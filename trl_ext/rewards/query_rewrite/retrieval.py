@@ -45,8 +45,8 @@ def load_corpus(corpus) -> list[dict]:
 class BM25Index:
     """BM25 over ``corpus`` with query tokens deduplicated (a repeated token adds nothing).
 
-    Ranks are pessimistic: a document tied with the gold one counts as ranked above it, so a query that matches
-    nothing ranks every gold document last.
+    Ranks are pessimistic: a document tied with the gold one counts as ranked above it. A gold document the query
+    shares no term with is not retrieved at all: rank ``len(corpus) + 1``.
     """
 
     def __init__(self, corpus, k1: float = 1.5, b: float = 0.75):
@@ -73,7 +73,7 @@ class BM25Index:
         return [self.ids[i] for i in np.argsort(-scores, kind="stable")]
 
     def gold_ranks(self, query: str, gold_ids) -> list[int]:
-        """1-based pessimistic rank of each gold document (``len(corpus)`` when its score is 0)."""
+        """1-based pessimistic rank of each gold document (``len(corpus) + 1`` when its score is 0)."""
         scores = self.scores(query)
         ranks = []
         for doc_id in gold_ids:
@@ -81,12 +81,14 @@ class BM25Index:
                 raise KeyError(f"gold document id {doc_id!r} is not in the corpus; check gold_doc_ids against the "
                                "corpus ids.")
             s = scores[self.position[doc_id]]
-            ranks.append(len(scores) if s <= 0 else int((scores >= s).sum()))
+            ranks.append(len(scores) + 1 if s <= 0 else int((scores >= s).sum()))
         return ranks
 
     def metrics(self, query: str, gold_ids, k_recall: int = 5, k_ndcg: int = 10, k_mrr: int = 10) -> dict:
-        """``rank`` (best gold), ``recall`` @k_recall, ``ndcg`` @k_ndcg and ``mrr`` @k_mrr for binary relevance."""
-        ranks = sorted(self.gold_ranks(query, gold_ids))
+        """``rank`` (best gold; ``inf`` when none is retrieved), ``recall`` @k_recall, ``ndcg`` @k_ndcg and ``mrr`` @k_mrr
+        for binary relevance."""
+        n = len(self.docs)
+        ranks = sorted(r if r <= n else math.inf for r in self.gold_ranks(query, gold_ids))  # inf: not retrieved
         # ties may give several gold documents one pessimistic rank: spread them so DCG stays <= IDCG
         placed = []
         for r in ranks:

@@ -146,7 +146,8 @@ class RewriteScorer:
         if gold:
             new, old = self.retrieval(rewrite, gold), self.retrieval(query, gold)
             out.update(rank=new["rank_reward"], ndcg=new["ndcg"], recall=new["recall"], mrr=new["mrr"],
-                       gain=new["rank_reward"] - old["rank_reward"], gold_rank=new["rank"])
+                       gain=new["rank_reward"] - old["rank_reward"],
+                       gold_rank=new["rank"] if math.isfinite(new["rank"]) else None)
         # slots: share of required slots stated (any synonym, case-insensitive substring)
         slots = self._slots(row)
         if slots:
