@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +29,18 @@ def trl_ext_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess
     return run_command([sys.executable, "-m", "trl_ext.cli", *args], timeout=timeout)
 
 
+def free_port() -> int:
+    """A free TCP port on loopback, so concurrent multi-process runs never join each other's process group."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def accelerate_launch(*args: str, num_processes: int = 1, timeout: float = 900) -> subprocess.CompletedProcess:
     """``accelerate launch`` with N CPU processes (gloo DDP when N > 1) running ``-m trl_ext.train ARGS``."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port())]
     if num_processes > 1:
         launch += ["--multi_gpu"]
     return run_command([*launch, "-m", "trl_ext.train", *args], timeout=timeout)
