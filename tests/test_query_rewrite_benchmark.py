@@ -163,3 +163,9 @@ def test_quickstart_grpo_query_rewrite_recipe_runs_and_logs_every_component(tmp_
     for entry in logs:
         assert {f"query_rewrite/{c}" for c in COMPONENTS} <= set(entry), sorted(entry)
         assert entry["reward"] >= QueryRewriteReward().min_reward
+    # the trained adapter generates rewrites for eval-rewrite
+    proc = trl_ext_cli("eval-rewrite", "--model", str(tmp_path), "--split", "test", "--limit", "3",
+                       "--max-new-tokens", "8", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["rows"] == 3 and 0.0 <= result["format_valid"] <= 1.0 and result["hack_probe_pass_rate"] == 1.0

@@ -153,6 +153,8 @@ def eval_rewrite_cli(argv: list[str]) -> int:
     parser.add_argument("--dataset", default="builtin:query_rewrite", help="benchmark folder or JSONL file")
     parser.add_argument("--corpus", default=BUILTIN_CORPUS, help="corpus JSONL (default: the bundled one)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=64,
+                        help="generation length with --model (default: 64)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     try:
@@ -162,7 +164,7 @@ def eval_rewrite_cli(argv: list[str]) -> int:
         elif args.rewrites:
             rewrites = read_rewrites(args.rewrites, rows)
         else:
-            rewrites = generate_rewrites(args.model, rows)
+            rewrites = generate_rewrites(args.model, rows, max_new_tokens=args.max_new_tokens)
         result = evaluate(rows, rewrites, args.corpus)
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"trl-ext eval-rewrite: error: {err}", file=sys.stderr)
