@@ -84,6 +84,20 @@ def test_quickstart_recipe_validates_and_unknown_ppo_key_is_named(tmp_path):
         load_recipe(recipe, ["--critic", "nope"])
 
 
+def test_vllm_weight_sync_sends_the_actor_only():
+    from trl_ext.trainers.ppo import PPOTrainer
+
+    class FakeGeneration:
+        def _iter_named_params(self):
+            for name in ("model.layers.0.mlp.up_proj.weight", "ppo_value_head.summary.weight",
+                         "ppo_critic_backbone.layers.0.mlp.up_proj.weight", "lm_head.weight"):
+                yield name, None
+
+    generation = FakeGeneration()
+    PPOTrainer._keep_critic_out_of_vllm(generation)
+    assert [n for n, _ in generation._iter_named_params()] == ["model.layers.0.mlp.up_proj.weight", "lm_head.weight"]
+
+
 # ----------------------------------------------------------------------------------------------------- training
 @pytest.mark.slow
 def test_ppo_4bit_lora_raises_the_keyword_score_with_bounded_kl(tmp_path):

@@ -222,6 +222,8 @@ class PPOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
             self.ref_model = copy.deepcopy(unwrapped).eval().requires_grad_(False)
             for name in ("ppo_value_head", "ppo_critic_backbone"):
                 self.ref_model._modules.pop(name, None)
+        if getattr(self, "vllm_generation", None) is not None:
+            self._keep_critic_out_of_vllm(self.vllm_generation)
         if args.adaptive_kl:
             self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
         else:
@@ -249,6 +251,19 @@ class PPOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
             critic = get_peft_model(critic, dataclasses.replace(peft_config, task_type="FEATURE_EXTRACTION"))
             align_adapter_dtype(critic)
         return critic.to(self.accelerator.device)
+
+    @staticmethod
+    def _keep_critic_out_of_vllm(generation):
+        """vLLM receives the actor's (merged) weights only: the value head and critic backbone are not its model's.
+        Critic LoRA weights are already skipped with every other LoRA weight."""
+        iterate = generation._iter_named_params
+
+        def actor_params():
+            for name, param in iterate():
+                if not name.startswith(("ppo_value_head.", "ppo_critic_backbone.")):
+                    yield name, param
+
+        generation._iter_named_params = actor_params
 
     def _restore_trainable(self):
         """PEFT's adapter switching toggles ``requires_grad``; put back the flags the optimizer was built from."""
