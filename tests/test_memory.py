@@ -89,6 +89,30 @@ def test_qwen7b_dpo_components_match_hand_computation():
     assert est.fits and 10 < est.peak_gib < 20
 
 
+def test_ewc_fisher_storage_and_pass_match_hand_computation(tmp_path):
+    # Llama-3.1-8B, all-linear: q,o (4096x4096), k,v (1024x4096), gate,up (14336x4096), down (4096x14336)
+    per_layer_full = 2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336
+    per_layer_vectors = 2 * (4096 + 4096) + 2 * (1024 + 4096) + 3 * (14336 + 4096)  # out + in per module
+    base = (DPO_PRESET.read_text().replace("Qwen/Qwen2.5-7B-Instruct", "meta-llama/Llama-3.1-8B-Instruct")
+            + "\newc_lambda: 100.0\newc_fisher_dataset: builtin:general_text\n")
+    kfac = estimate_memory(write(tmp_path, base + "ewc_fisher_mode: kfac\newc_fisher_dtype: bfloat16\n"))
+    # factored diagonal: two vectors per module, stored in bf16
+    assert kfac.component("EWC Fisher (K-FAC)").bytes == 32 * per_layer_vectors * 2
+    full = estimate_memory(write(tmp_path, base + "ewc_fisher_mode: full\n", "full.yaml"))
+    assert full.component("EWC Fisher (full weight space)").bytes == 32 * per_layer_full * 4  # fp32 diagonal
+    # the pass at start keeps two fp32 accumulators (split halves) of the stored size, on top of its activations
+    assert full.component("EWC Fisher pass").bytes > 2 * 32 * per_layer_full * 4
+    assert full.component("EWC Fisher pass").phase == "fisher"
+    assert not full.fits and kfac.peak_gib < full.peak_gib
+    # a precomputed Fisher file means no pass at start
+    (tmp_path / "f.safetensors").write_bytes(b"")
+    from_file = estimate_memory(write(tmp_path, base + f"ewc_fisher_mode: kfac\newc_fisher_path: {tmp_path / 'f.safetensors'}\n",
+                                      "f.yaml"))
+    assert not any(c.name == "EWC Fisher pass" for c in from_file.components)
+    # the penalty works in fp32 row chunks of at most 16 MiB (trl_ext.ewc.penalty), never a dense 14336x4096 product
+    assert full.component("EWC penalty buffers").bytes == 3 * 16 * 2**20
+
+
 def test_llama8b_grpo_generation_and_full_logits_match_hand_computation():
     arch = load_architecture("meta-llama/Llama-3.1-8B-Instruct")
     s = MemorySettings(method="grpo", model=arch.name, batch_size=2, grad_accum=4, generation_batch_size=8,

@@ -5,7 +5,7 @@ intermediate size, ``q = heads * head_dim``, ``kv = kv_heads * head_dim``, ``L``
 per-device micro-batch, ``T`` tokens in a micro-batch. Components belong to a *phase*: ``static`` ones live for the
 whole run, the others only while their phase runs. The peak is
 
-    peak = sum(static) + max over phases (train, generation, scoring, precompute) of sum(phase)
+    peak = sum(static) + max over phases (train, generation, scoring, precompute, fisher) of sum(phase)
            + allocator slack (5 % of what the PyTorch allocator holds).
 
 The formulas (each component's ``formula`` repeats its own):
@@ -37,9 +37,12 @@ The formulas (each component's ``formula`` repeats its own):
 - PPO: a critic adapter + value head (only the head with ``critic: shared``; a second base with ``critic: model``) (weights, gradients, optimizer) on the same 4-bit base, and the critic's own
   activations in the update; the reference is the base with adapters off (free). A separate reward model is a
   16-bit copy of its architecture.
-- EWC (full): an fp32 diagonal Fisher for every base weight of the adapted modules, plus one module's dense
-  s*B*A - delta (and its gradient) while the penalty is computed; kfac: in^2 + out^2 fp32 factors per module;
-  lora_params: fp32 per adapter parameter.
+- EWC (full): a diagonal Fisher for every base weight of the adapted modules in ewc_fisher_dtype (4 or 2 B), plus
+  the penalty's fp32 row chunks of s*B*A - delta, its square and gradient (at most 16 MiB each, as
+  trl_ext.ewc.penalty chunks them); kfac: two vectors per module, (out + in) x dtype; lora_params: fp32 Fisher +
+  anchor per adapter parameter. When the Fisher is estimated at start (ewc_fisher_dataset, no ewc_fisher_path) its
+  pass is a phase of its own: two fp32 accumulators (even/odd halves, for the split-half agreement) of the stored
+  size, plus a no-checkpointing forward/backward over ewc_fisher_batch_size x ewc_fisher_max_length tokens.
 - Fixed: CUDA context, cuBLAS workspaces and kernels, 0.5 GiB.
 """
 
@@ -55,7 +58,9 @@ CUDA_CONTEXT_BYTES = int(0.5 * GiB)
 ALLOCATOR_SLACK = 0.05
 FUSED_TOKEN_TILE = 4096
 FUSED_VOCAB_TILE = 32768
-PHASES = ("train", "generation", "scoring", "precompute")
+PHASES = ("train", "generation", "scoring", "precompute", "fisher")
+#: float32 elements per row chunk of the EWC penalty (trl_ext.ewc.penalty.CHUNK_ELEMENTS: 16 MiB).
+PENALTY_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
@@ -237,16 +242,25 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
                             "(download its config.json or use a bundled architecture).")
     if s.ewc_lambda > 0:
         adapted = adapted_base_params(arch, s)
+        fb = s.ewc_fisher_bytes
         if s.ewc_fisher_mode == "kfac":
             shapes = arch.linear_shapes()
-            n = arch.num_layers * sum(shapes[m][0] ** 2 + shapes[m][1] ** 2 for m in s.lora_targets)
-            comps.append(Component("EWC Fisher (K-FAC)", n * 4, "static", "sum (in^2 + out^2) x 4 B per module"))
+            n = arch.num_layers * sum(shapes[m][0] + shapes[m][1] for m in s.lora_targets)
+            comps.append(Component("EWC Fisher (K-FAC)", n * fb, "static",
+                                   f"{n / 1e6:.2f}M = sum (out + in) per module x {fb} B (two vectors)"))
         elif s.ewc_fisher_mode == "lora_params":
             n = lora_params(arch, s)
             comps.append(Component("EWC Fisher (LoRA params)", n * 8, "static", f"{n / 1e6:.1f}M x (4 Fisher + 4 anchor) B"))
         else:
-            comps.append(Component("EWC Fisher (full weight space)", adapted * 4, "static",
-                                   f"{adapted / 1e9:.2f}B adapted base params x 4 B (fp32 diagonal)"))
+            n = adapted
+            comps.append(Component("EWC Fisher (full weight space)", adapted * fb, "static",
+                                   f"{adapted / 1e9:.2f}B adapted base params x {fb} B (diagonal)"))
+        if s.ewc_fisher_pass_tokens:
+            acc = 2 * n * 4
+            work = activation_bytes(arch, replace(s, gradient_checkpointing=False), 1, s.ewc_fisher_pass_tokens)
+            comps.append(Component("EWC Fisher pass", acc + work, "fisher",
+                                   f"2 fp32 accumulators (split halves) x {n / 1e6:.1f}M + forward/backward over "
+                                   f"{s.ewc_fisher_pass_tokens} tokens, no checkpointing, once at start"))
     if s.method in ("grpo", "ppo") and s.use_vllm and s.vllm_mode == "colocate":
         reserved = s.vllm_gpu_memory_utilization * gpu_bytes
         weights = sixteen_bit_weights(arch)
@@ -299,10 +313,11 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
             comps.append(Component("reference pass", ref, "precompute", ref_f + ", once before training"))
         else:
             comps.append(Component("reference pass", ref, "train", ref_f + ", while the policy graph is alive"))
-    if s.ewc_lambda > 0 and s.ewc_fisher_mode == "full":
+    if s.ewc_lambda > 0 and s.ewc_fisher_mode in ("full", "kfac"):
         biggest = max(i * o for n, (i, o) in shapes.items() if n in s.lora_targets)
-        comps.append(Component("EWC penalty buffers", biggest * 4 * 3, "train",
-                               "one module's dense s*B*A - delta, its square and gradient, fp32"))
+        chunk = min(biggest, PENALTY_CHUNK_ELEMENTS) * 4
+        comps.append(Component("EWC penalty buffers", chunk * 3, "train",
+                               "one fp32 row chunk (<= 16 MiB) of s*B*A - delta, its square and gradient"))
     if s.method in ("grpo", "ppo"):
         G = s.generation_batch_size
         total_len = s.prompt_length + s.completion_length

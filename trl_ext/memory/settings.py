@@ -53,6 +53,8 @@ class MemorySettings:
     # EWC
     ewc_lambda: float = 0.0
     ewc_fisher_mode: str = "full"
+    ewc_fisher_bytes: int = 4  # storage dtype of the Fisher (ewc_fisher_dtype): 4 fp32, 2 bf16
+    ewc_fisher_pass_tokens: int = 0  # tokens per Fisher micro-batch when it is estimated at start (0: loaded from file)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -157,5 +159,10 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         reward_adapter=bool(getattr(t, "reward_adapter_path", None) or getattr(t, "reward_adapter", None)),
         ewc_lambda=float(getattr(t, "ewc_lambda", 0.0) or 0.0),
         ewc_fisher_mode=str(getattr(t, "ewc_fisher_mode", "full") or "full"),
+        ewc_fisher_bytes=2 if str(getattr(t, "ewc_fisher_dtype", "float32")) in ("bfloat16", "float16") else 4,
+        ewc_fisher_pass_tokens=(
+            int(getattr(t, "ewc_fisher_batch_size", 8)) * int(getattr(t, "ewc_fisher_max_length", 512))
+            if getattr(t, "ewc_fisher_dataset", None) and not getattr(t, "ewc_fisher_path", None) else 0
+        ),
         notes=tuple(notes),
     )
