@@ -317,3 +317,21 @@ def test_4bit_end_to_end_fisher_cli_then_training_with_the_file(tmp_path):
     bad = run_command([sys.executable, "-m", "trl_ext.train", "--config", recipe, "--ewc_fisher_path", str(fisher),
                        "--lora_target_modules", "attention", "--max_steps", "1", "--output_dir", str(tmp_path / "b")])
     assert bad.returncode != 0 and "covers other target modules" in bad.stderr
+
+
+@pytest.mark.slow
+def test_ewc_under_grpo_grows_from_zero_and_pulls_back_when_the_task_gradient_vanishes(tmp_path):
+    out = tmp_path / "grpo-ewc"
+    proc = trl_ext_cli("train", str(REPO / "recipes" / "quickstart" / "grpo.yaml"), "--output_dir", str(out),
+                       "--ewc_lambda", "100", "--ewc_fisher_dataset", "builtin:general_text",
+                       "--ewc_fisher_samples", "32", "--ewc_fisher_max_length", "64",
+                       "--logging_steps", "1", "--max_steps", "12", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "ewc/penalty" in h]
+    assert len(logs) == 12
+    assert logs[0]["ewc/penalty"] == 0.0  # B = 0 at PEFT's init: the adapter is still the anchor
+    assert logs[-1]["ewc/penalty"] > 0.0
+    # steps where every completion got the same reward have no GRPO gradient; once the adapter has moved, the
+    # gradient of such a step is EWC's alone, pulling the adapter back towards the anchor
+    moved = [h for h in logs if h["ewc/penalty"] > 0]
+    assert any(h["rewards/keyword_reward/std"] == 0 and h["grad_norm"] > 0 for h in moved)
