@@ -3,7 +3,7 @@
 Both sides run the same tiny model (``builtin:tiny-chat``), prompts (``builtin:prompts``), rule reward (1.0 when a
 completion mentions "river", 1.0 subtracted without EOS), LoRA policy and PPO settings (rollout batch, PPO epochs,
 mini-batches, KL coefficient, clip ranges, GAE γ/λ, completion length). Each side runs in its own process, one after
-the other, with the same number of threads:
+the other (alternating, ``--repeats`` times), with the same number of threads:
 
 - trl-ext: actor LoRA + critic LoRA + value head on one base model; reference = adapters disabled.
 - TRL 1.12: the policy with the same LoRA (reference = adapters disabled), plus a separate value model and a separate
@@ -15,7 +15,7 @@ torch and transformers as the running interpreter; rerunning reuses it.
 
 Usage::
 
-    python benchmarks/ppo_vs_trl112.py [--rollouts 12] [--threads 2] [--out benchmarks/results]
+    python benchmarks/ppo_vs_trl112.py [--rollouts 24] [--repeats 3] [--threads 1] [--out benchmarks/results]
 
 Writes ``ppo_vs_trl112.json`` and ``ppo_vs_trl112.md``: completion tokens/s of each side and their ratio, peak RSS of
 each process, and the mean score of every rollout.
@@ -35,12 +35,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 KEYWORD = "river"
 SETTINGS = dict(
-    batch=8,  # completions per rollout (one per prompt)
+    batch=16,  # completions per rollout (one per prompt)
     ppo_epochs=4,
-    mini_batches=1,
+    mini_batches=2,  # optimizer steps per PPO epoch
     max_new_tokens=24,
     temperature=1.0,
-    learning_rate=3e-4,
+    learning_rate=1e-3,
     kl_coef=0.05,
     missing_eos_penalty=1.0,
     cliprange=0.2,
@@ -87,10 +87,23 @@ def load_prompts(data_path: str) -> list[list[dict]]:
         return [json.loads(line)["prompt"] for line in fh if line.strip()]
 
 
-def finish(side: str, rec: Recorder, seconds: float, out: str) -> None:
+def weights_mib(*modules) -> float:
+    """Bytes of the distinct parameter tensors held by ``modules`` (shared tensors counted once), in MiB."""
+    seen, total = set(), 0
+    for module in modules:
+        if module is None:
+            continue
+        for p in module.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel() * p.element_size()
+    return total / 2**20
+
+
+def finish(side: str, rec: Recorder, seconds: float, out: str, weights: float, n_models: int) -> None:
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = dict(side=side, seconds=seconds, completion_tokens=rec.tokens, tokens_per_s=rec.tokens / seconds,
-                  peak_rss_mib=peak_kb / 1024, scores=rec.scores)
+                  peak_rss_mib=peak_kb / 1024, weights_mib=weights, base_models_held=n_models, scores=rec.scores)
     Path(out).write_text(json.dumps(result))
 
 
@@ -111,13 +124,14 @@ def run_ours(model_path: str, data_path: str, rollouts: int, out: str) -> None:
         return rec.record(completion_ids, texts, tok.eos_token_id)
 
     args = PPOConfig(
-        output_dir=str(Path(out).parent / "ours-run"), per_device_train_batch_size=s["batch"],
+        output_dir=str(Path(out).parent / "ours-run"), per_device_train_batch_size=s["batch"] // s["mini_batches"],
         num_mini_batches=s["mini_batches"], num_ppo_epochs=s["ppo_epochs"],
         max_steps=rollouts * s["ppo_epochs"] * s["mini_batches"], max_completion_length=s["max_new_tokens"],
         temperature=s["temperature"], learning_rate=s["learning_rate"], lr_scheduler_type="constant",
         kl_coef=s["kl_coef"], missing_eos_penalty=s["missing_eos_penalty"], epsilon=s["cliprange"],
         cliprange_value=s["cliprange_value"], vf_coef=s["vf_coef"], gamma=s["gamma"], lam=s["lam"],
         logging_steps=1, save_strategy="no", report_to="none", seed=s["seed"], use_cpu=True, bf16=False,
+        gradient_checkpointing=False,  # TRL 1.12's default; GRPOConfig's is True
     )
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     trainer = PPOTrainer(model=model, reward_funcs=[keyword_reward], args=args,
@@ -125,7 +139,8 @@ def run_ours(model_path: str, data_path: str, rollouts: int, out: str) -> None:
                          processing_class=tok, peft_config=lora_config("CAUSAL_LM"))
     start = time.perf_counter()
     trainer.train()
-    finish("trl-ext", rec, time.perf_counter() - start, out)
+    seconds = time.perf_counter() - start
+    finish("trl-ext", rec, seconds, out, weights_mib(trainer.model, trainer.ref_model), 1)
 
 
 # -------------------------------------------------------------------------------------------------------- TRL 1.12
@@ -176,7 +191,9 @@ def run_trl112(model_path: str, data_path: str, rollouts: int, out: str) -> None
                          train_dataset=dataset, value_model=value_model, peft_config=lora_config("CAUSAL_LM"))
     start = time.perf_counter()
     trainer.train()
-    finish("trl-1.12", rec, time.perf_counter() - start, out)
+    seconds = time.perf_counter() - start
+    held = [trainer.model, trainer.ref_model, reward_model]
+    finish("trl-1.12", rec, seconds, out, weights_mib(*held), 3 + (trainer.ref_model is not None))
 
 
 # ------------------------------------------------------------------------------------------------------ orchestration
@@ -212,17 +229,24 @@ def run_child(python: str, side: str, args, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["tokens_per_s"])[(len(runs) - 1) // 2]
+
+
 def report(ours: dict, theirs: dict, args) -> dict:
     def mean(xs):
         return sum(xs) / len(xs) if xs else float("nan")
 
     k = max(1, len(ours["scores"]) // 3)
     summary = {
-        "settings": {**SETTINGS, "rollouts": args.rollouts, "threads": args.threads, "keyword": KEYWORD},
+        "settings": {**SETTINGS, "rollouts": args.rollouts, "threads": args.threads, "keyword": KEYWORD,
+                     "repeats": args.repeats},
         "trl_ext": ours,
         "trl_112": theirs,
         "tokens_per_s_ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
         "peak_rss_ratio": ours["peak_rss_mib"] / theirs["peak_rss_mib"],
+        "weights_ratio": ours["weights_mib"] / theirs["weights_mib"],
         "score_first_third": {"trl_ext": mean(ours["scores"][:k]), "trl_112": mean(theirs["scores"][:k])},
         "score_last_third": {"trl_ext": mean(ours["scores"][-k:]), "trl_112": mean(theirs["scores"][-k:])},
     }
@@ -235,7 +259,8 @@ def write_markdown(summary: dict, path: Path) -> None:
         "# PPO: trl-ext vs TRL 1.12 `trl.experimental.ppo.PPOTrainer`",
         "",
         "Same tiny model (`builtin:tiny-chat`), prompts, rule reward (mentions \"river\"), LoRA policy and PPO settings;",
-        "CPU, one process each, run one after the other on a shared machine (timings are a ratio from one run).",
+        "CPU, one process per run, the two sides alternating on a shared machine; the run with the median tokens/s",
+        "of each side is reported (all runs in the JSON). Timings are ratios measured in one session.",
         "trl-ext holds one base model (actor + critic adapters, value head, reference = adapters off); TRL 1.12 holds",
         "the policy (LoRA, reference = adapters off), a value model and a reward model.",
         "",
@@ -244,6 +269,9 @@ def write_markdown(summary: dict, path: Path) -> None:
         f"| completion tokens/s | {o['tokens_per_s']:.1f} | {t['tokens_per_s']:.1f} | "
         f"{summary['tokens_per_s_ratio']:.2f}x |",
         f"| peak RSS (MiB) | {o['peak_rss_mib']:.0f} | {t['peak_rss_mib']:.0f} | {summary['peak_rss_ratio']:.2f}x |",
+        f"| model weights held (MiB) | {o['weights_mib']:.1f} | {t['weights_mib']:.1f} | "
+        f"{summary['weights_ratio']:.2f}x |",
+        f"| base models in memory | {o['base_models_held']} | {t['base_models_held']} | |",
         f"| train time (s) | {o['seconds']:.1f} | {t['seconds']:.1f} | |",
         f"| completion tokens | {o['completion_tokens']} | {t['completion_tokens']} | |",
         f"| mean score, first third of rollouts | {summary['score_first_third']['trl_ext']:.3f} | "
@@ -260,14 +288,19 @@ def write_markdown(summary: dict, path: Path) -> None:
         a = f"{o['scores'][i]:.3f}" if i < len(o["scores"]) else ""
         b = f"{t['scores'][i]:.3f}" if i < len(t["scores"]) else ""
         lines.append(f"| {i + 1} | {a} | {b} |")
+    lines += ["", "All runs (seconds, tokens/s): " + "; ".join(
+        f"{side}: " + ", ".join(f"{r['seconds']:.1f}s/{r['tokens_per_s']:.1f}" for r in rs)
+        for side, rs in summary["runs"].items())]
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in summary["settings"].items()), ""]
     path.write_text("\n".join(lines))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rollouts", type=int, default=12, help="PPO rollouts (each of batch=8 completions)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for each side")
+    parser.add_argument("--rollouts", type=int, default=24, help="PPO rollouts (each of SETTINGS['batch'] completions)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; the median is reported")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for each side (1 avoids OpenMP stalls on a shared machine)")
     parser.add_argument("--venv", default="/tmp/trl-ext-bench-trl112", help="virtualenv for TRL 1.12 (created once)")
     parser.add_argument("--out", default=str(HERE / "results"), help="directory for ppo_vs_trl112.{json,md}")
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -293,9 +326,13 @@ def main(argv=None) -> int:
     python = ensure_venv(Path(args.venv))
     work = Path("/tmp/trl-ext-ppo-bench")
     work.mkdir(exist_ok=True)
-    ours = run_child(sys.executable, "ours", args, work / "ours.json")
-    theirs = run_child(str(python), "trl112", args, work / "trl112.json")
-    summary = report(ours, theirs, args)
+    runs = {"ours": [], "trl112": []}
+    for i in range(args.repeats):  # alternate the sides so that load changes on a shared machine hit both
+        runs["ours"].append(run_child(sys.executable, "ours", args, work / f"ours-{i}.json"))
+        runs["trl112"].append(run_child(str(python), "trl112", args, work / f"trl112-{i}.json"))
+    summary = report(median_run(runs["ours"]), median_run(runs["trl112"]), args)
+    summary["runs"] = {side: [{k: r[k] for k in ("seconds", "tokens_per_s", "peak_rss_mib")} for r in rs]
+                       for side, rs in runs.items()}
     (out / "ppo_vs_trl112.json").write_text(json.dumps(summary, indent=2))
     write_markdown(summary, out / "ppo_vs_trl112.md")
     print((out / "ppo_vs_trl112.md").read_text())
