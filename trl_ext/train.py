@@ -97,6 +97,9 @@ def run(recipe: Recipe):
     trainer.save_model(output_dir)
     trainer.save_state()
     trainer.accelerator.print(f"Saved to {output_dir}")
+    # Every rank must be done writing before the process group goes away: a rank that tears it down while the main
+    # process is still saving leaves the main process blocked on a peer that no longer exists.
+    trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):
         trainer.end()
     return trainer
