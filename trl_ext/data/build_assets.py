@@ -145,17 +145,21 @@ def build_tokenizer(texts: list[str], vocab_size: int = 2048):
     return fast
 
 
-def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int) -> list[float]:
+def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, lr: float = 3e-3, batch_size: int = 32,
+             max_length: int = 96, warmup: int = 20) -> list[float]:
+    """Seeded causal-LM training on ``texts`` (random batches, linear warm-up then linear decay to 10%); returns the
+    per-step losses. Shared by every bundled tiny model."""
     import torch
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1 - s / steps))
     model.train()
     losses = []
     for _ in range(steps):
-        batch = tokenizer(rng.sample(texts, 32), return_tensors="pt", padding=True, truncation=True, max_length=96)
+        batch = tokenizer(rng.sample(texts, batch_size), return_tensors="pt", padding=True, truncation=True,
+                          max_length=max_length)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
@@ -168,10 +172,41 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int) -> list[
     return losses
 
 
-def main(steps: int = 600) -> None:
+def tiny_qwen2(tokenizer, seed: int, hidden_size: int = 128, intermediate_size: int = 256, num_hidden_layers: int = 2,
+               num_attention_heads: int = 4, num_key_value_heads: int = 2, max_position_embeddings: int = 512):
+    """A freshly initialised (seeded) small Qwen2 causal LM with tied embeddings, sized to ``tokenizer``."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_sliding_window=False,
+    )
+    config.architectures = ["Qwen2ForCausalLM"]
+    return Qwen2ForCausalLM(config)
+
+
+def save_model(model, tokenizer, out: Path) -> None:
+    """Save the model to ``out`` with generation stopping at ``<|im_end|>``. Save the tokenizer before training:
+    :func:`pretrain` leaves padding/truncation settings on it."""
+    out.mkdir(exist_ok=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+
+
+def main(steps: int = 600) -> None:
     rng = random.Random(SEED)
     world = _world(rng)
     general = _general_text(rng, world)
@@ -203,29 +238,10 @@ def main(steps: int = 600) -> None:
     out = DATA_DIR / "tiny-chat"
     out.mkdir(exist_ok=True)
     tokenizer.save_pretrained(out)
-
-    torch.manual_seed(SEED)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        use_sliding_window=False,
-    )
-    config.architectures = ["Qwen2ForCausalLM"]
-    model = Qwen2ForCausalLM(config)
+    model = tiny_qwen2(tokenizer, seed=SEED)
     losses = pretrain(model, tokenizer, general + chat_texts, steps=steps, seed=SEED)
     print(f"pre-training loss: first {losses[0]:.3f}, last {sum(losses[-20:]) / 20:.3f}")
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
+    save_model(model, tokenizer, out)
     print(f"wrote {out}")
 
 
