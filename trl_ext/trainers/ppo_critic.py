@@ -1,0 +1,232 @@
+"""The PPO critic: its value head, where it lives (a second LoRA adapter on the actor's base, the actor's own weights,
+or a separate model), its forward pass, and its saving and restoring with every checkpoint.
+
+:class:`PPOCriticMixin` is a mixin of :class:`trl_ext.trainers.ppo.PPOTrainer`; :meth:`PPOCriticMixin._attach_critic`
+runs at the end of the trainer's ``__init__``. The critic's modules hang off the actor as ``ppo_value_head`` and
+``ppo_critic_backbone`` (so DDP and the optimizer see them); the actor's saved adapter and vLLM's weight sync leave
+them out, and they are saved to ``<checkpoint>/critic/`` instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trl_ext.modeling import align_adapter_dtype
+
+CRITIC_MODES = ("adapter", "shared", "model")
+CRITIC_DIR = "critic"
+VALUE_HEAD_FILE = "value_head.safetensors"
+STATE_FILE = "ppo_state.json"
+CRITIC_MODULES = ("ppo_value_head", "ppo_critic_backbone")
+
+
+class ValueHead(nn.Module):
+    """A scalar value per position: ``Linear(hidden_size, 1)`` over the last hidden state."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+def _backbone(model):
+    """The decoder (no LM head) of a causal LM or PeftModel: hidden states without vocabulary-sized logits."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(base, "base_model_prefix", "model")
+    return getattr(base, prefix, base)
+
+
+@contextmanager
+def _no_gradient_checkpointing(module):
+    """Checkpointed layers recompute in backward with whatever adapter is active then; the critic's must not."""
+    flagged = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in flagged:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in flagged:
+            m.gradient_checkpointing = True
+
+
+class PPOCriticMixin:
+    """The critic of :class:`~trl_ext.trainers.ppo.PPOTrainer`: setup, values, save/load/resume."""
+
+    def _attach_critic(self, args, peft_config) -> None:
+        """Add the critic to the (already PEFT-wrapped) actor and record the parameters the optimizer trains."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self._is_peft = hasattr(unwrapped, "peft_config")
+        self._actor_adapter = unwrapped.active_adapter if self._is_peft else None
+        self._critic_adapter = None
+        if args.critic == "adapter":
+            self._critic_adapter = "critic"
+            config = copy.deepcopy(unwrapped.peft_config[self._actor_adapter])
+            config.inference_mode = False
+            unwrapped.add_adapter(self._critic_adapter, config)
+            for name, param in unwrapped.named_parameters():
+                if f".{self._critic_adapter}." in name:
+                    param.requires_grad_(True)
+            align_adapter_dtype(unwrapped)
+        elif args.critic == "model":
+            unwrapped.add_module("ppo_critic_backbone", self._load_critic_model(args, peft_config))
+        hidden = unwrapped.config.get_text_config().hidden_size
+        unwrapped.add_module("ppo_value_head", ValueHead(hidden).to(self.accelerator.device))
+        self._trainable = [p for p in unwrapped.parameters() if p.requires_grad]
+        if not self._is_peft and self.ref_model is None:  # full fine-tuning: a frozen copy is the reference
+            self.ref_model = copy.deepcopy(unwrapped).eval().requires_grad_(False)
+            for name in CRITIC_MODULES:
+                self.ref_model._modules.pop(name, None)
+        if getattr(self, "vllm_generation", None) is not None:
+            self._keep_critic_out_of_vllm(self.vllm_generation)
+
+    # ---------------------------------------------------------------------------------------------- critic plumbing
+    def _load_critic_model(self, args, peft_config):
+        from transformers import AutoModel
+
+        from trl_ext.modeling import resolve_builtin
+
+        actor = self.accelerator.unwrap_model(self.model)
+        kwargs = {"dtype": actor.dtype}
+        quantization = getattr(actor.config, "quantization_config", None)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+        critic = AutoModel.from_pretrained(resolve_builtin(args.critic_model_name_or_path), **kwargs)
+        if peft_config is not None:
+            from peft import get_peft_model, prepare_model_for_kbit_training
+
+            if quantization is not None:
+                critic = prepare_model_for_kbit_training(critic, use_gradient_checkpointing=False)
+            critic = get_peft_model(critic, dataclasses.replace(peft_config, task_type="FEATURE_EXTRACTION"))
+            align_adapter_dtype(critic)
+        return critic.to(self.accelerator.device)
+
+    @staticmethod
+    def _keep_critic_out_of_vllm(generation):
+        """vLLM receives the actor's (merged) weights only: the value head and critic backbone are not its model's.
+        Critic LoRA weights are already skipped with every other LoRA weight."""
+        iterate = generation._iter_named_params
+
+        def actor_params():
+            for name, param in iterate():
+                if not name.startswith(tuple(f"{m}." for m in CRITIC_MODULES)):
+                    yield name, param
+
+        generation._iter_named_params = actor_params
+
+    def _restore_trainable(self):
+        """PEFT's adapter switching toggles ``requires_grad``; put back the flags the optimizer was built from."""
+        for param in self._trainable:
+            param.requires_grad_(True)
+
+    @contextmanager
+    def _critic_backbone(self):
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.args.critic == "model":
+            yield _backbone(unwrapped.ppo_critic_backbone)
+            return
+        if self._critic_adapter is None:
+            yield _backbone(unwrapped)
+            return
+        backbone = _backbone(unwrapped)
+        unwrapped.set_adapter(self._critic_adapter)
+        try:
+            with _no_gradient_checkpointing(backbone):
+                yield backbone
+        finally:
+            unwrapped.set_adapter(self._actor_adapter)
+            self._restore_trainable()
+
+    def _critic_values(self, input_ids, attention_mask, logits_to_keep):
+        """Value of the state before each completion token: ``(B, logits_to_keep)``."""
+        head = self.accelerator.unwrap_model(self.model).ppo_value_head
+        with self._critic_backbone() as backbone, self.accelerator.autocast():
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return head(hidden[:, -logits_to_keep - 1 : -1]).float()
+
+    # ----------------------------------------------------------------------------------------- saving and resuming
+    @contextmanager
+    def _critic_detached(self):
+        """The actor's saved weights stay the actor's: the critic modules are saved separately, under ``critic/``."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        held = {n: unwrapped._modules.pop(n) for n in CRITIC_MODULES if n in unwrapped._modules}
+        try:
+            yield
+        finally:
+            unwrapped._modules.update(held)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        with self._critic_detached():
+            super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.save_critic(output_dir or self.args.output_dir)
+
+    def save_critic(self, output_dir: str) -> Path:
+        """Write the critic (adapter or model, value head) and the KL controller state to ``output_dir/critic``."""
+        from safetensors.torch import save_file
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        path = Path(output_dir) / CRITIC_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        if self._critic_adapter is not None:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(unwrapped, adapter_name=self._critic_adapter)
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path / "adapter_model.safetensors")
+            unwrapped.peft_config[self._critic_adapter].save_pretrained(str(path))
+        elif self.args.critic == "model":
+            unwrapped.ppo_critic_backbone.save_pretrained(str(path / "model"))
+        head = {k: v.detach().contiguous().cpu() for k, v in unwrapped.ppo_value_head.state_dict().items()}
+        save_file(head, path / VALUE_HEAD_FILE)
+        (path / STATE_FILE).write_text(json.dumps({"critic": self.args.critic, "kl_ctl": self.kl_ctl.state_dict()}))
+        return path
+
+    def load_critic(self, checkpoint_dir: str) -> None:
+        """Restore what :meth:`save_critic` wrote; fails naming the missing file."""
+        from safetensors.torch import load_file
+
+        path = Path(checkpoint_dir) / CRITIC_DIR
+        if not (path / VALUE_HEAD_FILE).is_file():
+            raise FileNotFoundError(
+                f"{checkpoint_dir} has no {CRITIC_DIR}/{VALUE_HEAD_FILE}: it was not written by PPOTrainer, so the "
+                "critic cannot be restored. Resume from a PPO checkpoint or start a new run."
+            )
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        saved = json.loads((path / STATE_FILE).read_text())
+        if saved.get("critic") != self.args.critic:
+            raise ValueError(f"{path} holds a critic: {saved.get('critic')} critic; this run uses {self.args.critic}.")
+        device = self.accelerator.device
+        if self._critic_adapter is not None:
+            from peft import set_peft_model_state_dict
+
+            state = load_file(str(path / "adapter_model.safetensors"), device=str(device))
+            result = set_peft_model_state_dict(unwrapped, state, adapter_name=self._critic_adapter)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"critic adapter in {path} does not match this model: {result.unexpected_keys[:3]}")
+        elif self.args.critic == "model":
+            from peft import set_peft_model_state_dict
+
+            backbone = unwrapped.ppo_critic_backbone
+            model_dir = path / "model"
+            if hasattr(backbone, "peft_config"):
+                set_peft_model_state_dict(backbone, load_file(str(model_dir / "adapter_model.safetensors")))
+            else:
+                backbone.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=False)
+        unwrapped.ppo_value_head.load_state_dict(load_file(str(path / VALUE_HEAD_FILE), device=str(device)))
+        self.kl_ctl.load_state_dict(saved["kl_ctl"])
+        self._restore_trainable()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with self._critic_detached():
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.load_critic(resume_from_checkpoint)
