@@ -4,7 +4,8 @@ GRPO's machinery does generation (including vLLM), reward functions and reward m
 off) and logging. PPO adds only the critic, the per-token KL-penalized reward, GAE and the value loss: the per-token
 advantages, shape ``(B, T)``, go through GRPO's PPO-clip loss unchanged. With LoRA, every role lives on one base:
 actor = the ``default`` adapter, critic = a second adapter plus a scalar value head, reference = adapters disabled.
-The critic (setup, values, save/load/resume) is :mod:`trl_ext.trainers.ppo_critic`.
+The critic (setup, values, save/load/resume) is :mod:`trl_ext.trainers.ppo_critic`; a reward model that is a LoRA
+adapter on the same base (``reward_adapter_path``) is :mod:`trl_ext.trainers.ppo_reward`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from trl_ext.ewc.args import EWCArguments, document_ewc_fields
 from trl_ext.ewc.trainer import EWCTrainerMixin
 from trl_ext.trainers import TrlExtTrainerMixin
 from trl_ext.trainers.ppo_critic import CRITIC_MODES, PPOCriticMixin
+from trl_ext.trainers.ppo_reward import PPORewardAdapterMixin, inspect_reward_adapter
 from trl_ext.trainers.ppo_core import (
     AdaptiveKLController,
     FixedKLController,
@@ -73,6 +75,11 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
         num_mini_batches (`int`, *optional*):
             Mini-batches (optimizer steps with ``gradient_accumulation_steps: 1``) per rollout epoch; sets GRPO's
             ``steps_per_generation``.
+        reward_adapter_path (`str`, *optional*):
+            Directory of a LoRA sequence-classification reward model trained on the actor's base model (for example
+            by TRL's ``RewardTrainer`` with a ``peft_config``: LoRA weights plus the ``score`` head). Loaded as a
+            frozen ``reward`` adapter on the actor's base (needs LoRA), it scores each rollout as one more reward
+            function after ``reward_funcs``, counted in ``reward_weights`` and logged as ``rewards/<dir name>/mean``.
     """
 
     num_generations: int | None = field(default=1, metadata={"help": "Completions per prompt (PPO: 1)."})
@@ -96,6 +103,9 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
     num_mini_batches: int | None = field(
         default=None, metadata={"help": "Mini-batches per rollout (steps_per_generation)."}
     )
+    reward_adapter_path: str | None = field(
+        default=None, metadata={"help": "LoRA sequence-classification reward adapter on the actor's base."}
+    )
 
     def __post_init__(self):
         if self.critic not in CRITIC_MODES:
@@ -106,6 +116,8 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
             raise ValueError(
                 f"beta={self.beta}: PPO puts the KL penalty into the per-token reward; set kl_coef instead of beta."
             )
+        if self.reward_adapter_path is not None:
+            inspect_reward_adapter(self.reward_adapter_path)  # file checks only: fails before any weights load
         for name in ("gamma", "lam"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}.")
@@ -136,7 +148,7 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
             self.ddp_find_unused_parameters = False
 
 
-class PPOTrainer(PPOCriticMixin, EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
+class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
     """RLHF PPO with a critic on TRL's :class:`trl.GRPOTrainer` (same constructor), with the EWC penalty on the
     actor's adapter (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``).
 
@@ -155,8 +167,10 @@ class PPOTrainer(PPOCriticMixin, EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTr
                 "critic: adapter puts the critic in a second LoRA adapter, so the actor must use LoRA: pass a "
                 "peft_config (recipe: use_peft: true), or set critic: shared or critic: model."
             )
+        reward_funcs = self._reward_funcs_with_adapter(model, reward_funcs, args, peft_config)
         super().__init__(model, reward_funcs, args, *posargs, peft_config=peft_config, **kwargs)
         self._attach_critic(args, peft_config)
+        self._attach_reward_adapter()
         if args.adaptive_kl:
             self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
         else:

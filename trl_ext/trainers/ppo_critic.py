@@ -138,8 +138,16 @@ class PPOCriticMixin:
         if self._critic_adapter is None:
             yield _backbone(unwrapped)
             return
+        with self._adapter_backbone(self._critic_adapter) as backbone:
+            yield backbone
+
+    @contextmanager
+    def _adapter_backbone(self, adapter: str):
+        """The actor's decoder with ``adapter`` active; afterwards the actor's adapter is active again and the trainable
+        flags are restored."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
         backbone = _backbone(unwrapped)
-        unwrapped.set_adapter(self._critic_adapter)
+        unwrapped.set_adapter(adapter)
         try:
             with _no_gradient_checkpointing(backbone):
                 yield backbone
