@@ -153,19 +153,32 @@ def test_512_completions_against_400_documents_score_in_well_under_a_second():
 
 
 @pytest.mark.slow
-def test_quickstart_grpo_query_rewrite_recipe_runs_and_logs_every_component(tmp_path):
+def test_quickstart_grpo_query_rewrite_recipe_has_a_live_reward_signal_and_logs_every_component(tmp_path):
+    """The quickstart recipe, as shipped: GRPO on builtin:tiny-rewriter gets format-valid, varied rewrites."""
     proc = trl_ext_cli("train", str(RECIPES / "quickstart" / "grpo-query-rewrite.yaml"), "--output_dir",
-                       str(tmp_path), "--max_steps", "2", timeout=900)
+                       str(tmp_path), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     logs = [entry for entry in state["log_history"] if "reward" in entry]
-    assert state["global_step"] == 2 and len(logs) == 2
+    assert len(logs) == state["global_step"] >= 100
     for entry in logs:
         assert {f"query_rewrite/{c}" for c in COMPONENTS} <= set(entry), sorted(entry)
         assert entry["reward"] >= QueryRewriteReward().min_reward
+    window = len(logs) // 5
+
+    def mean(key, part):
+        return sum(entry[key] for entry in part) / len(part)
+
+    first, last = logs[:window], logs[-window:]
+    # the bundled rewriter writes the format and its samples disagree on retrieval: a live GRPO signal from step 1
+    assert mean("query_rewrite/format", first) >= 0.9 and mean("query_rewrite/format", last) >= 0.9
+    assert mean("frac_reward_zero_std", logs) < 0.5
+    assert mean("reward", logs) > QueryRewriteReward().min_reward + 3.0
+    assert mean("query_rewrite/gain", logs) > 0.0  # its rewrites retrieve better than the original queries
+    assert mean("reward", last) > mean("reward", first) - 0.3  # training does not degrade it
     # the trained adapter generates rewrites for eval-rewrite
     proc = trl_ext_cli("eval-rewrite", "--model", str(tmp_path), "--split", "test", "--limit", "3",
-                       "--max-new-tokens", "8", "--json", timeout=600)
+                       "--max-new-tokens", "24", "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["rows"] == 3 and 0.0 <= result["format_valid"] <= 1.0 and result["hack_probe_pass_rate"] == 1.0

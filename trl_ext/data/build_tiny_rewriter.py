@@ -11,7 +11,7 @@ Training is deliberately short: sampled completions are mostly format-valid, but
 wrong feature, drop the system or add stray words, so retrieval rewards vary within a group and GRPO has something to
 improve.
 
-Run: ``python -m trl_ext.data.build_tiny_rewriter`` (about a minute on two CPU cores); ``--steps`` sets the training
+Run: ``python -m trl_ext.data.build_tiny_rewriter`` (a few minutes on two CPU cores); ``--steps`` sets the training
 length, ``--out`` another output folder.
 """
 
@@ -27,7 +27,7 @@ from trl_ext.data.build_assets import build_tokenizer, pretrain, save_model, tin
 DATA = Path(__file__).resolve().parent
 SEED = 4321
 VOCAB_SIZE = 3072
-STEPS = 160
+STEPS = 500
 
 
 def render(messages: list[dict]) -> str:
