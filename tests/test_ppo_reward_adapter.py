@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import TINY_MODEL
 from tests.test_ppo import quickstart_copy, rollout_metric
@@ -61,7 +62,6 @@ def _reference_scores(adapter: Path, texts: list[str]) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def fp32_trainer(reward_adapter, tmp_path_factory):
     """Non-quantized fp32 trainer: the quickstart's keyword reward plus the reward adapter, weighted 1.0 and 0.5."""
-    import yaml
 
     from trl_ext.recipe import load_recipe
     from trl_ext.train import build_trainer
@@ -168,19 +168,20 @@ def test_reward_adapter_path_errors_name_the_problem_and_fix(reward_adapter, tmp
 # ----------------------------------------------------------------------------------------------------- training
 @pytest.mark.slow
 def test_4bit_ppo_trains_with_the_reward_adapter_as_the_only_reward(reward_adapter, tmp_path):
-    from trl_ext.recipe import load_datasets, load_recipe
-    from trl_ext.modeling import load_model_and_tokenizer
-    from trl_ext.trainers.ppo import PPOTrainer
+    from trl_ext.recipe import load_recipe
+    from trl_ext.train import build_trainer
 
-    recipe = load_recipe(quickstart_copy(tmp_path), [
+    # the recipe path itself: the adapter is the recipe's only reward (no reward_funcs, no reward model)
+    recipe_path = Path(quickstart_copy(tmp_path))
+    raw = yaml.safe_load(recipe_path.read_text())
+    del raw["reward_funcs"], raw["reward_kwargs"]
+    recipe_path.write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(str(recipe_path), [
         "--output_dir", str(tmp_path / "run"), "--logging_steps", "1", "--reward_adapter_path", str(reward_adapter),
         "--max_steps", "2", "--num_ppo_epochs", "1", "--num_mini_batches", "1", "--per_device_train_batch_size", "4",
         "--max_completion_length", "12",
     ])
-    train_dataset, _ = load_datasets(recipe)
-    model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training)
-    trainer = PPOTrainer(model=model, reward_funcs=None, args=recipe.training, train_dataset=train_dataset,
-                         processing_class=tokenizer, peft_config=peft_config)
+    trainer = build_trainer(recipe)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     assert unwrapped.is_loaded_in_4bit and trainer.reward_func_names == [ADAPTER_NAME]
     frozen = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if ".reward." in n}

@@ -115,6 +115,8 @@ def test_online_method_without_reward_is_refused(tmp_path):
     mapping = {**BASE, "method": "grpo", "dataset_name": "builtin:prompts"}
     with pytest.raises(RecipeError, match="names no reward.*reward_funcs"):
         load_recipe(write(tmp_path, mapping))
+    with pytest.raises(RecipeError, match="names no reward.*reward_funcs.*reward_adapter_path"):
+        load_recipe(write(tmp_path, {**mapping, "method": "ppo"}))
 
 
 def test_unimportable_reward_function_is_named(tmp_path):

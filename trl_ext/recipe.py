@@ -423,10 +423,12 @@ def _validate_semantics(recipe: Recipe, source: str) -> None:
         )
     if not recipe.script.dataset_name and not recipe.datasets.datasets:
         raise RecipeError(f"{source} names no dataset; add `dataset_name:` (e.g. builtin:preferences) or `datasets:`.")
-    if recipe.method in ("grpo", "ppo") and not (recipe.script.reward_funcs or recipe.script.reward_model_name_or_path):
+    rewards = (recipe.script.reward_funcs, recipe.script.reward_model_name_or_path,
+               getattr(recipe.training, "reward_adapter_path", None))
+    if recipe.method in ("grpo", "ppo") and not any(rewards):
         raise RecipeError(
             f"{source} uses method {recipe.method!r} but names no reward: add `reward_funcs:` (import paths) "
-            "and/or `reward_model_name_or_path:`."
+            "and/or `reward_model_name_or_path:`" + (" or `reward_adapter_path:`." if recipe.method == "ppo" else ".")
         )
     if recipe.script.reward_funcs:
         from trl_ext.rewards import resolve_reward_func
