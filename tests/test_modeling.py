@@ -71,6 +71,26 @@ def test_4bit_load_on_cpu_adapts_bnb_layers_trains_only_lora_and_gives_finite_gr
     assert any(g.abs().sum() > 0 for g in grads)  # lora_B gets a non-zero gradient at init
 
 
+def test_8bit_load_on_cpu_trains_lora_and_stays_close_to_full_precision():
+    import bitsandbytes as bnb
+    from peft import get_peft_model
+
+    model, tokenizer, peft_config = load_model_and_tokenizer(model_args(load_in_8bit=True, use_peft=True, lora_r=8))
+    assert model.is_loaded_in_8bit
+    assert isinstance(model.model.layers[0].mlp.down_proj, bnb.nn.Linear8bitLt)
+    inputs = batch(tokenizer)
+    full, _, _ = load_model_and_tokenizer(model_args())
+    with torch.no_grad():
+        full_loss = full(**inputs, labels=inputs["input_ids"]).loss
+    model = get_peft_model(model, peft_config)
+    loss = model(**inputs, labels=inputs["input_ids"]).loss
+    loss.backward()
+    # LLM.int8 rounding of a 2-layer model moves the loss by well under 5 %
+    assert abs(loss.item() - full_loss.item()) < 0.05 * full_loss.item()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 def test_full_precision_load_has_no_quantized_layers():
     model, tokenizer, peft_config = load_model_and_tokenizer(model_args())
     assert peft_config is None
