@@ -153,8 +153,9 @@ def test_512_completions_against_400_documents_score_in_well_under_a_second():
 
 
 @pytest.mark.slow
-def test_quickstart_grpo_query_rewrite_recipe_has_a_live_reward_signal_and_logs_every_component(tmp_path):
-    """The quickstart recipe, as shipped: GRPO on builtin:tiny-rewriter gets format-valid, varied rewrites."""
+def test_quickstart_grpo_query_rewrite_recipe_learns_to_retrieve_and_logs_every_component(tmp_path):
+    """The quickstart recipe, as shipped: GRPO on builtin:tiny-rewriter gets format-valid, varied rewrites and
+    improves their retrieval."""
     proc = trl_ext_cli("train", str(RECIPES / "quickstart" / "grpo-query-rewrite.yaml"), "--output_dir",
                        str(tmp_path), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -174,8 +175,10 @@ def test_quickstart_grpo_query_rewrite_recipe_has_a_live_reward_signal_and_logs_
     assert mean("query_rewrite/format", first) >= 0.9 and mean("query_rewrite/format", last) >= 0.9
     assert mean("frac_reward_zero_std", logs) < 0.5
     assert mean("reward", logs) > QueryRewriteReward().min_reward + 3.0
-    assert mean("query_rewrite/gain", logs) > 0.0  # its rewrites retrieve better than the original queries
-    assert mean("reward", last) > mean("reward", first) - 0.3  # training does not degrade it
+    # GRPO learns: measured over seeds 42/7/123 the reward rose by 0.52-0.60 and rank by 0.16-0.20 between the first
+    # and last 60 steps, with standard errors of about 0.085 and 0.025; the bounds sit well below every seed's rise
+    assert mean("reward", last) > mean("reward", first) + 0.3
+    assert mean("query_rewrite/rank", last) > mean("query_rewrite/rank", first) + 0.08
     # the trained adapter generates rewrites for eval-rewrite
     proc = trl_ext_cli("eval-rewrite", "--model", str(tmp_path), "--split", "test", "--limit", "3",
                        "--max-new-tokens", "24", "--json", timeout=600)

@@ -206,3 +206,21 @@ def test_mapping_keys_still_validate_after_a_parser_was_built(tmp_path):
     for _ in range(2):
         recipe = load_recipe(write(tmp_path, mapping))
         assert recipe.script.reward_kwargs == {"KeywordReward": {"keywords": ["river"]}}
+
+
+@pytest.mark.parametrize(("split", "rows"), [("train[:32]", 32), ("train[100:]", 20), ("train[-5:]", 5), ("train", 120)])
+def test_train_split_may_be_a_row_slice(tmp_path, split, rows):
+    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
+    train, _ = load_datasets(recipe)
+    assert len(train) == rows
+
+
+@pytest.mark.parametrize(("split", "expected"), [
+    ("train[200:]", r"'train\[200:\]' selects no rows of builtin:preferences \(split 'train' has 120\)"),
+    ("valid[:10]", r"no split 'valid' \(splits: .*\); set dataset_train_split"),
+    ("train[::2]", r"'train\[::2\]' is not a split name or a sliced one such as 'train\[:32\]'"),
+])
+def test_bad_split_slice_is_named(tmp_path, split, expected):
+    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
+    with pytest.raises(RecipeError, match=expected):
+        load_datasets(recipe)

@@ -22,6 +22,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -500,24 +501,40 @@ def load_datasets(recipe: Recipe):
         )
         label = recipe.script.dataset_name
     train_split = recipe.script.dataset_train_split
-    if train_split not in dataset:
-        raise RecipeError(
-            f"Dataset {label} has no split {train_split!r} (splits: {', '.join(dataset)}); "
-            "set dataset_train_split."
-        )
-    train = dataset[train_split]
+    train = select_split(dataset, train_split, label, "dataset_train_split")
     check_columns(train, recipe.method, f"{label} (split {train_split!r})")
     eval_ds = None
     if str(getattr(recipe.training, "eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
         test_split = recipe.script.dataset_test_split
-        if test_split not in dataset:
+        if _SPLIT_SLICE.match(test_split).group(1) not in dataset:
             raise RecipeError(
                 f"eval_strategy is {recipe.training.eval_strategy!r} but dataset {label} has no split "
                 f"{test_split!r} (splits: {', '.join(dataset)}); set dataset_test_split or eval_strategy: no."
             )
-        eval_ds = dataset[test_split]
+        eval_ds = select_split(dataset, test_split, label, "dataset_test_split")
         check_columns(eval_ds, recipe.method, f"{label} (split {test_split!r})")
     return train, eval_ds
+
+
+#: ``train``, ``train[:32]``, ``train[10:20]``, ``train[-50:]``: a split, optionally sliced by row (``datasets``' syntax).
+_SPLIT_SLICE = re.compile(r"^([^\[\]]+?)(?:\[(-?\d*):(-?\d*)\])?$")
+
+
+def select_split(dataset, split: str, label: str, key: str):
+    """``dataset[split]``, where ``split`` may carry a row slice such as ``train[:32]``."""
+    match = _SPLIT_SLICE.match(split)
+    if match is None:
+        raise RecipeError(f"{key} {split!r} is not a split name or a sliced one such as 'train[:32]'.")
+    name, start, stop = match.groups()
+    if name not in dataset:
+        raise RecipeError(f"Dataset {label} has no split {name!r} (splits: {', '.join(dataset)}); set {key}.")
+    part = dataset[name]
+    if start is None:  # no slice
+        return part
+    rows = range(len(part))[slice(int(start) if start else None, int(stop) if stop else None)]
+    if len(rows) == 0:
+        raise RecipeError(f"{key} {split!r} selects no rows of {label} (split {name!r} has {len(part)}).")
+    return part.select(rows)
 
 
 def check_columns(dataset, method: str, label: str) -> None:
