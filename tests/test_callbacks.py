@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
+from conftest import TINY_MODEL
 
 
 def _tiny_lora():

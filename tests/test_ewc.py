@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_MODEL, run_command, trl_ext_cli
+from conftest import REPO, TINY_MODEL, run_command, trl_ext_cli
 
 TARGETS = ["q_proj", "down_proj"]
 

@@ -33,11 +33,12 @@ def _worker(argv: list[str]) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_processes_log_the_same_penalty_on_both_ranks(tmp_path):
-    from tests.conftest import REPO, run_command
+    from conftest import REPO, free_port, run_command
 
     out = tmp_path / "ddp"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu"]
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu",
+              "--main_process_port", str(free_port())]
     proc = run_command([*launch, str(Path(__file__).resolve()), str(REPO / "recipes" / "quickstart" / "dpo-ewc.yaml"),
                         "--max_steps", "3", "--logging_steps", "1", "--per_device_train_batch_size", "4",
                         "--ewc_fisher_samples", "16", "--forgetting_eval_steps", "1", "--forgetting_eval_samples", "8",

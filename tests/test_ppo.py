@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import RECIPES, accelerate_launch, run_command
+from conftest import RECIPES, accelerate_launch, run_command
 
 QUICKSTART = str(RECIPES / "quickstart" / "ppo.yaml")
 CLASSIC_METRICS = [

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TINY_MODEL
-from tests.test_ppo import quickstart_copy, rollout_metric
+from conftest import TINY_MODEL
+from test_ppo import quickstart_copy, rollout_metric
 
 PROMPTS = ["Name a river in Europe.", "Where do salmon swim?", "Say hi."]
 COMPLETIONS = [" The Danube is a long river.", " Up the river to spawn, against the current, every autumn.", " hi"]
