@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,3 +57,7 @@ def test_ddp_two_processes_log_the_same_penalty_on_both_ranks(tmp_path):
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     _worker(sys.argv[1:])
+    # as trl_ext.train.main does after a multi-process run: every rank has written its file and met at the
+    # barrier; skip interpreter teardown, where the process group's destructor can block on an exited peer
+    sys.stdout.flush()
+    os._exit(0)

@@ -117,10 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         del argv[i : i + 2]
     try:
         recipe = load_recipe(config, argv)
-        run(recipe)
+        trainer = run(recipe)
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
+    if trainer.accelerator.num_processes > 1:
+        # Every rank has saved, met at the barrier and left the process group. Leave now, without interpreter
+        # teardown: freeing the DDP reducer afterwards runs the process group's destructor, which can block forever
+        # once a peer has exited (seen with gloo; pytorch/pytorch#75097 for the same class of hang).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
