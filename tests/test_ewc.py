@@ -335,3 +335,12 @@ def test_ewc_under_grpo_grows_from_zero_and_pulls_back_when_the_task_gradient_va
     # gradient of such a step is EWC's alone, pulling the adapter back towards the anchor
     moved = [h for h in logs if h["ewc/penalty"] > 0]
     assert any(h["rewards/keyword_reward/std"] == 0 and h["grad_norm"] > 0 for h in moved)
+
+
+def test_fisher_samples_take_a_row_slice_and_name_the_split_key(tiny):
+    from trl_ext.ewc.data import load_token_samples
+    from trl_ext.recipe import RecipeError
+
+    assert len(load_token_samples("builtin:general_text", tiny[2], 50, 32, split="train[:3]")) == 3
+    with pytest.raises(RecipeError, match=r"no split 'nope' \(splits: .*\); set ewc_fisher_split"):
+        load_token_samples("builtin:general_text", tiny[2], 4, 32, split="nope", split_key="ewc_fisher_split")

@@ -69,7 +69,8 @@ class ForgettingMonitorCallback(TrainerCallback):
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.samples = load_token_samples(self.anchor_dataset, tokenizer, self.num_samples, self.max_length,
-                                          split=self.split, seed=self.seed, fallback_split="train")
+                                          split=self.split, seed=self.seed, fallback_split="train",
+                                          split_key="forgetting_anchor_split")
 
     def _reference(self, model):
         if self.reference_model is not None:

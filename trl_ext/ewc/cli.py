@@ -39,18 +39,14 @@ def fisher_cli(argv: list[str] | None = None) -> int:
     import torch
     from peft import get_peft_model
 
-    from trl_ext.ewc.args import DEFAULT_ANCHOR_DATASET
-    from trl_ext.ewc.data import load_token_samples
+    from trl_ext.ewc.data import fisher_samples
     from trl_ext.ewc.fisher import estimate_fisher
     from trl_ext.ewc.io import model_identity, save_fisher
     from trl_ext.modeling import load_model_and_tokenizer
 
     config = recipe.training
     model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, config)
-    samples = load_token_samples(config.ewc_fisher_dataset or DEFAULT_ANCHOR_DATASET, tokenizer,
-                                 config.ewc_fisher_samples, config.ewc_fisher_max_length,
-                                 split=config.ewc_fisher_split, config=config.ewc_fisher_dataset_config,
-                                 seed=config.seed)
+    samples = fisher_samples(config, tokenizer)
     model = get_peft_model(model, peft_config)
     estimate = estimate_fisher(model, samples, mode=config.ewc_fisher_mode, fisher_type=config.ewc_fisher_type,
                                batch_size=config.ewc_fisher_batch_size, seed=config.seed,

@@ -33,21 +33,20 @@ def _split_example(example: dict, tokenizer) -> tuple[str, str]:
 
 
 def load_token_samples(name: str, tokenizer, n: int, max_length: int, split: str = "train",
-                       config: str | None = None, seed: int = 0, fallback_split: str | None = None):
+                       config: str | None = None, seed: int = 0, fallback_split: str | None = None,
+                       split_key: str = "the split"):
     """Up to ``n`` examples of dataset ``name`` as ``[(input_ids, loss_mask)]`` (1-D long / bool tensors).
 
     ``loss_mask[t]`` is true where token ``t`` is text to model (not prompt). Examples are drawn without replacement
-    in a seeded order; a dataset smaller than ``n`` gives all its examples.
+    in a seeded order; a dataset smaller than ``n`` gives all its examples. ``split`` may be a row slice
+    (``train[:256]``); ``split_key`` is the recipe key an unknown split's error tells the user to set.
     """
-    from trl_ext.recipe import load_dataset_by_name
+    from trl_ext.recipe import load_dataset_by_name, select_split
 
     dataset = load_dataset_by_name(name, config)
-    if split not in dataset:
-        if fallback_split is not None and fallback_split in dataset:
-            split = fallback_split
-        else:
-            raise ValueError(f"Dataset {name} has no split {split!r} (splits: {', '.join(dataset)}).")
-    ds = dataset[split]
+    if fallback_split is not None and split not in dataset and fallback_split in dataset:
+        split = fallback_split
+    ds = select_split(dataset, split, name, split_key)
     columns = set(ds.column_names)
     if not ({"text"} <= columns or {"messages"} <= columns or {"prompt", "completion"} <= columns
             or {"prompt", "chosen"} <= columns):
@@ -74,6 +73,16 @@ def load_token_samples(name: str, tokenizer, n: int, max_length: int, split: str
     if not samples:
         raise ValueError(f"Dataset {name} (split {split!r}) gave no sequence with tokens to model.")
     return samples
+
+
+def fisher_samples(config, tokenizer):
+    """The Fisher pass's sequences, as the recipe's ``ewc_fisher_*`` keys say (default: bundled general text)."""
+    from trl_ext.ewc.args import DEFAULT_ANCHOR_DATASET
+
+    return load_token_samples(config.ewc_fisher_dataset or DEFAULT_ANCHOR_DATASET, tokenizer,
+                              config.ewc_fisher_samples, config.ewc_fisher_max_length,
+                              split=config.ewc_fisher_split, config=config.ewc_fisher_dataset_config,
+                              seed=config.seed, split_key="ewc_fisher_split")
 
 
 def collate(samples, pad_token_id: int, device=None):

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import torch
 
-from trl_ext.ewc.args import DEFAULT_ANCHOR_DATASET, EWCArguments
+from trl_ext.ewc.args import EWCArguments
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class EWCTrainerMixin:
 
     # ----------------------------------------------------------------------------------------------------------
     def _setup_ewc(self, config):
-        from trl_ext.ewc.data import load_token_samples
+        from trl_ext.ewc.data import fisher_samples
         from trl_ext.ewc.fisher import adapted_modules, estimate_fisher, fisher_quantiles
         from trl_ext.ewc.io import combine_online, load_fisher, model_identity, save_fisher
         from trl_ext.ewc.penalty import Anchor, EWCPenalty
@@ -71,10 +71,7 @@ class EWCTrainerMixin:
         else:
             tokenizer = self.processing_class
             tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-            dataset = config.ewc_fisher_dataset or DEFAULT_ANCHOR_DATASET
-            samples = load_token_samples(dataset, tokenizer, config.ewc_fisher_samples, config.ewc_fisher_max_length,
-                                         split=config.ewc_fisher_split, config=config.ewc_fisher_dataset_config,
-                                         seed=config.seed)
+            samples = fisher_samples(config, tokenizer)
             estimate = estimate_fisher(
                 model, samples, mode=config.ewc_fisher_mode, fisher_type=config.ewc_fisher_type,
                 batch_size=config.ewc_fisher_batch_size, seed=config.seed, pad_token_id=tokenizer.pad_token_id,

@@ -17,6 +17,17 @@ from typing import Any
 TRL_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
 
 
+def completion_text(completion) -> str:
+    """Text of a plain (``str``) or conversational (``[{"role": ..., "content": ...}]``) completion."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    raise TypeError(f"completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
 def resolve_reward_func(name: str):
     """Import the object a ``reward_funcs`` entry names (a function, a callable instance or a class)."""
     if name in TRL_REWARDS:

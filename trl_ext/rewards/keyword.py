@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-
-def completion_text(completion) -> str:
-    """Text of a plain (``str``) or conversational (``[{"role": ..., "content": ...}]``) completion."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list):
-        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
-    raise TypeError(f"completion must be a string or a list of messages, got {type(completion).__name__}")
+from trl_ext.rewards import completion_text
 
 
 class KeywordReward:

@@ -21,8 +21,9 @@ import json
 import math
 from collections import defaultdict
 
+from trl_ext.rewards import completion_text
 from trl_ext.rewards.query_rewrite.retrieval import shared_index
-from trl_ext.rewards.query_rewrite.text import check_format, completion_text, content_tokens, tokenize
+from trl_ext.rewards.query_rewrite.text import check_format, content_tokens, tokenize
 
 BUILTIN_CORPUS = "builtin:query_rewrite_corpus/corpus.jsonl"
 #: Rank of the best gold document -> reward (rank-incentive shaping); worse ranks get 0.

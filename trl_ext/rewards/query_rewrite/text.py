@@ -75,17 +75,6 @@ def language(text: str) -> str:
     return "zh" if cjk / (cjk + latin / 3.0) >= 0.3 else "en"
 
 
-def completion_text(completion) -> str:
-    """Text of a plain (``str``) or conversational (``[{"role": ..., "content": ...}]``) completion."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list):
-        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    raise TypeError(f"completion must be a string or a list of messages, got {type(completion).__name__}")
-
-
 def extract_rewrite(text: str) -> tuple[str | None, str]:
     """The single rewrite in a completion, or ``(None, reason)``.
 
