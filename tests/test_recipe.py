@@ -224,3 +224,19 @@ def test_bad_split_slice_is_named(tmp_path, split, expected):
     recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
     with pytest.raises(RecipeError, match=expected):
         load_datasets(recipe)
+
+
+def test_dataset_mixture_loads_bundled_folders_and_labels_errors_with_the_given_names(tmp_path):
+    mapping = {k: v for k, v in BASE.items() if k != "dataset_name"}
+    recipe = load_recipe(write(tmp_path, {**mapping, "datasets": [{"path": "builtin:preferences"}]}))
+    train, _ = load_datasets(recipe)
+    assert len(train) == 120
+    recipe = load_recipe(write(tmp_path, {**mapping, "method": "kto", "datasets": [{"path": "builtin:preferences"}]}))
+    with pytest.raises(RecipeError, match=r"Dataset builtin:preferences \(split 'train'\) has no column 'completion'"):
+        load_datasets(recipe)
+
+
+def test_dataset_mixture_entry_with_an_unknown_key_names_the_allowed_keys(tmp_path):
+    mapping = {k: v for k, v in BASE.items() if k != "dataset_name"}
+    with pytest.raises(RecipeError, match=r"'datasets' .* expects a list of a mapping with keys among path, name,"):
+        load_recipe(write(tmp_path, {**mapping, "datasets": [{"path": "builtin:preferences", "splt": "train"}]}))

@@ -187,6 +187,8 @@ def _describe(tp) -> str:
         return "a mapping"
     if tp is type(None):
         return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys among " + ", ".join(f.name for f in dataclasses.fields(tp))
     return getattr(tp, "__name__", str(tp))
 
 
@@ -252,6 +254,14 @@ def _coerce(value, tp):
         return [_coerce(v, args[0]) for v in value] if args else list(value)
     if origin is dict or tp is dict:
         if isinstance(value, dict):
+            return value
+        raise _Mismatch
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        # a nested config written as a mapping (TRL's `datasets:` entries); TRL builds the dataclass from it
+        if isinstance(value, tp):
+            return value
+        names = {f.name for f in dataclasses.fields(tp)}
+        if isinstance(value, dict) and set(value) <= names:
             return value
         raise _Mismatch
     if isinstance(tp, type):
@@ -461,6 +471,17 @@ def resolve_accelerate_config(recipe_path: str | None, config: str | None) -> st
 _DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+def _split_files(path: Path) -> tuple[str, dict[str, str]] | None:
+    """``(builder, {split: file})`` for a folder of data files, one file per split named after it (the bundled
+    datasets' layout); None for anything else."""
+    if not path.is_dir():
+        return None
+    files = {p.stem: str(p) for p in sorted(path.iterdir()) if p.suffix in _DATA_BUILDERS}
+    if not files:
+        return None
+    return _DATA_BUILDERS[Path(next(iter(files.values()))).suffix], files
+
+
 def load_dataset_by_name(name: str, config: str | None = None, streaming: bool = False):
     """Load ``builtin:<name>``, a local data file or directory, or a Hub dataset, as a ``DatasetDict``."""
     from datasets import load_dataset
@@ -468,11 +489,11 @@ def load_dataset_by_name(name: str, config: str | None = None, streaming: bool =
     from trl_ext.modeling import resolve_builtin
 
     path = Path(resolve_builtin(name))
+    local = _split_files(path)
+    if local is not None:
+        builder, files = local
+        return load_dataset(builder, data_files=files, streaming=streaming)
     if path.is_dir():
-        files = {p.stem: str(p) for p in sorted(path.iterdir()) if p.suffix in _DATA_BUILDERS}
-        if files:
-            builder = _DATA_BUILDERS[Path(next(iter(files.values()))).suffix]
-            return load_dataset(builder, data_files=files, streaming=streaming)
         return load_dataset(str(path), name=config, streaming=streaming)
     if path.is_file():
         if path.suffix not in _DATA_BUILDERS:
@@ -488,13 +509,12 @@ def load_datasets(recipe: Recipe):
     if recipe.datasets.datasets:
         from trl_ext.modeling import resolve_builtin
 
-        for ds in recipe.datasets.datasets:
-            resolved = Path(resolve_builtin(ds.path))
-            if resolved.is_dir() and ds.data_files is None:
-                ds.data_files = {p.stem: str(p) for p in resolved.iterdir() if p.suffix in _DATA_BUILDERS}
-                ds.path = _DATA_BUILDERS[Path(next(iter(ds.data_files.values()))).suffix]
-        dataset = get_dataset(recipe.datasets)
         label = ", ".join(d.path for d in recipe.datasets.datasets)
+        for ds in recipe.datasets.datasets:
+            local = _split_files(Path(resolve_builtin(ds.path))) if ds.data_files is None else None
+            if local is not None:
+                ds.path, ds.data_files = local
+        dataset = get_dataset(recipe.datasets)
     else:
         dataset = load_dataset_by_name(
             recipe.script.dataset_name, recipe.script.dataset_config, recipe.script.dataset_streaming
