@@ -12,14 +12,10 @@ PROBES = ("keyword_stuffing", "gold_copy", "answer_leak", "repeated_tokens", "em
 
 
 def load_rows(split: str, dataset: str = "builtin:query_rewrite") -> list[dict]:
-    from trl_ext.modeling import resolve_builtin
+    """Benchmark rows of ``split`` (a row slice such as ``test[:20]`` works) of any dataset a recipe can name."""
+    from trl_ext.recipe import load_dataset_by_name, select_split
 
-    path = Path(resolve_builtin(dataset))
-    path = path / f"{split}.jsonl" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"no split file {path}; bundled splits: train, test.")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return list(select_split(load_dataset_by_name(dataset), split, dataset, "--split"))
 
 
 def probe_variants(row: dict, gold_text: str) -> dict[str, str]:
