@@ -19,8 +19,7 @@ from trl_ext.ewc.args import EWCArguments, document_ewc_fields
 from trl_ext.ewc.trainer import EWCTrainerMixin
 from trl_ext.trainers import TrlExtTrainerMixin
 from trl_ext.trainers.ppo_critic import CRITIC_MODES, PPOCriticMixin
-from trl_ext.trainers.ppo_reward import PPORewardAdapterMixin, inspect_reward_adapter
-from trl_ext.trainers.ppo_core import (
+from trl_ext.trainers.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
     clipped_policy_loss,
@@ -31,6 +30,8 @@ from trl_ext.trainers.ppo_core import (
     masked_var,
     masked_whiten,
 )
+from trl_ext.trainers.ppo_reward import PPORewardAdapterMixin, inspect_reward_adapter
+
 
 @document_ewc_fields
 @dataclass

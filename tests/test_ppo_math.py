@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from trl_ext.trainers.ppo_core import (
+from trl_ext.trainers.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
     clipped_policy_loss,
