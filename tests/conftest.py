@@ -51,3 +51,21 @@ def tiny_model_path() -> str:
     from trl_ext.modeling import resolve_builtin
 
     return resolve_builtin(TINY_MODEL)
+
+
+def recipe_copy(recipe: str | Path, directory: Path, drop: tuple[str, ...] = (), **changes) -> str:
+    """Write `recipe` into `directory` with the keys of `changes` set and those in `drop` removed; return its path."""
+    import yaml
+
+    raw = yaml.safe_load(Path(recipe).read_text())
+    for key in drop:
+        del raw[key]
+    raw.update(changes)
+    path = Path(directory) / Path(recipe).name
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def logged_values(trainer, key: str) -> list[float]:
+    """Every value of `key` in `trainer.state.log_history`, in logging order."""
+    return [entry[key] for entry in trainer.state.log_history if key in entry]

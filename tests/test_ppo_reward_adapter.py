@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import TINY_MODEL
-from test_ppo import quickstart_copy, rollout_metric
+from conftest import RECIPES, TINY_MODEL, logged_values, recipe_copy
 
+QUICKSTART = str(RECIPES / "quickstart" / "ppo.yaml")
 PROMPTS = ["Name a river in Europe.", "Where do salmon swim?", "Say hi."]
 COMPLETIONS = [" The Danube is a long river.", " Up the river to spawn, against the current, every autumn.", " hi"]
 ADAPTER_NAME = "tiny-rm"  # the adapter directory's name: the reward's name in the logs
@@ -67,12 +66,9 @@ def fp32_trainer(reward_adapter, tmp_path_factory):
     from trl_ext.train import build_trainer
 
     directory = tmp_path_factory.mktemp("ppo-rm")
-    recipe = Path(quickstart_copy(directory))
-    raw = yaml.safe_load(recipe.read_text())
-    raw.update(reward_weights=[1.0, 0.5], reward_adapter_path=str(reward_adapter), load_in_4bit=False,
-               use_bnb_nested_quant=False, output_dir=str(directory / "run"))
-    recipe.write_text(yaml.safe_dump(raw))
-    return build_trainer(load_recipe(str(recipe)))
+    recipe = recipe_copy(QUICKSTART, directory, reward_weights=[1.0, 0.5], reward_adapter_path=str(reward_adapter),
+                         load_in_4bit=False, use_bnb_nested_quant=False, bf16=False, output_dir=str(directory / "run"))
+    return build_trainer(load_recipe(recipe))
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
@@ -137,7 +133,7 @@ def test_reward_adapter_path_errors_name_the_problem_and_fix(reward_adapter, tmp
     with pytest.raises(ValueError, match=r"reward_adapter_path .*nope does not exist\. Point it at the directory"):
         config(tmp_path / "nope")
     with pytest.raises(RecipeError, match="nope does not exist"):  # a recipe reports it before any weights load
-        load_recipe(quickstart_copy(tmp_path), ["--reward_adapter_path", str(tmp_path / "nope")])
+        load_recipe(QUICKSTART, ["--reward_adapter_path", str(tmp_path / "nope")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="is not a PEFT adapter directory: it lacks adapter_config.json and "
                                          "adapter_model.safetensors"):
@@ -172,11 +168,8 @@ def test_4bit_ppo_trains_with_the_reward_adapter_as_the_only_reward(reward_adapt
     from trl_ext.train import build_trainer
 
     # the recipe path itself: the adapter is the recipe's only reward (no reward_funcs, no reward model)
-    recipe_path = Path(quickstart_copy(tmp_path))
-    raw = yaml.safe_load(recipe_path.read_text())
-    del raw["reward_funcs"], raw["reward_kwargs"]
-    recipe_path.write_text(yaml.safe_dump(raw))
-    recipe = load_recipe(str(recipe_path), [
+    recipe_path = recipe_copy(QUICKSTART, tmp_path, drop=("reward_funcs", "reward_kwargs"))
+    recipe = load_recipe(recipe_path, [
         "--output_dir", str(tmp_path / "run"), "--logging_steps", "1", "--reward_adapter_path", str(reward_adapter),
         "--max_steps", "2", "--num_ppo_epochs", "1", "--num_mini_batches", "1", "--per_device_train_batch_size", "4",
         "--max_completion_length", "12",
@@ -188,8 +181,8 @@ def test_4bit_ppo_trains_with_the_reward_adapter_as_the_only_reward(reward_adapt
     actor = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if ".default." in n}
     trainer.train()
     assert trainer.state.global_step == 2
-    rewards = rollout_metric(trainer, f"rewards/{ADAPTER_NAME}/mean")
-    scores = rollout_metric(trainer, "objective/scores")
+    rewards = logged_values(trainer, f"rewards/{ADAPTER_NAME}/mean")
+    scores = logged_values(trainer, "objective/scores")
     assert len(rewards) == 2 and len(scores) == 2
     assert all(torch.isfinite(torch.tensor(rewards + scores))) and len(set(rewards)) == 2
     after = dict(unwrapped.named_parameters())
