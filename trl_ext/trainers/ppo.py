@@ -274,9 +274,11 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtT
         return scores
 
     # ------------------------------------------------------------------------------------------------------ loss
-    def _compute_loss(self, model, inputs):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """GRPO's PPO-clip loss over the `(B, T)` advantages (GRPO's aggregation) plus `vf_coef` times the clipped
+        value loss of the critic; logs TRL's classic PPO policy and value metrics."""
         self._restore_trainable()
-        loss = super()._compute_loss(model, inputs)  # PPO-clip over the (B, T) advantages, GRPO's aggregation
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
         mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
