@@ -121,6 +121,29 @@ def test_actor_saved_adapter_holds_no_reward_adapter_or_head(fp32_trainer, tmp_p
     assert "reward" in unwrapped.peft_config  # still loaded after saving
 
 
+def test_reward_adapter_save_writes_what_trainer_save_writes_less_the_reward_adapter(fp32_trainer, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    def files(directory):
+        return {path.relative_to(directory).as_posix() for path in directory.rglob("*")}
+
+    fp32_trainer._save(str(tmp_path / "ppo"))
+    Trainer._save(fp32_trainer, str(tmp_path / "trainer"))
+    ppo_files, trainer_files = files(tmp_path / "ppo"), files(tmp_path / "trainer")
+    reward_files = {name for name in trainer_files if name.split("/")[0] == "reward"}
+    # what Trainer._save alone adds: PEFT saves every adapter it holds
+    assert reward_files == {"reward", "reward/adapter_config.json", "reward/adapter_model.safetensors"}
+    assert ppo_files == trainer_files - reward_files
+    expected = {"adapter_model.safetensors", "tokenizer.json", "training_args.bin", "critic/adapter_model.safetensors"}
+    assert expected < ppo_files
+    for name in ("adapter_model.safetensors", "critic/adapter_model.safetensors"):
+        ours, theirs = load_file(str(tmp_path / "ppo" / name)), load_file(str(tmp_path / "trainer" / name))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    config = "adapter_config.json"
+    assert (tmp_path / "ppo" / config).read_text() == (tmp_path / "trainer" / config).read_text()
+
+
 # --------------------------------------------------------------------------------------------------- validation
 def test_reward_adapter_path_errors_name_the_problem_and_fix(reward_adapter, tmp_path):
     from safetensors.torch import load_file, save_file

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.trainer import TRAINING_ARGS_NAME
 
 REWARD_ADAPTER = "reward"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -224,26 +225,35 @@ class PPORewardAdapterMixin:
             self._freeze_reward_adapter()
 
     # ----------------------------------------------------------------------------------------------------- saving
-    @contextmanager
-    def _reward_adapter_unsaved(self):
-        """The actor's checkpoints hold no reward adapter: it is an input (``reward_adapter_path``), never trained.
-        PEFT saves every adapter it holds; while saving, the actor's ``save_pretrained`` selects all but ``reward``."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save the actor as `Trainer._save` does (adapters, tokenizer, training arguments), without the reward adapter.
+
+        The reward adapter is an input (`reward_adapter_path`), never trained, so the actor's checkpoints leave it out.
+        PEFT saves every adapter a `PeftModel` holds unless `save_pretrained` is given `selected_adapters`, and
+        `Trainer._save` gives none, with no argument or hook to add it. So with a reward adapter loaded, this override
+        does what `Trainer._save` does for a `PeftModel`, naming the actor's adapters; without one it is
+        `Trainer._save`. `test_reward_adapter_save_writes_what_trainer_save_writes_less_the_reward_adapter` fails when
+        `Trainer._save` starts writing anything else.
+
+        Args:
+            output_dir (`str`, *optional*):
+                Directory to save into; `args.output_dir` when `None`.
+            state_dict (`dict`, *optional*):
+                The gathered state dict (DeepSpeed, FSDP), as `Trainer.save_model` passes it.
+        """
         if self._reward_scorer is None:
-            yield
+            super()._save(output_dir, state_dict)
             return
-        save_pretrained = unwrapped.save_pretrained
-
-        def save_without_reward(*args, selected_adapters=None, **kwargs):
-            selected = [a for a in (selected_adapters or list(unwrapped.peft_config)) if a != REWARD_ADAPTER]
-            return save_pretrained(*args, selected_adapters=selected, **kwargs)
-
-        unwrapped.save_pretrained = save_without_reward
-        try:
-            yield
-        finally:
-            del unwrapped.save_pretrained  # the class's method again
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        with self._reward_adapter_unsaved():
-            super().save_model(output_dir, _internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save and not self.is_distributed_loading_by_transformers:
+            return
+        unwrapped = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        actor_adapters = [name for name in unwrapped.peft_config if name != REWARD_ADAPTER]
+        unwrapped.save_pretrained(
+            output_dir, state_dict=state_dict, is_main_process=self.args.should_save, selected_adapters=actor_adapters
+        )
+        if not self.args.should_save:
+            return
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
