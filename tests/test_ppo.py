@@ -81,6 +81,25 @@ def test_vllm_weight_sync_sends_the_actor_only():
     assert [n for n, _ in generation._iter_named_params()] == ["model.layers.0.mlp.up_proj.weight", "lm_head.weight"]
 
 
+def test_model_critic_gets_its_own_lora_on_the_actor_s_module_kinds(tmp_path, tiny_model_path):
+    trainer = build(tmp_path / "run", "--load_in_4bit", "false", "--use_bnb_nested_quant", "false",
+                    "--critic", "model", "--critic_model_name_or_path", tiny_model_path)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    backbone = unwrapped.ppo_critic_backbone
+    assert set(unwrapped.peft_config) == {"default"}
+    assert backbone.peft_config["default"].task_type == "FEATURE_EXTRACTION"
+
+    def adapted_kinds(model):
+        return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+
+    assert adapted_kinds(backbone) == adapted_kinds(unwrapped) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    values = trainer._critic_values(ids, torch.ones_like(ids), 3)
+    assert values.shape == (1, 3) and values.dtype == torch.float32
+
+
 # ----------------------------------------------------------------------------------------------------- training
 @pytest.mark.slow
 def test_ppo_4bit_lora_raises_the_keyword_score_with_bounded_kl(tmp_path):

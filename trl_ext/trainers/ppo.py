@@ -10,6 +10,7 @@ adapter on the same base (``reward_adapter_path``) is :mod:`trl_ext.trainers.ppo
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -169,8 +170,11 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtT
                 "peft_config (recipe: use_peft: true), or set critic: shared or critic: model."
             )
         reward_funcs = self._reward_funcs_with_adapter(model, reward_funcs, args, peft_config)
+        # PEFT rewrites `target_modules: all-linear` in place into the actor's module names, which a critic model
+        # (`critic: model`, a bare decoder) does not have: the critic gets the config as it was given.
+        critic_peft_config = copy.deepcopy(peft_config)
         super().__init__(model, reward_funcs, args, *posargs, peft_config=peft_config, **kwargs)
-        self._attach_critic(args, peft_config)
+        self._attach_critic(args, critic_peft_config)
         self._attach_reward_adapter()
         if args.adaptive_kl:
             self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
