@@ -67,18 +67,45 @@ def test_quickstart_recipe_validates_on_every_load_and_unknown_ppo_key_is_named(
         load_recipe(QUICKSTART, ["--critic", "nope"])
 
 
-def test_vllm_weight_sync_sends_the_actor_only():
-    from trl_ext.trainers.ppo import PPOTrainer
+@pytest.mark.parametrize("critic", ["adapter", "model"])
+def test_vllm_weight_sync_sends_the_actor_only(tmp_path, tiny_model_path, critic):
+    import inspect
+    from unittest import mock
 
-    class FakeGeneration:
-        def _iter_named_params(self):
-            for name in ("model.layers.0.mlp.up_proj.weight", "ppo_value_head.summary.weight",
-                         "ppo_critic_backbone.layers.0.mlp.up_proj.weight", "lm_head.weight"):
-                yield name, None
+    import trl
+    from transformers import AutoModelForCausalLM
+    from trl.generation.vllm_generation import VLLMGeneration
 
-    generation = FakeGeneration()
-    PPOTrainer._keep_critic_out_of_vllm(generation)
-    assert [n for n, _ in generation._iter_named_params()] == ["model.layers.0.mlp.up_proj.weight", "lm_head.weight"]
+    # what the patch relies on: the trainer's backend is `vllm_generation` and every sync reads this generator
+    assert "self.vllm_generation = VLLMGeneration(" in inspect.getsource(trl.GRPOTrainer.__init__)
+    assert list(inspect.signature(VLLMGeneration._iter_named_params).parameters) == ["self"]
+    assert inspect.isgeneratorfunction(VLLMGeneration._iter_named_params)
+    assert "self._iter_named_params()" in inspect.getsource(VLLMGeneration.sync_weights)
+
+    trainer = build(tmp_path / "run", "--load_in_4bit", "false", "--use_bnb_nested_quant", "false",
+                    "--critic", critic, "--critic_model_name_or_path", tiny_model_path)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-zero actor and critic LoRA B: merging the critic's would move the sent weights
+        for name, param in unwrapped.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    with mock.patch.object(VLLMGeneration, "_init_vllm"):  # TRL's real class, without starting vLLM
+        generation = VLLMGeneration(unwrapped, trainer.accelerator, trainer.processing_class)
+    sent_unfiltered = {name for name, _ in generation._iter_named_params()}
+    trainer._keep_critic_out_of_vllm(generation)
+    sent = {name: param.clone() for name, param in generation._iter_named_params()}
+
+    base_names = {name for name, _ in AutoModelForCausalLM.from_pretrained(tiny_model_path).named_parameters()}
+    assert set(sent) == base_names
+    critic_names = sent_unfiltered - base_names
+    assert {"ppo_value_head.summary.weight", "ppo_value_head.summary.bias"} <= critic_names
+    assert all(name.startswith(("ppo_value_head.", "ppo_critic_backbone.")) for name in critic_names)
+    assert any(name.startswith("ppo_critic_backbone.") for name in critic_names) == (critic == "model")
+    q_proj = unwrapped.base_model.model.model.layers[0].self_attn.q_proj
+    actor_weight = q_proj.base_layer.weight + q_proj.get_delta_weight("default")
+    torch.testing.assert_close(sent["model.layers.0.self_attn.q_proj.weight"], actor_weight)
+    assert unwrapped.active_adapter == "default" and not q_proj.merged
 
 
 def test_model_critic_gets_its_own_lora_on_the_actor_s_module_kinds(tmp_path, tiny_model_path):

@@ -113,8 +113,19 @@ class PPOCriticMixin:
 
     @staticmethod
     def _keep_critic_out_of_vllm(generation):
-        """vLLM receives the actor's (merged) weights only: the value head and critic backbone are not its model's.
-        Critic LoRA weights are already skipped with every other LoRA weight."""
+        """Make `generation` (TRL's `VLLMGeneration`) send vLLM the actor's merged weights only.
+
+        The value head and the critic backbone are modules of the actor (so DDP and the optimizer see them) but not of
+        vLLM's model; critic LoRA weights are already skipped with every other LoRA weight. No public hook exists:
+        `VLLMGeneration` takes no parameter filter, and `GRPOTrainer` calls `sync_weights` from its private generation
+        methods with nothing around it, so the generator every sync reads, `_iter_named_params`, is wrapped on this
+        instance. `test_vllm_weight_sync_sends_the_actor_only` fails when TRL renames it, gives it arguments, stops
+        reading it in `sync_weights` or stops keeping the generation backend as `vllm_generation`.
+
+        Args:
+            generation (`trl.generation.vllm_generation.VLLMGeneration`):
+                The trainer's vLLM backend, patched in place.
+        """
         iterate = generation._iter_named_params
 
         def actor_params():
