@@ -38,6 +38,8 @@ def test_ppo_config_rejects_bad_input_with_the_fix(tmp_path):
         PPOConfig(output_dir=str(tmp_path), bf16=False, critic="model")
     with pytest.raises(ValueError, match=r"lam must be in \[0, 1\]"):
         PPOConfig(output_dir=str(tmp_path), bf16=False, lam=1.5)
+    with pytest.raises(ValueError, match="PPO needs at least 2 completions per rollout"):
+        PPOConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=1, gradient_accumulation_steps=1)
     with pytest.raises(ValueError, match="use_peft: true"):
         PPOTrainer(model=None, args=PPOConfig(output_dir=str(tmp_path), bf16=False), peft_config=None)
 
@@ -65,6 +67,42 @@ def test_quickstart_recipe_validates_on_every_load_and_unknown_ppo_key_is_named(
         load_recipe(QUICKSTART, ["--kl_coeff", "0.1"])
     with pytest.raises(RecipeError, match="Invalid command-line override"):
         load_recipe(QUICKSTART, ["--critic", "nope"])
+
+
+def test_grpo_config_still_rejects_one_completion_per_prompt(tmp_path):
+    """`PPOConfig` works around this check; once TRL accepts one completion per prompt, the workaround can go."""
+    import trl
+
+    with pytest.raises(ValueError, match="GRPO requires at least 2 generations per prompt"):
+        trl.GRPOConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=4, num_generations=1)
+
+
+def test_grpo_private_methods_ppo_extends_keep_their_parameters_and_callers():
+    import inspect
+
+    import transformers
+    import trl
+    from trl.trainer.utils import use_adapter
+
+    def parameters(function):
+        return list(inspect.signature(function).parameters)
+
+    grpo, trainer = trl.GRPOTrainer, transformers.Trainer
+    assert parameters(grpo._generate_and_score_completions) == ["self", "inputs"]
+    assert parameters(grpo._calculate_rewards) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert parameters(grpo._get_per_token_logps_and_entropies)[:6] == [
+        "self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"
+    ]
+    assert parameters(trainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
+    assert parameters(trainer._save) == ["self", "output_dir", "state_dict"]
+    assert parameters(use_adapter) == ["model", "adapter_name"]
+    # PPO's overrides see what GRPO computes only while GRPO computes it through them
+    assert "self._calculate_rewards(" in inspect.getsource(grpo._generate_and_score_completions)
+    loss_source = inspect.getsource(grpo._compute_loss)
+    assert "self._get_per_token_logps_and_entropies(" in loss_source
+    assert "advantages.dim() == 1" in loss_source  # (B, T) advantages pass through GRPO's loss as they are
+    assert "self._load_from_checkpoint(resume_from_checkpoint" in inspect.getsource(trainer.train)
+    assert "self._save(output_dir" in inspect.getsource(trainer.save_model)
 
 
 @pytest.mark.parametrize("critic", ["adapter", "model"])

@@ -11,6 +11,7 @@ adapter on the same base (``reward_adapter_path``) is :mod:`trl_ext.trainers.ppo
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -129,22 +130,25 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
             if self.generation_batch_size is not None:
                 raise ValueError("Set num_mini_batches or generation_batch_size, not both.")
             self.steps_per_generation = self.num_mini_batches
-        # One completion per prompt is PPO's normal case, which GRPO's own check (>= 2 per group) forbids: validate
-        # against a group as large as the generation batch, then put the real value back.
-        wanted = self.num_generations
+        # One completion per prompt is PPO's normal case (the critic is the baseline), but `GRPOConfig.__post_init__`
+        # rejects `num_generations < 2` unconditionally (GRPO's baseline is the group mean) and has no field or hook
+        # to lift that check. So GRPO validates a group as large as the generation batch (it divides the batch, as
+        # GRPO requires), and the real value is put back afterwards.
+        # `test_grpo_config_still_rejects_one_completion_per_prompt` fails once TRL accepts 1, and this can go.
+        num_generations = self.num_generations
         if self.num_generations_eval is None:
-            self.num_generations_eval = wanted
-        if wanted == 1:
-            import os
-
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            spg = self.steps_per_generation or self.gradient_accumulation_steps
-            batch = self.generation_batch_size or self.per_device_train_batch_size * world * spg
-            if batch < 2:
+            self.num_generations_eval = num_generations
+        if num_generations == 1:
+            world_size = int(os.environ.get("WORLD_SIZE", "1"))
+            steps_per_generation = self.steps_per_generation or self.gradient_accumulation_steps
+            generation_batch_size = (
+                self.generation_batch_size or self.per_device_train_batch_size * world_size * steps_per_generation
+            )
+            if generation_batch_size < 2:
                 raise ValueError("PPO needs at least 2 completions per rollout to whiten advantages; raise the batch.")
-            self.num_generations = batch
+            self.num_generations = generation_batch_size
         super().__post_init__()
-        self.num_generations = wanted
+        self.num_generations = num_generations
         if self.ddp_find_unused_parameters is None:
             # The critic runs outside the DDP forward; DDP must wait for every parameter's gradient.
             self.ddp_find_unused_parameters = False
@@ -184,6 +188,11 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtT
         self._rewards_per_func = None
 
     # --------------------------------------------------------------------------------------------- rollout scoring
+    # GRPO's rollout has no public hook, so PPO extends three private methods of `GRPOTrainer`: the rollout itself
+    # (adding GAE's advantages and returns), the per-function rewards (kept for the scores) and the policy
+    # log-probabilities (kept from the loss's forward for the policy metrics).
+    # `test_grpo_private_methods_ppo_extends_keep_their_parameters_and_callers` fails when TRL renames them, changes
+    # their parameters or stops calling them where PPO relies on it.
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func

@@ -246,6 +246,8 @@ class PPOCriticMixin:
         self._restore_trainable()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # No public hook loads extra state on resume (callbacks never see the checkpoint path), and the actor's own
+        # loading must not see the critic modules; `Trainer.train` calls this private method with the checkpoint.
         with self._critic_detached():
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.load_critic(resume_from_checkpoint)
