@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -215,7 +214,7 @@ def test_checkpoint_saves_critic_and_resume_restores_it_and_continues(tmp_path):
     del first
 
     resumed = build(out, *short, "--max_steps", "8", "--resume_from_checkpoint", str(checkpoint))
-    fresh_adapter, fresh_head = _critic_state(resumed)
+    _, fresh_head = _critic_state(resumed)
     assert not torch.equal(fresh_head["summary.weight"], saved_head["summary.weight"])
     resumed._load_from_checkpoint(str(checkpoint))
     loaded_adapter, loaded_head = _critic_state(resumed)

@@ -70,6 +70,8 @@ def test_gae_with_lambda_one_and_gamma_one_is_reward_to_go_minus_value():
     for row, n in enumerate(lengths):
         to_go = [sum(rewards[row, t:n].tolist()) for t in range(n)]
         assert returns[row, :n].tolist() == pytest.approx(to_go, abs=1e-10)
+        minus_value = [g - v for g, v in zip(to_go, values[row, :n].tolist())]
+        assert advantages[row, :n].tolist() == pytest.approx(minus_value, abs=1e-10)
 
 
 def test_whitening_gives_zero_mean_unit_variance_over_valid_tokens_and_zero_padding():

@@ -1,11 +1,11 @@
-"""PPO with a critic (RLHF PPO: KL-in-reward, GAE, clipped policy and value losses) on TRL's ``GRPOTrainer``.
+"""PPO with a critic (RLHF PPO: KL-in-reward, GAE, clipped policy and value losses) on TRL's `GRPOTrainer`.
 
 GRPO's machinery does generation (including vLLM), reward functions and reward models, the PEFT reference (adapters
 off) and logging. PPO adds only the critic, the per-token KL-penalized reward, GAE and the value loss: the per-token
-advantages, shape ``(B, T)``, go through GRPO's PPO-clip loss unchanged. With LoRA, every role lives on one base:
-actor = the ``default`` adapter, critic = a second adapter plus a scalar value head, reference = adapters disabled.
-The critic (setup, values, save/load/resume) is :mod:`trl_ext.trainers.ppo_critic`; a reward model that is a LoRA
-adapter on the same base (``reward_adapter_path``) is :mod:`trl_ext.trainers.ppo_reward`.
+advantages, shape `(B, T)`, go through GRPO's PPO-clip loss unchanged. With LoRA, every role lives on one base:
+actor = the `default` adapter, critic = a second adapter plus a scalar value head, reference = adapters disabled.
+The critic (setup, values, save/load/resume) is `trl_ext.trainers.ppo_critic`; a reward model that is a LoRA adapter
+on the same base (`reward_adapter_path`) is `trl_ext.trainers.ppo_reward`; the math is `trl_ext.trainers.ppo_math`.
 """
 
 from __future__ import annotations
@@ -38,17 +38,17 @@ from trl_ext.trainers.ppo_reward import PPORewardAdapterMixin, inspect_reward_ad
 @document_ewc_fields
 @dataclass
 class PPOConfig(EWCArguments, trl.GRPOConfig):
-    """TRL's :class:`trl.GRPOConfig` plus the fields of RLHF PPO and the EWC and forgetting-monitor keys of
-    :class:`trl_ext.ewc.EWCArguments` (listed below). Every GRPO field works unchanged; PPO changes the
-    defaults of ``num_generations`` (1: the critic is the baseline) and ``loss_type`` (``bnpo``: token mean over the
-    mini-batch, as classic PPO). ``epsilon`` is PPO's policy clip range.
+    """TRL's `trl.GRPOConfig` plus the fields of RLHF PPO and the EWC and forgetting-monitor keys of
+    `trl_ext.ewc.EWCArguments` (listed below). Every GRPO field works unchanged; PPO changes the defaults of
+    `num_generations` (1: the critic is the baseline) and `loss_type` (`bnpo`: token mean over the mini-batch, as
+    classic PPO). `epsilon` is PPO's policy clip range.
 
     Args:
         kl_coef (`float`, *optional*, defaults to `0.05`):
-            Coefficient of the KL penalty ``-kl_coef * (log π - log π_ref)`` added to the reward at every completion
-            token (the initial value when ``adaptive_kl`` is on).
+            Coefficient of the KL penalty `-kl_coef * (log π - log π_ref)` added to the reward at every completion
+            token (the initial value when `adaptive_kl` is on).
         adaptive_kl (`bool`, *optional*, defaults to `False`):
-            Adapt ``kl_coef`` after each rollout so the measured KL approaches ``target_kl`` (Ziegler et al., 2019).
+            Adapt `kl_coef` after each rollout so the measured KL approaches `target_kl` (Ziegler et al., 2019).
         target_kl (`float`, *optional*, defaults to `6.0`):
             Target per-sequence KL of the adaptive controller.
         kl_horizon (`int`, *optional*, defaults to `10000`):
@@ -68,21 +68,21 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
         cliprange_value (`float`, *optional*, defaults to `0.2`):
             Clip range of the value prediction around the rollout's values.
         critic (`str`, *optional*, defaults to `"adapter"`):
-            Where the critic lives: ``adapter`` (its own LoRA adapter on the actor's base plus a value head; needs
-            LoRA), ``shared`` (a value head on the actor's own adapter/weights) or ``model`` (a separate model from
-            ``critic_model_name_or_path``, with LoRA when the actor has it).
+            Where the critic lives: `adapter` (its own LoRA adapter on the actor's base plus a value head; needs
+            LoRA), `shared` (a value head on the actor's own adapter/weights) or `model` (a separate model from
+            `critic_model_name_or_path`, with LoRA when the actor has it).
         critic_model_name_or_path (`str`, *optional*):
-            Model of the critic when ``critic`` is ``model`` (``builtin:<name>``, a path or a Hub id).
+            Model of the critic when `critic` is `model` (`builtin:<name>`, a path or a Hub id).
         num_ppo_epochs (`int`, *optional*):
-            PPO epochs per rollout; sets GRPO's ``num_iterations``.
+            PPO epochs per rollout; sets GRPO's `num_iterations`.
         num_mini_batches (`int`, *optional*):
-            Mini-batches (optimizer steps with ``gradient_accumulation_steps: 1``) per rollout epoch; sets GRPO's
-            ``steps_per_generation``.
+            Mini-batches (optimizer steps with `gradient_accumulation_steps: 1`) per rollout epoch; sets GRPO's
+            `steps_per_generation`.
         reward_adapter_path (`str`, *optional*):
             Directory of a LoRA sequence-classification reward model trained on the actor's base model (for example
-            by TRL's ``RewardTrainer`` with a ``peft_config``: LoRA weights plus the ``score`` head). Loaded as a
-            frozen ``reward`` adapter on the actor's base (needs LoRA), it scores each rollout as one more reward
-            function after ``reward_funcs``, counted in ``reward_weights`` and logged as ``rewards/<dir name>/mean``.
+            by TRL's `RewardTrainer` with a `peft_config`: LoRA weights plus the `score` head). Loaded as a
+            frozen `reward` adapter on the actor's base (needs LoRA), it scores each rollout as one more reward
+            function after `reward_funcs`, counted in `reward_weights` and logged as `rewards/<dir name>/mean`.
     """
 
     num_generations: int | None = field(default=1, metadata={"help": "Completions per prompt (PPO: 1)."})
@@ -155,12 +155,24 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
 
 
 class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
-    """RLHF PPO with a critic on TRL's :class:`trl.GRPOTrainer` (same constructor), with the EWC penalty on the
-    actor's adapter (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``).
+    """RLHF PPO with a critic on TRL's `trl.GRPOTrainer` (same constructor), with the EWC penalty on the actor's
+    adapter (`ewc_lambda > 0`) and the forgetting monitor (`forgetting_anchor_dataset`).
 
-    Logs TRL's classic PPO metrics: ``objective/{kl,entropy,non_score_reward,rlhf_reward,scores}``,
-    ``policy/{approxkl,clipfrac}``, ``loss/{policy,value}``, ``val/{clipfrac,mean,var}``. The critic is saved to
-    ``<checkpoint>/critic/`` (adapter or model, ``value_head.safetensors``, ``ppo_state.json``) and restored on resume.
+    Logs TRL's classic PPO metrics: `objective/{kl,entropy,non_score_reward,rlhf_reward,scores}`,
+    `policy/{approxkl,clipfrac}`, `loss/{policy,value}`, `val/{clipfrac,mean,var}`. The critic is saved to
+    `<checkpoint>/critic/` (adapter or model, `value_head.safetensors`, `ppo_state.json`) and restored on resume.
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`):
+            The actor, as `GRPOTrainer` takes it; with `peft_config` (or as a `PeftModel`) every role shares its base.
+        reward_funcs (reward function or list of them, *optional*):
+            As `GRPOTrainer`'s; the reward adapter of `args.reward_adapter_path`, if any, is appended to them.
+        args (`PPOConfig`):
+            The configuration; a plain `GRPOConfig` lacks the critic and GAE fields and is refused.
+        peft_config (`peft.PeftConfig`, *optional*):
+            LoRA of the actor; needed by `critic: adapter` and by `reward_adapter_path`.
+        *posargs, **kwargs:
+            The other arguments of `GRPOTrainer`, passed through.
     """
 
     _tag_names = ["trl", "trl-ext", "ppo"]
@@ -204,6 +216,8 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtT
 
     @torch.no_grad()
     def _generate_and_score_completions(self, inputs):
+        """GRPO's rollout, then PPO's: reference log-probabilities, values, KL-penalized per-token rewards, GAE
+        advantages `(B, T)` and returns, and TRL's classic `objective/*` metrics; the KL controller is updated."""
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         prompt_ids, completion_ids = output["prompt_ids"], output["completion_ids"]
@@ -238,23 +252,23 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtT
         stats = torch.stack(
             [seq_kl.mean(), (-logps.float() * mask).sum(1).mean(), non_score.sum(1).mean(), scores.mean()]
         )
-        kl_mean, entropy, nsr, score = self.accelerator.gather(stats[None]).mean(0).tolist()
-        m = self._metrics[mode]
-        m["objective/kl"].append(kl_mean)
-        m["objective/entropy"].append(entropy)
-        m["objective/non_score_reward"].append(nsr)
-        m["objective/rlhf_reward"].append(score + nsr)
-        m["objective/scores"].append(score)
-        m["objective/kl_coef"].append(self.kl_ctl.value)
+        kl_mean, entropy, non_score_reward, score = self.accelerator.gather(stats[None]).mean(0).tolist()
+        metrics = self._metrics[mode]
+        metrics["objective/kl"].append(kl_mean)
+        metrics["objective/entropy"].append(entropy)
+        metrics["objective/non_score_reward"].append(non_score_reward)
+        metrics["objective/rlhf_reward"].append(score + non_score_reward)
+        metrics["objective/scores"].append(score)
+        metrics["objective/kl_coef"].append(self.kl_ctl.value)
         if mode == "train":
             self.kl_ctl.update(kl_mean, input_ids.size(0) * self.accelerator.num_processes)
         return output
 
     def _reference_logps(self, input_ids, attention_mask, n_tokens, batch_size):
+        """Per-token log-probabilities of the reference: `ref_model`, else the `ref` adapter, else adapters off."""
         if self.ref_model is not None:
-            model = self.ref_model
             logps, _, _ = self._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, n_tokens, batch_size=batch_size
+                self.ref_model, input_ids, attention_mask, n_tokens, batch_size=batch_size
             )
             return logps
         from trl.trainer.utils import use_adapter
@@ -270,11 +284,21 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtT
         return logps
 
     def _local_scores(self, completion_ids, completion_mask):
-        """This process's sequence scores (weighted reward sum), with the missing-EOS penalty applied."""
-        rpf = self._rewards_per_func
-        weights = self.reward_weights.to(rpf.device).unsqueeze(0)
-        scores = (rpf * weights).nansum(dim=1)
-        scores = torch.where(torch.isnan(rpf).all(dim=1), torch.zeros_like(scores), scores)
+        """This process's sequence scores (weighted reward sum), with the missing-EOS penalty applied.
+
+        Args:
+            completion_ids (`torch.Tensor`):
+                This process's completions, `(B, T)`.
+            completion_mask (`torch.Tensor`):
+                Their mask, `(B, T)`.
+
+        Returns:
+            `torch.Tensor`: The scores, `(B,)` in fp32.
+        """
+        rewards_per_func = self._rewards_per_func
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        scores = (rewards_per_func * weights).nansum(dim=1)
+        scores = torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.zeros_like(scores), scores)
         n = completion_ids.size(0)
         start = self.accelerator.process_index * n
         scores = scores[start : start + n].to(completion_ids.device).float()

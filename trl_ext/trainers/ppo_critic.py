@@ -1,10 +1,10 @@
 """The PPO critic: its value head, where it lives (a second LoRA adapter on the actor's base, the actor's own weights,
 or a separate model), its forward pass, and its saving and restoring with every checkpoint.
 
-:class:`PPOCriticMixin` is a mixin of :class:`trl_ext.trainers.ppo.PPOTrainer`; :meth:`PPOCriticMixin._attach_critic`
-runs at the end of the trainer's ``__init__``. The critic's modules hang off the actor as ``ppo_value_head`` and
-``ppo_critic_backbone`` (so DDP and the optimizer see them); the actor's saved adapter and vLLM's weight sync leave
-them out, and they are saved to ``<checkpoint>/critic/`` instead.
+`PPOCriticMixin` is a mixin of `trl_ext.trainers.ppo.PPOTrainer`; `PPOCriticMixin._attach_critic` runs at the end
+of the trainer's `__init__`. The critic's modules hang off the actor as `ppo_value_head` and
+`ppo_critic_backbone` (so DDP and the optimizer see them); the actor's saved adapter and vLLM's weight sync leave
+them out, and they are saved to `<checkpoint>/critic/` instead.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ CRITIC_MODULES = ("ppo_value_head", "ppo_critic_backbone")
 
 
 class ValueHead(nn.Module):
-    """A scalar value per position: ``Linear(hidden_size, 1)`` over the last hidden state."""
+    """A scalar value per position: `Linear(hidden_size, 1)` over the last hidden state.
+
+    Args:
+        hidden_size (`int`):
+            Width of the hidden states it reads.
+    """
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -61,10 +66,17 @@ def _no_gradient_checkpointing(module):
 
 
 class PPOCriticMixin:
-    """The critic of :class:`~trl_ext.trainers.ppo.PPOTrainer`: setup, values, save/load/resume."""
+    """The critic of `PPOTrainer`: setup, values, save/load/resume."""
 
     def _attach_critic(self, args, peft_config) -> None:
-        """Add the critic to the (already PEFT-wrapped) actor and record the parameters the optimizer trains."""
+        """Add the critic to the (already PEFT-wrapped) actor and record the parameters the optimizer trains.
+
+        Args:
+            args (`PPOConfig`):
+                The trainer's configuration (`critic`, `critic_model_name_or_path`).
+            peft_config (`peft.PeftConfig`, *optional*):
+                The actor's LoRA configuration as given, applied to a critic model (`critic: model`).
+        """
         unwrapped = self.accelerator.unwrap_model(self.model)
         self._is_peft = hasattr(unwrapped, "peft_config")
         self._actor_adapter = unwrapped.active_adapter if self._is_peft else None
@@ -136,7 +148,7 @@ class PPOCriticMixin:
         generation._iter_named_params = actor_params
 
     def _restore_trainable(self):
-        """PEFT's adapter switching toggles ``requires_grad``; put back the flags the optimizer was built from."""
+        """PEFT's adapter switching toggles `requires_grad`; put back the flags the optimizer was built from."""
         for param in self._trainable:
             param.requires_grad_(True)
 
@@ -154,7 +166,7 @@ class PPOCriticMixin:
 
     @contextmanager
     def _adapter_backbone(self, adapter: str):
-        """The actor's decoder with ``adapter`` active; afterwards the actor's adapter is active again and the trainable
+        """The actor's decoder with `adapter` active; afterwards the actor's adapter is active again and the trainable
         flags are restored."""
         unwrapped = self.accelerator.unwrap_model(self.model)
         backbone = _backbone(unwrapped)
@@ -167,7 +179,19 @@ class PPOCriticMixin:
             self._restore_trainable()
 
     def _critic_values(self, input_ids, attention_mask, logits_to_keep):
-        """Value of the state before each completion token: ``(B, logits_to_keep)``."""
+        """Value of the state before each completion token.
+
+        Args:
+            input_ids (`torch.Tensor`):
+                Prompt and completion tokens, `(B, L)`.
+            attention_mask (`torch.Tensor`):
+                Their attention mask, `(B, L)`.
+            logits_to_keep (`int`):
+                Number of completion tokens `T` at the end of each row.
+
+        Returns:
+            `torch.Tensor`: The values, `(B, T)` in fp32.
+        """
         head = self.accelerator.unwrap_model(self.model).ppo_value_head
         with self._critic_backbone() as backbone, self.accelerator.autocast():
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -176,7 +200,7 @@ class PPOCriticMixin:
     # ----------------------------------------------------------------------------------------- saving and resuming
     @contextmanager
     def _critic_detached(self):
-        """The actor's saved weights stay the actor's: the critic modules are saved separately, under ``critic/``."""
+        """The actor's saved weights stay the actor's: the critic modules are saved separately, under `critic/`."""
         unwrapped = self.accelerator.unwrap_model(self.model)
         held = {n: unwrapped._modules.pop(n) for n in CRITIC_MODULES if n in unwrapped._modules}
         try:
@@ -191,7 +215,15 @@ class PPOCriticMixin:
             self.save_critic(output_dir or self.args.output_dir)
 
     def save_critic(self, output_dir: str) -> Path:
-        """Write the critic (adapter or model, value head) and the KL controller state to ``output_dir/critic``."""
+        """Write the critic (adapter or model, value head) and the KL controller state to `output_dir/critic`.
+
+        Args:
+            output_dir (`str`):
+                The checkpoint or output directory.
+
+        Returns:
+            `Path`: The directory written, `output_dir/critic`.
+        """
         from safetensors.torch import save_file
 
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -211,7 +243,16 @@ class PPOCriticMixin:
         return path
 
     def load_critic(self, checkpoint_dir: str) -> None:
-        """Restore what :meth:`save_critic` wrote; fails naming the missing file."""
+        """Restore the critic and the KL controller state that `save_critic` wrote.
+
+        Args:
+            checkpoint_dir (`str`):
+                The checkpoint directory holding `critic/`.
+
+        Raises:
+            FileNotFoundError: The checkpoint has no critic (it was not written by `PPOTrainer`).
+            ValueError: The saved critic is of another kind (`critic`) or does not fit this model.
+        """
         from safetensors.torch import load_file
 
         path = Path(checkpoint_dir) / CRITIC_DIR

@@ -1,13 +1,13 @@
-"""The PPO reward model as a LoRA adapter on the actor's own base (``reward_adapter_path``).
+"""The PPO reward model as a LoRA adapter on the actor's own base (`reward_adapter_path`).
 
 A sequence-classification reward model trained with LoRA on the actor's base model (for example by TRL's
-``RewardTrainer`` with a ``peft_config``) is saved as an adapter directory: LoRA weights for the backbone plus the
-classification head (``score``) in ``modules_to_save``. :class:`PPORewardAdapterMixin` loads the LoRA weights as a
-third adapter, ``reward``, on the actor's ``PeftModel`` and the head as a small frozen ``Linear`` kept on the trainer
+`RewardTrainer` with a `peft_config`) is saved as an adapter directory: LoRA weights for the backbone plus the
+classification head (`score`) in `modules_to_save`. `PPORewardAdapterMixin` loads the LoRA weights as a third
+adapter, `reward`, on the actor's `PeftModel` and the head as a small frozen `Linear` kept on the trainer
 (not a module of the actor: the actor's saved adapter, vLLM's weight sync and the optimizer never see it). A rollout's
-score is ``head(hidden state at the last non-pad token)`` with the ``reward`` adapter active, exactly what the
-adapter's ``AutoModelForSequenceClassification`` computes. It is one more reward function, after ``reward_funcs``
-(and ``reward_model_name_or_path``), weighted by ``reward_weights`` and logged as ``rewards/<adapter dir name>/mean``.
+score is `head(hidden state at the last non-pad token)` with the `reward` adapter active, exactly what the
+adapter's `AutoModelForSequenceClassification` computes. It is one more reward function, after `reward_funcs`
+(and `reward_model_name_or_path`), weighted by `reward_weights` and logged as `rewards/<adapter dir name>/mean`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,20 @@ HEAD_MODULES = ("score", "classifier")  # the classification head of AutoModelFo
 
 
 def inspect_reward_adapter(path: str) -> tuple[dict, str]:
-    """Check that ``path`` is a LoRA sequence-classification adapter; return its config and its head's module name.
+    """Check that `path` is a LoRA sequence-classification adapter.
 
-    Reads ``adapter_config.json`` and the tensor names of ``adapter_model.safetensors`` only (no weights), so it runs
-    before any model loads. Raises ``ValueError`` (so a recipe reports it as a recipe error) naming the problem and the
-    fix.
+    Reads `adapter_config.json` and the tensor names of `adapter_model.safetensors` only (no weights), so it runs
+    before any model loads.
+
+    Args:
+        path (`str`):
+            The adapter directory (`reward_adapter_path`).
+
+    Returns:
+        `tuple[dict, str]`: The adapter's config and the module name of its classification head.
+
+    Raises:
+        ValueError: Naming the problem and the fix (so a recipe reports it as a recipe error).
     """
     from safetensors import safe_open
 
@@ -87,9 +96,14 @@ def _model_name(model) -> str | None:
 
 
 class RewardAdapterScorer:
-    """A reward function with TRL's signature that scores ``prompt + completion`` with the reward adapter of the
-    :class:`~trl_ext.trainers.ppo.PPOTrainer` it belongs to (set as ``trainer`` once the adapter is loaded). Its
-    ``__name__`` (the adapter directory's name) is the name TRL logs the reward under."""
+    """A reward function with TRL's signature that scores `prompt + completion` with the reward adapter of the
+    `PPOTrainer` it belongs to (set as `trainer` once the adapter is loaded). Its `__name__` (the adapter directory's
+    name) is the name TRL logs the reward under.
+
+    Args:
+        path (`str`):
+            The adapter directory.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -101,11 +115,11 @@ class RewardAdapterScorer:
 
 
 class PPORewardAdapterMixin:
-    """The reward model of :class:`~trl_ext.trainers.ppo.PPOTrainer` as an adapter on the actor's base."""
+    """The reward model of `PPOTrainer` as an adapter on the actor's base."""
 
     def _reward_funcs_with_adapter(self, model, reward_funcs, args, peft_config) -> list:
-        """Before TRL's ``__init__``: validate ``reward_adapter_path`` against the actor and return ``reward_funcs``
-        with the adapter's scorer appended (so ``reward_weights`` counts it)."""
+        """Before TRL's `__init__`: validate `reward_adapter_path` against the actor and return `reward_funcs`
+        with the adapter's scorer appended (so `reward_weights` counts it)."""
         self._reward_scorer = None
         self._reward_head = None
         path = args.reward_adapter_path
@@ -134,7 +148,7 @@ class PPORewardAdapterMixin:
         return [*reward_funcs, self._reward_scorer]
 
     def _attach_reward_adapter(self) -> None:
-        """After the critic: load the adapter's LoRA weights as the frozen ``reward`` adapter and its head."""
+        """After the critic: load the adapter's LoRA weights as the frozen `reward` adapter and its head."""
         if self._reward_scorer is None:
             return
         from peft import PeftConfig, set_peft_model_state_dict
@@ -180,7 +194,17 @@ class PPORewardAdapterMixin:
             param.requires_grad_(False)
 
     def reward_adapter_texts(self, prompts, completions) -> list[str]:
-        """``prompt + completion`` as the reward model reads it (chat template for conversational data), as TRL."""
+        """`prompt + completion` as the reward model reads it (chat template for conversational data), as TRL.
+
+        Args:
+            prompts (`list`):
+                Prompts, as strings or conversations.
+            completions (`list`):
+                Their completions, in the same form.
+
+        Returns:
+            `list[str]`: The texts the reward adapter scores.
+        """
         from trl.data_utils import apply_chat_template, is_conversational
 
         if is_conversational({"prompt": prompts[0]}):
@@ -193,8 +217,16 @@ class PPORewardAdapterMixin:
 
     @torch.no_grad()
     def reward_adapter_scores(self, texts: list[str]) -> torch.Tensor:
-        """Scores ``(len(texts),)`` in fp32: the head over the hidden state at each text's last non-pad token with the
-        ``reward`` adapter active (texts tokenized as TRL does for reward models: right padding, no special tokens)."""
+        """Score texts with the reward adapter: its head over the hidden state at each text's last non-pad token with
+        the `reward` adapter active (texts tokenized as TRL does for reward models: right padding, no special tokens).
+
+        Args:
+            texts (`list[str]`):
+                Texts to score, as `reward_adapter_texts` builds them.
+
+        Returns:
+            `torch.Tensor`: The scores, `(len(texts),)` in fp32.
+        """
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         encoded = tokenizer(
             text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
