@@ -159,7 +159,7 @@ def test_model_critic_gets_its_own_lora_on_the_actor_s_module_kinds(tmp_path, ti
     assert adapted_kinds(backbone) == adapted_kinds(unwrapped) == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
     }
-    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    ids = torch.tensor([[5, 6, 7, 8, 9]], device=trainer.accelerator.device)
     values = trainer._critic_values(ids, torch.ones_like(ids), 3)
     assert values.shape == (1, 3) and values.dtype == torch.float32
 
