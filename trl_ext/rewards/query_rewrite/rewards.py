@@ -21,7 +21,7 @@ import json
 import math
 from collections import defaultdict
 
-from trl_ext.rewards import completion_text
+from trl_ext.rewards.completions import completion_text
 from trl_ext.rewards.query_rewrite.retrieval import shared_index
 from trl_ext.rewards.query_rewrite.text import check_format, content_tokens, tokenize
 
