@@ -1,8 +1,6 @@
-"""Verdict, suggestions, text/JSON rendering, the ``trl-ext estimate`` command and the pre-training check."""
+"""What an estimate says: the verdict, re-estimated suggestions, the text and JSON renderings, the refusal message."""
 
 from __future__ import annotations
-
-import json
 
 from trl_ext.memory.estimator import GiB, MemoryEstimate, with_settings
 
@@ -56,7 +54,8 @@ def suggest(est: MemoryEstimate) -> list[str]:
     return [text for _, text in sorted(out)]
 
 
-def finish(est: MemoryEstimate) -> MemoryEstimate:
+def attach_suggestions(est: MemoryEstimate) -> MemoryEstimate:
+    """Fill `est.suggestions` (see `suggest`) when the estimate does not fit, and return `est`."""
     if not est.fits:
         est.suggestions = suggest(est)
     return est
@@ -108,12 +107,6 @@ def estimate_to_dict(est: MemoryEstimate) -> dict:
     }
 
 
-def estimate_line(est: MemoryEstimate) -> str:
-    """The one-line comment each preset carries."""
-    return (f"# Estimated peak: {est.peak_gib:.1f} GiB on one 24 GB GPU "
-            f"(`trl-ext estimate`; {est.settings.method}, peak during {est.peak_phase})")
-
-
 def memory_check_error(est: MemoryEstimate) -> str | None:
     """The refusal message, or None when the estimate fits."""
     if est.fits:
@@ -126,34 +119,3 @@ def memory_check_error(est: MemoryEstimate) -> str | None:
     if est.suggestions:
         msg += " Try: " + "; ".join(est.suggestions[:3]) + "."
     return msg + " Run `trl-ext estimate` on the recipe for the breakdown, or pass --skip_memory_check true to train anyway."
-
-
-def estimate_cli(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from trl_ext.memory import estimate_memory
-    from trl_ext.recipe import RecipeError
-
-    parser = argparse.ArgumentParser(
-        prog="trl-ext estimate",
-        description="Predict a recipe's peak GPU memory per component (no weights loaded, offline). "
-        "Extra --key value pairs override recipe keys.")
-    parser.add_argument("recipe", help="recipe YAML")
-    parser.add_argument("--gpu-memory-gb", "--gpu_memory_gb", dest="gpu", type=float, default=24.0,
-                        help="GPU memory in GB (10^9 bytes) to judge against (default 24)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--prompt-length", "--prompt_length", dest="prompt_length", type=int, default=None,
-                        help="GRPO/PPO prompt tokens (default: from the recipe, else 512)")
-    parser.add_argument("--full-logits", "--full_logits", dest="full_logits", action="store_true",
-                        help="model a trainer that materializes the full (tokens, vocab) logits")
-    args, overrides = parser.parse_known_args(argv)
-    if args.gpu <= 0:
-        parser.error("--gpu-memory-gb must be positive, e.g. 24")
-    try:
-        est = estimate_memory(args.recipe, gpu_memory_gb=args.gpu, overrides=overrides,
-                              prompt_length=args.prompt_length, full_logits=args.full_logits or None)
-    except (RecipeError, FileNotFoundError, ValueError) as err:
-        print(f"trl-ext: error: {err}", flush=True)
-        return 2
-    print(json.dumps(estimate_to_dict(est), indent=2) if args.json else format_estimate(est))
-    return 0 if est.fits else 1
