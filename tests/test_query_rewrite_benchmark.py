@@ -185,3 +185,25 @@ def test_quickstart_grpo_query_rewrite_recipe_learns_to_retrieve_and_logs_every_
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["rows"] == 3 and 0.0 <= result["format_valid"] <= 1.0 and result["hack_probe_pass_rate"] == 1.0
+
+
+#: QueryRewriteReward on the first test row of each category, recorded when the reward was first released.
+RECORDED_COMPOSITE = {
+    "crm-6-guide-q": {"reference": 2.85, "original": 2.2785714285714285, "gold_copy": 1.28125},
+    "crm-7-guide-q": {"reference": 3.35, "original": 0.25, "gold_copy": 1.78125},
+    "oa-6-export-q": {"reference": 2.85, "original": 2.85, "gold_copy": 1.2928571428571427},
+    "bi-6-region_month-q": {"reference": 3.019444444444445, "original": 0.9861990798256107,
+                            "gold_copy": 1.5223684210526316},
+    "generic-guide-q0": {"reference": 2.6, "original": 0.25, "gold_copy": 1.057142857142857},
+}
+
+
+def test_composite_scores_of_reference_rewrites_original_queries_and_gold_copies_are_unchanged(reward, splits, corpus):
+    rows = {r["id"]: r for r in splits["test"]}
+    scores = {}
+    for row_id in RECORDED_COMPOSITE:
+        row = rows[row_id]
+        gold_copy = probe_variants(row, corpus[row["gold_doc_ids"][0]])["gold_copy"]
+        scores[row_id] = dict(zip(("reference", "original", "gold_copy"),
+                                  score_row(reward, row, [row["reference_rewrites"][0], row["query"], gold_copy])))
+    assert scores == RECORDED_COMPOSITE
