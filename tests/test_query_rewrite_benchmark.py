@@ -12,7 +12,7 @@ from conftest import RECIPES, trl_ext_cli
 from trl_ext.data.build_query_rewrite import build, finalize
 from trl_ext.rewards.eval_rewrite import PROBES, load_rows, probe_variants
 from trl_ext.rewards.query_rewrite import BUILTIN_CORPUS, QueryRewriteReward, load_corpus, tokenize
-from trl_ext.rewards.query_rewrite.rewards import COMPONENTS
+from trl_ext.rewards.query_rewrite import COMPONENTS
 
 COLUMNS = ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")
 
