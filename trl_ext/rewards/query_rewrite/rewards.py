@@ -50,7 +50,8 @@ class QueryRewriteReward:
         self.__name__ = "query_rewrite"
         unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
         if unknown:
-            raise ValueError(f"unknown QueryRewriteReward weight(s) {sorted(unknown)}; valid: {sorted(DEFAULT_WEIGHTS)}")
+            raise ValueError(f"unknown QueryRewriteReward weight(s) {sorted(unknown)}; "
+                             f"valid: {sorted(DEFAULT_WEIGHTS)}")
         self.weights = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in (weights or {}).items()}}
         lowest = -sum(self.weights[p] for p in PENALTIES) - self.weights["gain"]
         self.min_reward = float(lowest if min_reward is None else min_reward)
