@@ -62,6 +62,7 @@ def attach_suggestions(est: MemoryEstimate) -> MemoryEstimate:
 
 
 def verdict(est: MemoryEstimate) -> str:
+    """One line: whether the estimate fits the GPU, and why not."""
     gpu = est.gpu_bytes / GiB
     if est.problems:
         return f"DOES NOT FIT on {gpu:.1f} GiB: " + " ".join(est.problems)
@@ -71,10 +72,12 @@ def verdict(est: MemoryEstimate) -> str:
 
 
 def format_estimate(est: MemoryEstimate) -> str:
-    s, a = est.settings, est.architecture
+    """The `trl-ext estimate` table: components with phase and formula, the peak, notes, verdict, suggestions."""
+    settings, arch = est.settings, est.architecture
     lines = [
-        f"Memory estimate: {s.method} on {a.name} ({a.total_params / 1e9:.2f}B params, vocab {a.vocab_size}), "
-        f"quantization {s.quantization}, micro-batch {s.batch_size}, peak during {est.peak_phase}",
+        f"Memory estimate: {settings.method} on {arch.name} ({arch.total_params / 1e9:.2f}B params, "
+        f"vocab {arch.vocab_size}), quantization {settings.quantization}, micro-batch {settings.batch_size}, "
+        f"peak during {est.peak_phase}",
         "",
         f"  {'component':<46} {'phase':<11} {'GiB':>7}   formula",
     ]
@@ -82,7 +85,7 @@ def format_estimate(est: MemoryEstimate) -> str:
         counted = "" if c.phase in ("static", "fixed", est.peak_phase) else " (not at peak)"
         lines.append(f"  {c.name:<46} {c.phase:<11} {c.gib:7.2f}   {c.formula}{counted}")
     lines += ["", f"  {'predicted peak':<46} {'':<11} {est.peak_gib:7.2f}"]
-    for note in s.notes:
+    for note in settings.notes:
         lines.append(f"  note: {note}")
     lines += ["", verdict(est)]
     if est.suggestions:
@@ -92,6 +95,7 @@ def format_estimate(est: MemoryEstimate) -> str:
 
 
 def estimate_to_dict(est: MemoryEstimate) -> dict:
+    """The estimate as JSON-ready data (`trl-ext estimate --json`)."""
     return {
         "model": est.architecture.name,
         "method": est.settings.method,
@@ -108,14 +112,15 @@ def estimate_to_dict(est: MemoryEstimate) -> dict:
 
 
 def memory_check_error(est: MemoryEstimate) -> str | None:
-    """The refusal message, or None when the estimate fits."""
+    """The message `trl-ext train` refuses a recipe with, or `None` when the estimate fits."""
     if est.fits:
         return None
-    big = ", ".join(f"{c.name} {c.gib:.1f} GiB" for c in est.biggest(3))
-    msg = (f"This recipe is predicted to need {est.peak_gib:.1f} GiB of GPU memory but the GPU has "
-           f"{est.gpu_bytes / GiB:.1f} GiB. Biggest components: {big}.")
+    biggest = ", ".join(f"{c.name} {c.gib:.1f} GiB" for c in est.biggest(3))
+    message = (f"This recipe is predicted to need {est.peak_gib:.1f} GiB of GPU memory but the GPU has "
+               f"{est.gpu_bytes / GiB:.1f} GiB. Biggest components: {biggest}.")
     if est.problems:
-        msg += " " + " ".join(est.problems)
+        message += " " + " ".join(est.problems)
     if est.suggestions:
-        msg += " Try: " + "; ".join(est.suggestions[:3]) + "."
-    return msg + " Run `trl-ext estimate` on the recipe for the breakdown, or pass --skip_memory_check true to train anyway."
+        message += " Try: " + "; ".join(est.suggestions[:3]) + "."
+    return (message + " Run `trl-ext estimate` on the recipe for the breakdown, or pass --skip_memory_check true to "
+            "train anyway.")
