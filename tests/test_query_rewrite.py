@@ -306,7 +306,7 @@ RECORDED_SCORES = {
 
 @pytest.mark.parametrize("name", sorted(RECORDED_SCORES))
 def test_each_reward_class_is_importable_by_name_pickles_and_keeps_its_recorded_scores(name):
-    import trl_ext.rewards.query_rewrite as query_rewrite
+    from trl_ext.rewards import query_rewrite
     from trl_ext.rewards import resolve_reward_func
 
     cls = resolve_reward_func(f"trl_ext.rewards.query_rewrite.{name}")
