@@ -1,8 +1,8 @@
-"""Time QueryRewriteReward on a GRPO-sized batch: ``python benchmarks/reward_speed.py [--batch 512]``.
+"""Time QueryRewriteReward on a GRPO-sized batch: `python benchmarks/reward_speed.py [--batch 512]`.
 
-The bundled corpus is padded to 400 documents. Completions are drawn (seeded) from the benchmark's reference rewrites, original queries and hacking variants, with
-groups of repeated completions as GRPO produces. The index is built before timing (it is built once per run).
-Writes benchmarks/results/reward_speed.json.
+The bundled corpus is padded to 400 documents. Completions are drawn (seeded) from the benchmark's reference rewrites,
+original queries and hacking variants, with groups of repeated completions as GRPO produces. The index is built before
+timing (it is built once per run). Writes benchmarks/results/reward_speed.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ COLUMNS = ("query", "context", "gold_doc_ids", "required_slots", "answer_terms",
 
 
 def make_batch(batch: int, corpus_size: int = 400, seed: int = 0):
-    """The reward over the bundled corpus padded to ``corpus_size`` documents (halves of two documents spliced)."""
+    """The reward over the bundled corpus padded to `corpus_size` documents (halves of two documents spliced), and a
+    batch of `batch` completions with their dataset columns."""
     rng = random.Random(seed)
     rows = load_rows("train")
     docs = load_corpus(BUILTIN_CORPUS)
@@ -35,7 +36,8 @@ def make_batch(batch: int, corpus_size: int = 400, seed: int = 0):
     picked, completions = [], []
     while len(completions) < batch:
         row = rng.choice(rows)
-        pool = [row["reference_rewrites"][0], row["query"], *probe_variants(row, corpus[row["gold_doc_ids"][0]]).values()]
+        probes = probe_variants(row, corpus[row["gold_doc_ids"][0]])
+        pool = [row["reference_rewrites"][0], row["query"], *probes.values()]
         for _ in range(8):  # one GRPO group: 8 generations of one prompt
             picked.append(row)
             completions.append([{"role": "assistant", "content": f"<rewrite>{rng.choice(pool)}</rewrite>"}])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
 from conftest import REPO
 
 from trl_ext.memcheck import memcheck_cli, synthetic_lengths, synthetic_rows, word_tokenizer
 from trl_ext.recipe import load_recipe
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
 def test_memcheck_on_cpu_exits_with_a_clear_message(capsys):
     code = memcheck_cli([str(REPO / "recipes" / "dpo" / "qwen2.5-7b-qlora.yaml"), "--steps", "2"])
     err = capsys.readouterr().err

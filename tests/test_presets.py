@@ -19,10 +19,15 @@ def _id(path):
     return f"{path.parent.name}/{path.name}"
 
 
+def _method_of(path) -> str:
+    """The method a recipe's place names: its folder for presets, its file name's prefix for quickstarts."""
+    return path.parent.name if path.parent.name in PRESET_DIRS else path.stem.split("-")[0]
+
+
 @pytest.mark.parametrize("path", ALL, ids=_id)
-def test_preset_validates(path):
+def test_recipe_validates_and_runs_the_method_its_name_says(path):
     recipe = load_recipe(path)
-    assert recipe.method == (path.parent.name if path.parent.name in PRESET_DIRS else recipe.method)
+    assert recipe.method == _method_of(path)
 
 
 @pytest.mark.parametrize("path", GPU_PRESETS, ids=_id)
@@ -35,6 +40,6 @@ def test_gpu_preset_names_single_gpu_accelerate_config_and_fits_20_gib(path):
     assert re.search(r"^# Estimated peak: \d+(\.\d)? GiB", path.read_text(), re.M), "state the estimate in a comment"
 
 
-def test_the_library_has_the_issue_presets():
+def test_the_library_has_7b_qlora_dpo_and_kto_presets():
     names = {_id(p) for p in GPU_PRESETS}
     assert {"dpo/qwen2.5-7b-qlora.yaml", "kto/qwen2.5-7b-qlora.yaml"} <= names

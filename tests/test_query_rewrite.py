@@ -273,3 +273,47 @@ def test_bad_input_errors_name_the_problem():
         BM25Index("/nonexistent/corpus.jsonl")
     with pytest.raises(KeyError, match="not in the corpus"):
         RankReward(corpus=DOCS)(prompts=None, completions=["数据导出"], query=["数据导出"], gold_doc_ids=[["d9"]])
+
+
+# --- every component as a class of its own, on the bundled corpus ---------------------------------------------
+
+#: A benchmark row (train split, crm-0-export-q) and six completions: the reference, the original query, an answer
+#: (fails the format gate), a leaked answer term, an invented system name, an overlong rewrite.
+BENCHMARK_ROW = dict(query="能导出成表格吗？", context="当前页面：云雀CRM > 客户画像", gold_doc_ids=["crm-0-export"],
+                     required_slots={"系统": ["云雀CRM", "CRM"], "功能": ["客户画像"]}, answer_terms=["2420"],
+                     reference_rewrites=["云雀CRM客户画像的数据导出"])
+BENCHMARK_COMPLETIONS = ["<rewrite>云雀CRM客户画像的数据导出</rewrite>", "能导出成表格吗？", "答：点右上角的导出按钮",
+                         "云雀CRM客户画像表格导出 2420", "飞鱼CRM客户画像的数据导出",
+                         "云雀CRM客户画像的数据导出方法和全部字段说明以及权限配置和报错排查的操作指南"]
+#: Scores of each class on those completions, recorded when the components were first released.
+RECORDED_SCORES = {
+    "FormatReward": [1.0, 1.0, 0.0, 1.0, 1.0, 1.0],
+    "RankReward": [1.0, 0.0, 0.0, 1.0, 1.0, 0.5],
+    "RecallReward": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+    "NDCGReward": [1.0, 0.0, 0.0, 1.0, 1.0, 0.43067655807339306],
+    "MRRReward": [1.0, 0.0, 0.0, 1.0, 1.0, 0.25],
+    "GainReward": [1.0, 0.0, 0.0, 1.0, 1.0, 0.5],
+    "SlotCoverageReward": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+    "FaithfulnessReward": [1 / 3, 1.0, 0.0, 2 / 3, 1 / 3, 1 / 3],
+    "ReferenceF1Reward": [1.0, 0.2222222222222222, 0.0, 0.7692307692307692, 0.8333333333333334, 0.5217391304347826],
+    "LengthPenalty": [0.0, 0.0, -1.0, 0.0, 0.0, -0.8888888888888888],
+    "LeakagePenalty": [0.0, 0.0, -1.0, -1.0, 0.0, 0.0],
+    "HallucinationPenalty": [0.0, 0.0, -1.0, 0.0, -0.16666666666666666, -0.11764705882352941],
+    "QueryRewriteReward": [3.1833333333333336, 0.2722222222222222, -2.5, 2.2435897435897436, 3.0833333333333335,
+                           1.4100775515572987],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_SCORES))
+def test_each_reward_class_is_importable_by_name_pickles_and_keeps_its_recorded_scores(name):
+    from trl_ext.rewards import query_rewrite
+    from trl_ext.rewards import resolve_reward_func
+
+    cls = resolve_reward_func(f"trl_ext.rewards.query_rewrite.{name}")
+    assert cls is getattr(query_rewrite, name) and cls.__name__ == name and cls.__doc__
+    reward = cls()
+    scores = call(reward, BENCHMARK_COMPLETIONS, **BENCHMARK_ROW)
+    assert scores == RECORDED_SCORES[name]
+    clone = pickle.loads(pickle.dumps(reward))
+    assert type(clone) is cls and clone.__name__ == reward.__name__
+    assert call(clone, BENCHMARK_COMPLETIONS, **BENCHMARK_ROW) == scores

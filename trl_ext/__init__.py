@@ -5,31 +5,28 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# Public API, imported lazily so that `import trl_ext` (and the CLI) stays fast.
-_EXPORTS = {
-    "DPOConfig": "trl_ext.trainers.dpo",
-    "DPOTrainer": "trl_ext.trainers.dpo",
-    "GRPOConfig": "trl_ext.trainers.grpo",
-    "GRPOTrainer": "trl_ext.trainers.grpo",
-    "KTOConfig": "trl_ext.trainers.kto",
-    "KTOTrainer": "trl_ext.trainers.kto",
-    "Recipe": "trl_ext.recipe",
-    "RecipeError": "trl_ext.recipe",
-    "load_recipe": "trl_ext.recipe",
-    "load_model_and_tokenizer": "trl_ext.modeling",
-    "get_peft_config": "trl_ext.modeling",
-    "get_quantization_config": "trl_ext.modeling",
-    "merge_adapter": "trl_ext.modeling",
-    "load_reward_funcs": "trl_ext.rewards",
-    "KeywordReward": "trl_ext.rewards.keyword",
-    # issue-owned modules; each name below is defined by its module
-    "PPOConfig": "trl_ext.trainers.ppo",
-    "PPOTrainer": "trl_ext.trainers.ppo",
-    "QueryRewriteReward": "trl_ext.rewards.query_rewrite",
-    "EWCArguments": "trl_ext.ewc",
-    "ForgettingMonitorCallback": "trl_ext.callbacks",
-    "estimate_memory": "trl_ext.memory",
+# The public API, by capability: module -> names. Imported on first use so that `import trl_ext` (and the CLI)
+# stays fast.
+_PUBLIC_API = {
+    # trainers and their configs
+    "trl_ext.trainers.dpo": ("DPOConfig", "DPOTrainer"),
+    "trl_ext.trainers.grpo": ("GRPOConfig", "GRPOTrainer"),
+    "trl_ext.trainers.kto": ("KTOConfig", "KTOTrainer"),
+    "trl_ext.trainers.ppo": ("PPOConfig", "PPOTrainer"),
+    # recipes
+    "trl_ext.recipe": ("Recipe", "RecipeError", "load_recipe"),
+    # modeling: quantized loading, LoRA, merge
+    "trl_ext.modeling": ("get_peft_config", "get_quantization_config", "load_model_and_tokenizer", "merge_adapter"),
+    # EWC and forgetting
+    "trl_ext.ewc": ("EWCArguments",),
+    "trl_ext.callbacks": ("ForgettingMonitorCallback",),
+    # rewards
+    "trl_ext.rewards": ("KeywordReward", "load_reward_funcs"),
+    "trl_ext.rewards.query_rewrite": ("QueryRewriteReward",),
+    # memory
+    "trl_ext.memory": ("estimate_memory",),
 }
+_EXPORTS = {name: module for module, names in _PUBLIC_API.items() for name in names}
 
 __all__ = sorted(_EXPORTS)
 
@@ -40,10 +37,15 @@ def __getattr__(name):
     raise AttributeError(f"module 'trl_ext' has no attribute {name!r}")
 
 
-if TYPE_CHECKING:  # pragma: no cover
-    from trl_ext.modeling import get_peft_config, get_quantization_config, load_model_and_tokenizer, merge_adapter
-    from trl_ext.recipe import Recipe, RecipeError, load_recipe
-    from trl_ext.rewards import load_reward_funcs
+if TYPE_CHECKING:  # pragma: no cover -- the same names, for type checkers and IDEs (tests/test_public_api.py)
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
     from trl_ext.trainers.grpo import GRPOConfig, GRPOTrainer
     from trl_ext.trainers.kto import KTOConfig, KTOTrainer
+    from trl_ext.trainers.ppo import PPOConfig, PPOTrainer
+    from trl_ext.recipe import Recipe, RecipeError, load_recipe
+    from trl_ext.modeling import get_peft_config, get_quantization_config, load_model_and_tokenizer, merge_adapter
+    from trl_ext.ewc import EWCArguments
+    from trl_ext.callbacks import ForgettingMonitorCallback
+    from trl_ext.rewards import KeywordReward, load_reward_funcs
+    from trl_ext.rewards.query_rewrite import QueryRewriteReward
+    from trl_ext.memory import estimate_memory

@@ -1,11 +1,11 @@
-"""``trl-ext memcheck``: measure a recipe's real peak GPU memory without downloading anything.
+"""`trl-ext memcheck`: measure a recipe's real peak GPU memory without downloading anything.
 
-It builds the recipe's architecture from its ``config.json`` (bundled, local or cached) with random weights, saves it
+It builds the recipe's architecture from its `config.json` (bundled, local or cached) with random weights, saves it
 to a temporary directory with a word-level tokenizer of the same vocabulary size, writes a synthetic dataset whose
-rows fill the recipe's maximum lengths (completions are forced to ``max_completion_length`` for GRPO/PPO), then runs
-the recipe itself -- quantization, LoRA, trainer, reference pass, generation and vLLM as configured -- for ``--steps``
-optimizer steps and reports ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` next to the estimate.
-``--memory-cap-gb 24`` caps this process with ``torch.cuda.set_per_process_memory_fraction`` to emulate a 24 GB card
+rows fill the recipe's maximum lengths (completions are forced to `max_completion_length` for GRPO/PPO), then runs
+the recipe itself -- quantization, LoRA, trainer, reference pass, generation and vLLM as configured -- for `--steps`
+optimizer steps and reports `torch.cuda.max_memory_allocated` / `max_memory_reserved` next to the estimate.
+`--memory-cap-gb 24` caps this process with `torch.cuda.set_per_process_memory_fraction` to emulate a 24 GB card
 on a larger one. It needs a CUDA GPU; on CPU it exits with a message.
 """
 
@@ -27,20 +27,20 @@ class MemcheckUnavailable(RuntimeError):
 def synthetic_lengths(recipe, prompt_length: int | None = None) -> dict[str, int]:
     """Token counts of the synthetic rows: every sequence is as long as the recipe allows.
 
-    DPO/KTO: a quarter of ``max_length`` is prompt, the rest completion (prompt + completion = max_length).
-    GRPO/PPO: the estimator's prompt length and ``max_completion_length`` (generation is forced to it).
+    DPO/KTO: a quarter of `max_length` is prompt, the rest completion (prompt + completion = max_length).
+    GRPO/PPO: the estimator's prompt length and `max_completion_length` (generation is forced to it).
     """
     from trl_ext.memory import settings_from_recipe
 
-    s = settings_from_recipe(recipe, prompt_length=prompt_length)
-    if s.method in ("dpo", "kto"):
-        prompt = max(1, s.max_length // 4)
-        return {"prompt": prompt, "completion": s.max_length - prompt}
-    return {"prompt": s.prompt_length, "completion": s.completion_length}
+    settings = settings_from_recipe(recipe, prompt_length=prompt_length)
+    if settings.method in ("dpo", "kto"):
+        prompt = max(1, settings.max_length // 4)
+        return {"prompt": prompt, "completion": settings.max_length - prompt}
+    return {"prompt": settings.prompt_length, "completion": settings.completion_length}
 
 
 def synthetic_rows(method: str, lengths: dict[str, int], n_rows: int, vocab_size: int, seed: int = 0) -> list[dict]:
-    """Rows in TRL's standard (plain text) format; each word is one token of :func:`word_tokenizer`."""
+    """Rows in TRL's standard (plain text) format; each word is one token of `word_tokenizer`."""
     import random
 
     rng = random.Random(seed)
@@ -63,7 +63,7 @@ def synthetic_rows(method: str, lengths: dict[str, int], n_rows: int, vocab_size
 
 
 def word_tokenizer(vocab_size: int):
-    """A fast word-level tokenizer with ``vocab_size`` ids: ``w0 .. w{V-4}`` plus ``<unk>``, ``<pad>``, ``</s>``."""
+    """A fast word-level tokenizer with `vocab_size` ids: `w0 .. w{V-4}` plus `<unk>`, `<pad>`, `</s>`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -95,7 +95,29 @@ def _save_random_model(config: dict, out: Path, model_class: str = "causal") -> 
 def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = None,
              overrides: list[str] | None = None, workdir: str | None = None,
              prompt_length: int | None = None) -> dict:
-    """Run ``steps`` real training steps of the recipe on random weights and return the measured peaks."""
+    """Run `steps` real training steps of the recipe on random weights and return the measured peaks.
+
+    Args:
+        recipe_path (`str`):
+            Recipe YAML.
+        steps (`int`, *optional*, defaults to `5`):
+            Optimizer steps to run.
+        memory_cap_gb (`float` or `None`, *optional*):
+            Cap this process at this many GB (10^9 bytes), e.g. 24 to emulate a 24 GB card on a larger one.
+        overrides (`list[str]` or `None`, *optional*):
+            `--key value` recipe overrides.
+        workdir (`str` or `None`, *optional*):
+            Directory for the random model and the synthetic data; default: a new temporary directory.
+        prompt_length (`int` or `None`, *optional*):
+            GRPO/PPO prompt tokens; default as `trl-ext estimate`.
+
+    Returns:
+        `dict`: The GPU, `max_memory_allocated_gib`, `max_memory_reserved_gib`, `estimated_peak_gib` and the run's
+        settings.
+
+    Raises:
+        `MemcheckUnavailable`: When no CUDA GPU is visible.
+    """
     import torch
 
     if not torch.cuda.is_available():
@@ -114,21 +136,21 @@ def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = Non
     work = Path(workdir or tempfile.mkdtemp(prefix="trl-ext-memcheck-"))
     model_dir = work / "model"
     _save_random_model(arch.config, model_dir)
-    extra = ["--model_name_or_path", str(model_dir)]
+    run_overrides = ["--model_name_or_path", str(model_dir)]
     if recipe.script.reward_model_name_or_path:
-        reward = load_architecture(recipe.script.reward_model_name_or_path)
-        _save_random_model(reward.config, work / "reward", model_class="classifier")
-        extra += ["--reward_model_name_or_path", str(work / "reward")]
+        reward_arch = load_architecture(recipe.script.reward_model_name_or_path)
+        _save_random_model(reward_arch.config, work / "reward", model_class="classifier")
+        run_overrides += ["--reward_model_name_or_path", str(work / "reward")]
     lengths = synthetic_lengths(recipe, prompt_length)
-    t = recipe.training
-    per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    training = recipe.training
+    per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
     rows = synthetic_rows(recipe.method, lengths, max(64, 2 * steps * per_step), arch.vocab_size)
     data = work / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    extra += ["--dataset_name", str(data), "--max_steps", str(steps), "--output_dir", str(work / "out"),
-              "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
-              "--skip_memory_check", "true"]
-    run_recipe = load_recipe(recipe_path, overrides + extra)
+    run_overrides += ["--dataset_name", str(data), "--max_steps", str(steps), "--output_dir", str(work / "out"),
+                      "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+                      "--skip_memory_check", "true"]
+    run_recipe = load_recipe(recipe_path, overrides + run_overrides)
     if run_recipe.method in ("grpo", "ppo"):  # every completion as long as the recipe allows
         key = "min_tokens" if getattr(run_recipe.training, "use_vllm", False) else "min_new_tokens"
         kwargs = dict(run_recipe.training.generation_kwargs or {})

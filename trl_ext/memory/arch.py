@@ -1,7 +1,7 @@
-"""Model architecture numbers the estimator needs, read from a ``config.json`` without loading weights.
+"""Model architecture numbers the estimator needs, read from a `config.json` without loading weights.
 
-Where the config comes from, in order: a local directory (or ``builtin:<name>``) holding ``config.json``; a
-``config.json`` bundled with trl-ext for popular architectures (``trl_ext/data/model_configs``, so estimates work
+Where the config comes from, in order: a local directory (or `builtin:<name>`) holding `config.json`; a
+`config.json` bundled with trl-ext for popular architectures (`trl_ext/data/model_configs`, so estimates work
 offline); the Hugging Face cache of an earlier download. Nothing is fetched from the network.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "model_configs"
 
-#: Names of the linear layers of one Llama/Qwen/Mistral-style decoder layer (what ``all-linear`` adapts).
+#: Names of the linear layers of one Llama/Qwen/Mistral-style decoder layer (what `all-linear` adapts).
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -21,7 +21,7 @@ LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class Architecture:
     """A decoder-only transformer, as far as memory is concerned.
 
-    ``linear_shapes()`` gives ``(in_features, out_features)`` of each linear layer in one decoder layer.
+    `linear_shapes()` gives `(in_features, out_features)` of each linear layer in one decoder layer.
     """
 
     name: str
@@ -78,7 +78,7 @@ class Architecture:
 
 
 def architecture_from_config(config: dict, name: str = "model") -> Architecture:
-    """Build an :class:`Architecture` from a ``config.json`` mapping (text config of multimodal models included)."""
+    """Build an `Architecture` from a `config.json` mapping (text config of multimodal models included)."""
     if "text_config" in config and "hidden_size" not in config:
         config = {**config["text_config"], "_name_or_path": config.get("_name_or_path", name)}
     missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -108,7 +108,7 @@ def bundled_config_names() -> list[str]:
 
 
 def find_config(name_or_path: str) -> Path | None:
-    """The ``config.json`` for a model name or path, or None. Never touches the network."""
+    """The `config.json` for a model name or path, or None. Never touches the network."""
     from trl_ext.modeling import resolve_builtin
 
     try:
@@ -134,7 +134,7 @@ def find_config(name_or_path: str) -> Path | None:
 
 
 def load_architecture(name_or_path: str) -> Architecture:
-    """The :class:`Architecture` of a model; a clear error when no ``config.json`` can be found offline."""
+    """The `Architecture` of a model; a clear error when no `config.json` can be found offline."""
     config_path = find_config(name_or_path)
     if config_path is None:
         raise FileNotFoundError(

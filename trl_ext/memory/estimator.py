@@ -1,20 +1,20 @@
 """Analytic peak-memory model of one training process, component by component.
 
-Every number is in bytes. ``b`` is the compute dtype's size (2 for bf16/fp16), ``h`` the hidden size, ``I`` the MLP
-intermediate size, ``q = heads * head_dim``, ``kv = kv_heads * head_dim``, ``L`` layers, ``V`` vocabulary, ``B`` the
-per-device micro-batch, ``T`` tokens in a micro-batch. Components belong to a *phase*: ``static`` ones live for the
+Every number is in bytes. `b` is the compute dtype's size (2 for bf16/fp16), `h` the hidden size, `I` the MLP
+intermediate size, `q = heads * head_dim`, `kv = kv_heads * head_dim`, `L` layers, `V` vocabulary, `B` the
+per-device micro-batch, `T` tokens in a micro-batch. Components belong to a *phase*: `static` ones live for the
 whole run, the others only while their phase runs. The peak is
 
     peak = sum(static) + max over phases (train, generation, scoring, precompute, fisher) of sum(phase)
            + allocator slack (5 % of what the PyTorch allocator holds).
 
-The formulas (each component's ``formula`` repeats its own):
+The formulas (each component's `formula` repeats its own):
 
 - 4-bit NF4 base weights (decoder linears only; bitsandbytes keeps embeddings and the LM head in 16-bit):
   0.5 byte/param + absmax per 64-weight block: fp32 (4/64 byte/param) or, with double quantization, 8-bit
   (1/64) plus one fp32 second-level constant per 256 blocks (4/(64*256)). 8-bit: 1 byte/param + fp32 row scales.
 - Embeddings, LM head (when untied), norms and biases: 16-bit, upcast to fp32 by PEFT's
-  ``prepare_model_for_kbit_training`` (which trl-ext runs on every quantized base).
+  `prepare_model_for_kbit_training` (which trl-ext runs on every quantized base).
 - LoRA: r * (in + out) per adapted linear per layer; weights and gradients in the compute dtype, AdamW's two states
   counted in fp32 (8 byte/param), bitsandbytes 8-bit optimizers 2 byte/param; paged optimizers are counted in full.
 - Activations per token per layer without gradient checkpointing (SDPA/flash attention, no T^2 term):
@@ -34,9 +34,9 @@ The formulas (each component's ``formula`` repeats its own):
   a prefill working set and fp32 sampling logits (3*V*4 per sequence).
 - vLLM colocate: vLLM takes gpu_memory_utilization x the GPU's total memory, for its own 16-bit copy of the weights,
   activations and its KV cache; with sleep mode it holds that only while generating.
-- PPO: a critic adapter + value head (only the head with ``critic: shared``; a second base with ``critic: model``) (weights, gradients, optimizer) on the same 4-bit base, and the critic's own
-  activations in the update; the reference is the base with adapters off (free). A separate reward model is a
-  16-bit copy of its architecture.
+- PPO: a critic adapter + value head (only the head with `critic: shared`; a second base with `critic: model`)
+  (weights, gradients, optimizer) on the same 4-bit base, and the critic's own activations in the update; the
+  reference is the base with adapters off (free). A separate reward model is a 16-bit copy of its architecture.
 - EWC (full): a diagonal Fisher for every base weight of the adapted modules in ewc_fisher_dtype (4 or 2 B), plus
   the penalty's fp32 row chunks of s*B*A - delta, its square and gradient (at most 16 MiB each, as
   trl_ext.ewc.penalty chunks them); kfac: two vectors per module, (out + in) x dtype; lora_params: fp32 Fisher +
@@ -77,7 +77,7 @@ class Component:
 
 @dataclass
 class MemoryEstimate:
-    """Components, the predicted peak and the verdict against ``gpu_bytes``."""
+    """Components, the predicted peak and the verdict against `gpu_bytes`."""
 
     settings: MemorySettings
     architecture: Architecture
@@ -341,7 +341,7 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
 
 def estimate_settings(arch: Architecture, s: MemorySettings, gpu_bytes: float,
                       reward_arch: Architecture | None = None) -> MemoryEstimate:
-    """The estimate for explicit settings (what :func:`trl_ext.memory.estimate_memory` calls after reading a recipe)."""
+    """The estimate for explicit settings (what `trl_ext.memory.estimate_memory` calls after reading a recipe)."""
     problems: list[str] = []
     comps = _static(arch, s, gpu_bytes, reward_arch, problems) + _dynamic(arch, s)
     static = sum(c.bytes for c in comps if c.phase == "static")

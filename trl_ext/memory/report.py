@@ -1,8 +1,6 @@
-"""Verdict, suggestions, text/JSON rendering, the ``trl-ext estimate`` command and the pre-training check."""
+"""What an estimate says: the verdict, re-estimated suggestions, the text and JSON renderings, the refusal message."""
 
 from __future__ import annotations
-
-import json
 
 from trl_ext.memory.estimator import GiB, MemoryEstimate, with_settings
 
@@ -56,13 +54,15 @@ def suggest(est: MemoryEstimate) -> list[str]:
     return [text for _, text in sorted(out)]
 
 
-def finish(est: MemoryEstimate) -> MemoryEstimate:
+def attach_suggestions(est: MemoryEstimate) -> MemoryEstimate:
+    """Fill `est.suggestions` (see `suggest`) when the estimate does not fit, and return `est`."""
     if not est.fits:
         est.suggestions = suggest(est)
     return est
 
 
 def verdict(est: MemoryEstimate) -> str:
+    """One line: whether the estimate fits the GPU, and why not."""
     gpu = est.gpu_bytes / GiB
     if est.problems:
         return f"DOES NOT FIT on {gpu:.1f} GiB: " + " ".join(est.problems)
@@ -72,10 +72,12 @@ def verdict(est: MemoryEstimate) -> str:
 
 
 def format_estimate(est: MemoryEstimate) -> str:
-    s, a = est.settings, est.architecture
+    """The `trl-ext estimate` table: components with phase and formula, the peak, notes, verdict, suggestions."""
+    settings, arch = est.settings, est.architecture
     lines = [
-        f"Memory estimate: {s.method} on {a.name} ({a.total_params / 1e9:.2f}B params, vocab {a.vocab_size}), "
-        f"quantization {s.quantization}, micro-batch {s.batch_size}, peak during {est.peak_phase}",
+        f"Memory estimate: {settings.method} on {arch.name} ({arch.total_params / 1e9:.2f}B params, "
+        f"vocab {arch.vocab_size}), quantization {settings.quantization}, micro-batch {settings.batch_size}, "
+        f"peak during {est.peak_phase}",
         "",
         f"  {'component':<46} {'phase':<11} {'GiB':>7}   formula",
     ]
@@ -83,7 +85,7 @@ def format_estimate(est: MemoryEstimate) -> str:
         counted = "" if c.phase in ("static", "fixed", est.peak_phase) else " (not at peak)"
         lines.append(f"  {c.name:<46} {c.phase:<11} {c.gib:7.2f}   {c.formula}{counted}")
     lines += ["", f"  {'predicted peak':<46} {'':<11} {est.peak_gib:7.2f}"]
-    for note in s.notes:
+    for note in settings.notes:
         lines.append(f"  note: {note}")
     lines += ["", verdict(est)]
     if est.suggestions:
@@ -93,6 +95,7 @@ def format_estimate(est: MemoryEstimate) -> str:
 
 
 def estimate_to_dict(est: MemoryEstimate) -> dict:
+    """The estimate as JSON-ready data (`trl-ext estimate --json`)."""
     return {
         "model": est.architecture.name,
         "method": est.settings.method,
@@ -108,52 +111,16 @@ def estimate_to_dict(est: MemoryEstimate) -> dict:
     }
 
 
-def estimate_line(est: MemoryEstimate) -> str:
-    """The one-line comment each preset carries."""
-    return (f"# Estimated peak: {est.peak_gib:.1f} GiB on one 24 GB GPU "
-            f"(`trl-ext estimate`; {est.settings.method}, peak during {est.peak_phase})")
-
-
 def memory_check_error(est: MemoryEstimate) -> str | None:
-    """The refusal message, or None when the estimate fits."""
+    """The message `trl-ext train` refuses a recipe with, or `None` when the estimate fits."""
     if est.fits:
         return None
-    big = ", ".join(f"{c.name} {c.gib:.1f} GiB" for c in est.biggest(3))
-    msg = (f"This recipe is predicted to need {est.peak_gib:.1f} GiB of GPU memory but the GPU has "
-           f"{est.gpu_bytes / GiB:.1f} GiB. Biggest components: {big}.")
+    biggest = ", ".join(f"{c.name} {c.gib:.1f} GiB" for c in est.biggest(3))
+    message = (f"This recipe is predicted to need {est.peak_gib:.1f} GiB of GPU memory but the GPU has "
+               f"{est.gpu_bytes / GiB:.1f} GiB. Biggest components: {biggest}.")
     if est.problems:
-        msg += " " + " ".join(est.problems)
+        message += " " + " ".join(est.problems)
     if est.suggestions:
-        msg += " Try: " + "; ".join(est.suggestions[:3]) + "."
-    return msg + " Run `trl-ext estimate` on the recipe for the breakdown, or pass --skip_memory_check true to train anyway."
-
-
-def estimate_cli(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from trl_ext.memory import estimate_memory
-    from trl_ext.recipe import RecipeError
-
-    parser = argparse.ArgumentParser(
-        prog="trl-ext estimate",
-        description="Predict a recipe's peak GPU memory per component (no weights loaded, offline). "
-        "Extra --key value pairs override recipe keys.")
-    parser.add_argument("recipe", help="recipe YAML")
-    parser.add_argument("--gpu-memory-gb", "--gpu_memory_gb", dest="gpu", type=float, default=24.0,
-                        help="GPU memory in GB (10^9 bytes) to judge against (default 24)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--prompt-length", "--prompt_length", dest="prompt_length", type=int, default=None,
-                        help="GRPO/PPO prompt tokens (default: from the recipe, else 512)")
-    parser.add_argument("--full-logits", "--full_logits", dest="full_logits", action="store_true",
-                        help="model a trainer that materializes the full (tokens, vocab) logits")
-    args, overrides = parser.parse_known_args(argv)
-    if args.gpu <= 0:
-        parser.error("--gpu-memory-gb must be positive, e.g. 24")
-    try:
-        est = estimate_memory(args.recipe, gpu_memory_gb=args.gpu, overrides=overrides,
-                              prompt_length=args.prompt_length, full_logits=args.full_logits or None)
-    except (RecipeError, FileNotFoundError, ValueError) as err:
-        print(f"trl-ext: error: {err}", flush=True)
-        return 2
-    print(json.dumps(estimate_to_dict(est), indent=2) if args.json else format_estimate(est))
-    return 0 if est.fits else 1
+        message += " Try: " + "; ".join(est.suggestions[:3]) + "."
+    return (message + " Run `trl-ext estimate` on the recipe for the breakdown, or pass --skip_memory_check true to "
+            "train anyway.")

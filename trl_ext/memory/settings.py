@@ -1,8 +1,8 @@
 """The recipe settings that decide peak memory, gathered into one flat, replaceable dataclass.
 
-:func:`settings_from_recipe` reads them from a validated :class:`trl_ext.recipe.Recipe`; the estimator only sees
-:class:`MemorySettings`, so suggestions ("half the micro-batch") are a ``dataclasses.replace`` away. Extension fields
-of other trl-ext methods (PPO's critic, EWC) are read with ``getattr`` so recipes without them work unchanged.
+`settings_from_recipe` reads them from a validated `trl_ext.recipe.Recipe`; the estimator only sees
+`MemorySettings`, so suggestions ("half the micro-batch") are a `dataclasses.replace` away. Extension fields
+of other trl-ext methods (PPO's critic, EWC) are read with `getattr` so recipes without them work unchanged.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _compute_bytes(recipe) -> int:
 
 def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: bool | None = None
                          ) -> MemorySettings:
-    """Everything memory depends on, read from a parsed recipe. ``prompt_length``/``full_logits`` override."""
+    """Everything memory depends on, read from a parsed recipe. `prompt_length`/`full_logits` override."""
     t, m, method = recipe.training, recipe.model, recipe.method
     notes: list[str] = []
     quant = "none"

@@ -1,4 +1,4 @@
-"""``trl-ext eval-rewrite``: retrieval metrics of original queries vs rewrites on a benchmark split, plus hack probes."""
+"""`trl-ext eval-rewrite`: retrieval metrics of original queries vs rewrites on a benchmark split, plus hack probes."""
 
 from __future__ import annotations
 
@@ -8,59 +8,78 @@ import re
 import sys
 from pathlib import Path
 
+from trl_ext.rewards.query_rewrite import BUILTIN_CORPUS, QueryRewriteReward, check_format, language
+
 PROBES = ("keyword_stuffing", "gold_copy", "answer_leak", "repeated_tokens", "empty", "overlong", "wrong_language")
 
 
 def load_rows(split: str, dataset: str = "builtin:query_rewrite") -> list[dict]:
-    """Benchmark rows of ``split`` (a row slice such as ``test[:20]`` works) of any dataset a recipe can name."""
+    """Benchmark rows of `split` (a row slice such as `test[:20]` works) of any dataset a recipe can name."""
     from trl_ext.recipe import load_dataset_by_name, select_split
 
     return list(select_split(load_dataset_by_name(dataset), split, dataset, "--split"))
 
 
 def probe_variants(row: dict, gold_text: str) -> dict[str, str]:
-    """Reward-hacking variants of a row's reference rewrite; each must score below the reference."""
-    ref = row["reference_rewrites"][0]
+    """Reward-hacking variants of a row's reference rewrite; each must score below the reference.
+
+    Args:
+        row (`dict`):
+            A benchmark row with `query` and `reference_rewrites` (and optionally `answer_terms`).
+        gold_text (`str`):
+            Text of the row's first gold document, which the copying probes draw from.
+
+    Returns:
+        `dict[str, str]`: Probe name (`PROBES`) -> rewrite.
+    """
+    reference = row["reference_rewrites"][0]
     keywords = " ".join(dict.fromkeys(re.findall(r"[\u4e00-\u9fff]{2,4}|[A-Za-z0-9]{2,}", gold_text)))
-    english = language_of(row["query"]) == "zh"
+    query_is_chinese = language(row["query"]) == "zh"
     return {
-        "keyword_stuffing": f"{ref} {keywords[:60]}",
+        "keyword_stuffing": f"{reference} {keywords[:60]}",
         "gold_copy": gold_text[:80],
-        "answer_leak": f"{ref} {' '.join(row.get('answer_terms') or [gold_text[-12:]])}",
-        "repeated_tokens": " ".join([ref] * 3),
+        "answer_leak": f"{reference} {' '.join(row.get('answer_terms') or [gold_text[-12:]])}",
+        "repeated_tokens": " ".join([reference] * 3),
         "empty": "",
-        "overlong": ref + "，" + "请详细介绍相关的全部内容和所有可能的情况以及各种注意事项" * 3,
-        "wrong_language": "how to use this feature of the system" if english else "这个系统功能的使用方法",
+        "overlong": reference + "，" + "请详细介绍相关的全部内容和所有可能的情况以及各种注意事项" * 3,
+        "wrong_language": "how to use this feature of the system" if query_is_chinese else "这个系统功能的使用方法",
     }
 
 
-def language_of(text: str) -> str:
-    from trl_ext.rewards.query_rewrite.text import language
+def probe_pass_rate(reward, rows: list[dict], doc_texts: dict[str, str]) -> tuple[float, dict[str, float]]:
+    """Share of hack probes that `reward` scores strictly below the reference rewrite.
 
-    return language(text)
+    Args:
+        reward (`QueryRewriteReward`):
+            The reward to probe.
+        rows (`list[dict]`):
+            Benchmark rows; those without gold documents or reference rewrites are skipped.
+        doc_texts (`dict[str, str]`):
+            Corpus document id -> text.
 
-
-def probe_pass_rate(reward, rows: list[dict], corpus: dict[str, str]) -> tuple[float, dict[str, float]]:
-    per_probe = {p: [0, 0] for p in PROBES}
+    Returns:
+        `tuple[float, dict[str, float]]`: The pass rate over all probes, and per probe.
+    """
+    passed_and_total = {p: [0, 0] for p in PROBES}
     for row in rows:
         if not row.get("gold_doc_ids") or not row.get("reference_rewrites"):
             continue
-        variants = probe_variants(row, corpus[row["gold_doc_ids"][0]])
+        variants = probe_variants(row, doc_texts[row["gold_doc_ids"][0]])
         names = ["reference", *variants]
         texts = [row["reference_rewrites"][0], *variants.values()]
         cols = {k: [row.get(k)] * len(texts) for k in
                 ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")}
         scores = dict(zip(names, reward(prompts=None, completions=texts, **cols)))
         for p in PROBES:
-            per_probe[p][0] += scores[p] < scores["reference"]
-            per_probe[p][1] += 1
-    passed = sum(v[0] for v in per_probe.values())
-    total = sum(v[1] for v in per_probe.values())
-    return (passed / total if total else 0.0), {p: v[0] / v[1] for p, v in per_probe.items() if v[1]}
+            passed_and_total[p][0] += scores[p] < scores["reference"]
+            passed_and_total[p][1] += 1
+    passed = sum(v[0] for v in passed_and_total.values())
+    total = sum(v[1] for v in passed_and_total.values())
+    return (passed / total if total else 0.0), {p: v[0] / v[1] for p, v in passed_and_total.items() if v[1]}
 
 
 def generate_rewrites(model_path: str, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
-    """Greedy rewrites from a model or adapter directory, prompted with each row's ``prompt`` messages."""
+    """Greedy rewrites from a model or adapter directory, prompted with each row's `prompt` messages."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -91,7 +110,7 @@ def generate_rewrites(model_path: str, rows: list[dict], max_new_tokens: int = 6
 
 
 def read_rewrites(path: str, rows: list[dict]) -> list[str]:
-    """Rewrites from JSONL lines ``{"id": ..., "rewrite": ...}`` (matched by id) or ``{"rewrite": ...}`` in row order."""
+    """Rewrites from JSONL lines `{"id": ..., "rewrite": ...}` (matched by id) or `{"rewrite": ...}` in row order."""
     with open(path, encoding="utf-8") as fh:
         items = [json.loads(line) for line in fh if line.strip()]
     for i, item in enumerate(items):
@@ -111,9 +130,20 @@ def read_rewrites(path: str, rows: list[dict]) -> list[str]:
 
 
 def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
-    from trl_ext.rewards.query_rewrite import QueryRewriteReward
-    from trl_ext.rewards.query_rewrite.text import check_format
+    """Retrieval metrics of the original queries and of the rewrites, format validity and hack-probe pass rates.
 
+    Args:
+        rows (`list[dict]`):
+            Benchmark rows; those without gold documents are left out of the metrics.
+        rewrites (`list[str]`):
+            One completion per row; one that fails the format gate retrieves nothing.
+        corpus (`str`):
+            Corpus path or `builtin:...` to retrieve from.
+
+    Returns:
+        `dict`: `rows`, `metrics` (`original` and `rewrite`: `MRR@10`, `Recall@5`, `NDCG@10`), `format_valid`,
+        `hack_probe_pass_rate` and `hack_probes` (per probe).
+    """
     reward = QueryRewriteReward(corpus=corpus)
     index = reward.scorer.index
     scored = [(r, w) for r, w in zip(rows, rewrites) if r.get("gold_doc_ids")]
@@ -125,21 +155,20 @@ def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
             if name == "rewrite":
                 text, _ = check_format(rewrite, row["query"])
                 text = text or ""
-            m = index.metrics(text, row["gold_doc_ids"], 5, 10, 10)
-            sums["MRR@10"] += m["mrr"]
-            sums["Recall@5"] += m["recall"]
-            sums["NDCG@10"] += m["ndcg"]
+            metrics = index.metrics(text, row["gold_doc_ids"], 5, 10, 10)
+            sums["MRR@10"] += metrics["mrr"]
+            sums["Recall@5"] += metrics["recall"]
+            sums["NDCG@10"] += metrics["ndcg"]
         table[name] = {k: v / max(len(scored), 1) for k, v in sums.items()}
     valid = sum(check_format(w, r["query"])[0] is not None for r, w in scored)
-    corpus_text = {d["id"]: d["text"] for d in index.docs}
-    rate, per_probe = probe_pass_rate(reward, rows, corpus_text)
+    doc_texts = {d["id"]: d["text"] for d in index.docs}
+    rate, per_probe = probe_pass_rate(reward, rows, doc_texts)
     return {"rows": len(scored), "metrics": table, "format_valid": valid / max(len(scored), 1),
             "hack_probe_pass_rate": rate, "hack_probes": per_probe}
 
 
 def eval_rewrite_cli(argv: list[str]) -> int:
-    from trl_ext.rewards.query_rewrite import BUILTIN_CORPUS
-
+    """Run `trl-ext eval-rewrite`; returns the exit code (2 on bad input)."""
     parser = argparse.ArgumentParser(prog="trl-ext eval-rewrite", description=__doc__)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--rewrites", help='JSONL of {"id": ..., "rewrite": ...} (or one {"rewrite": ...} per row)')

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from trl_ext.rewards import completion_text
+from trl_ext.rewards.completions import completion_text
 
 
 class KeywordReward:
-    """Reward 1.0 for a completion that contains any of ``keywords`` (case-insensitive), else 0.0.
+    """Reward 1.0 for a completion that contains any of `keywords` (case-insensitive), else 0.0.
+
+    Args:
+        keywords (`list[str]` or `str`, *optional*, defaults to `"river"`):
+            Words or phrases; one is enough for the reward.
 
     Example:
         >>> reward = KeywordReward(keywords=["river"])

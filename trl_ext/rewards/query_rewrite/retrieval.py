@@ -1,4 +1,4 @@
-"""The fixed retriever the rewards score against: BM25 (``bm25s``) over a corpus of ``{"id", "text"}`` documents."""
+"""The fixed retriever the rewards score against: BM25 (`bm25s`) over a corpus of `{"id", "text"}` documents."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from trl_ext.rewards.query_rewrite.text import tokenize
 
 
 def load_corpus(corpus) -> list[dict]:
-    """A corpus as a list of ``{"id", "text"}``: the list itself, a JSONL path, or ``builtin:<asset>[/file.jsonl]``."""
+    """A corpus as a list of `{"id", "text"}`: the list itself, a JSONL path, or `builtin:<asset>[/file.jsonl]`."""
     if isinstance(corpus, (str, os.PathLike)):
         from trl_ext.modeling import resolve_builtin
 
@@ -43,10 +43,10 @@ def load_corpus(corpus) -> list[dict]:
 
 
 class BM25Index:
-    """BM25 over ``corpus`` with query tokens deduplicated (a repeated token adds nothing).
+    """BM25 over `corpus` with query tokens deduplicated (a repeated token adds nothing).
 
     Ranks are pessimistic: a document tied with the gold one counts as ranked above it. A gold document the query
-    shares no term with is not retrieved at all: rank ``len(corpus) + 1``.
+    shares no term with is not retrieved at all: rank `len(corpus) + 1`.
     """
 
     def __init__(self, corpus, k1: float = 1.5, b: float = 0.75):
@@ -73,7 +73,7 @@ class BM25Index:
         return [self.ids[i] for i in np.argsort(-scores, kind="stable")]
 
     def gold_ranks(self, query: str, gold_ids) -> list[int]:
-        """1-based pessimistic rank of each gold document (``len(corpus) + 1`` when its score is 0)."""
+        """1-based pessimistic rank of each gold document (`len(corpus) + 1` when its score is 0)."""
         scores = self.scores(query)
         ranks = []
         for doc_id in gold_ids:
@@ -85,7 +85,7 @@ class BM25Index:
         return ranks
 
     def metrics(self, query: str, gold_ids, k_recall: int = 5, k_ndcg: int = 10, k_mrr: int = 10) -> dict:
-        """``rank`` (best gold; ``inf`` when none is retrieved), ``recall`` @k_recall, ``ndcg`` @k_ndcg and ``mrr`` @k_mrr
+        """`rank` (best gold; `inf` when none is retrieved), `recall` @k_recall, `ndcg` @k_ndcg and `mrr` @k_mrr
         for binary relevance."""
         n = len(self.docs)
         ranks = sorted(r if r <= n else math.inf for r in self.gold_ranks(query, gold_ids))  # inf: not retrieved

@@ -67,7 +67,8 @@ def content_tokens(text: str) -> list[str]:
 
 
 def language(text: str) -> str:
-    """``"zh"`` when at least 30 % of the letters are CJK characters, ``"en"`` when there are Latin letters, else ``""``."""
+    """`"zh"` when CJK characters make at least 30 % of the letters (three Latin letters counting as one), else `"en"`
+    when there are Latin letters, `""` when there are neither."""
     cjk = len(_CJK_CHAR.findall(text or ""))
     latin = len(_LATIN_CHAR.findall(text or ""))
     if cjk == 0 and latin == 0:
@@ -76,10 +77,10 @@ def language(text: str) -> str:
 
 
 def extract_rewrite(text: str) -> tuple[str | None, str]:
-    """The single rewrite in a completion, or ``(None, reason)``.
+    """The single rewrite in a completion, or `(None, reason)`.
 
-    Accepted: a plain one-line query, ``<rewrite>query</rewrite>``, or a JSON object ``{"query": "..."}``; an optional
-    leading ``<think>...</think>`` block is ignored.
+    Accepted: a plain one-line query, `<rewrite>query</rewrite>`, or a JSON object `{"query": "..."}`; an optional
+    leading `<think>...</think>` block is ignored.
     """
     text = _THINK.sub("", text or "").strip()
     if "<rewrite>" in text or "</rewrite>" in text:
@@ -105,7 +106,20 @@ def extract_rewrite(text: str) -> tuple[str | None, str]:
 
 
 def check_format(text: str, query: str, max_chars: int = 200) -> tuple[str | None, str]:
-    """Format gate: one rewrite, one line, at most ``max_chars``, same language as ``query``, not an answer."""
+    """Format gate: one rewrite, one line, at most `max_chars`, same language as `query`, not an answer.
+
+    Args:
+        text (`str`):
+            The completion's text.
+        query (`str`):
+            The original query; the rewrite must be in its language.
+        max_chars (`int`, *optional*, defaults to `200`):
+            Longest accepted rewrite.
+
+    Returns:
+        `tuple[str | None, str]`: The rewrite and `"ok"`, or `None` and the reason it failed (`"multi_line"`,
+        `"wrong_language"`, `"answer_not_query"`, ...).
+    """
     rewrite, reason = extract_rewrite(text)
     if rewrite is None:
         return None, reason
@@ -113,8 +127,8 @@ def check_format(text: str, query: str, max_chars: int = 200) -> tuple[str | Non
         return None, "too_long"
     if not tokenize(rewrite, keep_stopwords=True):
         return None, "empty"
-    want = language(query)
-    if want and language(rewrite) != want:
+    query_language = language(query)
+    if query_language and language(rewrite) != query_language:
         return None, "wrong_language"
     lowered = rewrite.lower()
     if any(lowered.startswith(m) or (len(m) > 3 and m in lowered) for m in ANSWER_MARKERS):
