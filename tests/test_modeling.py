@@ -9,13 +9,13 @@ import torch
 from trl import ModelConfig
 
 from conftest import TINY_MODEL, trl_ext_cli
+from trl_ext.merge import merge_adapter
 from trl_ext.modeling import (
     align_adapter_dtype,
     get_peft_config,
     get_quantization_config,
     load_model_and_tokenizer,
     lora_target_modules,
-    merge_adapter,
     resolve_builtin,
 )
 
@@ -169,3 +169,9 @@ def test_merge_cli_writes_a_plain_model_and_refuses_a_non_empty_output(tmp_path)
         merge_adapter(str(adapter), str(tmp_path / "m"))
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         merge_adapter(str(tmp_path), str(tmp_path / "other"))
+
+
+def test_merge_adapter_stays_importable_from_its_old_module():
+    from trl_ext.modeling import merge_adapter as old_path
+
+    assert old_path is merge_adapter

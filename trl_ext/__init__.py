@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_model_and_tokenizer": "trl_ext.modeling",
     "get_peft_config": "trl_ext.modeling",
     "get_quantization_config": "trl_ext.modeling",
-    "merge_adapter": "trl_ext.modeling",
+    "merge_adapter": "trl_ext.merge",
     "load_reward_funcs": "trl_ext.rewards",
     "KeywordReward": "trl_ext.rewards.keyword",
     # issue-owned modules; each name below is defined by its module
@@ -41,7 +41,8 @@ def __getattr__(name):
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from trl_ext.modeling import get_peft_config, get_quantization_config, load_model_and_tokenizer, merge_adapter
+    from trl_ext.merge import merge_adapter
+    from trl_ext.modeling import get_peft_config, get_quantization_config, load_model_and_tokenizer
     from trl_ext.recipe import Recipe, RecipeError, load_recipe
     from trl_ext.rewards import load_reward_funcs
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer

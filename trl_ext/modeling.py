@@ -1,20 +1,21 @@
-"""Model and tokenizer loading: full precision, LoRA, QLoRA (4-bit NF4) and 8-bit, plus adapter merge/export.
+"""Model and tokenizer loading: full precision, LoRA, QLoRA (4-bit NF4) and 8-bit.
 
-The loader reads TRL's own :class:`trl.ModelConfig`, so a recipe uses TRL's keys (``load_in_4bit``, ``lora_r``,
-``lora_target_modules``, ...). What it adds over TRL's ``get_quantization_config``/``get_peft_config``:
+The loader reads TRL's own `trl.ModelConfig`, so a recipe uses TRL's keys (`load_in_4bit`, `lora_r`,
+`lora_target_modules`, ...). What it adds over TRL's `get_quantization_config`/`get_peft_config`:
 
 - 4-bit compute dtype follows the hardware: bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU.
-- ``lora_target_modules`` accepts presets: ``all-linear`` (the default when unset), ``attention``, ``mlp``.
-- k-bit preparation (``prepare_model_for_kbit_training``) for quantized bases, with gradient checkpointing as the
+- `lora_target_modules` accepts presets: `all-linear` (the default when unset), `attention`, `mlp`.
+- k-bit preparation (`prepare_model_for_kbit_training`) for quantized bases, with gradient checkpointing as the
   training arguments say.
-- one full copy of the model per process under DDP: ``device_map={"": local_process_index}`` on GPUs.
-- ``builtin:<name>`` resolves to a model shipped inside the package (``builtin:tiny-chat``), so tests and
+- one full copy of the model per process under DDP: `device_map={"": local_process_index}` on GPUs.
+- `builtin:<name>` resolves to a model shipped inside the package (`builtin:tiny-chat`), so tests and
   quickstart recipes never touch the network.
+
+Merging an adapter into its base lives in `trl_ext.merge`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -201,53 +202,9 @@ def align_adapter_dtype(model) -> int:
     return changed
 
 
-# --------------------------------------------------------------------------------------------------------------
-# merge / export
-# --------------------------------------------------------------------------------------------------------------
+def __getattr__(name: str):
+    if name == "merge_adapter":  # deprecated re-export: moved to `trl_ext.merge`, removed in the next release
+        from trl_ext.merge import merge_adapter
 
-MERGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def merge_adapter(adapter_path: str, output_dir: str, dtype: str = "bf16", base_model: str | None = None) -> str:
-    """Merge a (Q)LoRA adapter into its base and save a plain model (and tokenizer) in ``dtype``.
-
-    The base is always loaded unquantized, whatever the adapter was trained on: merging into 4-bit weights would
-    round the merged weights to NF4 again. ``base_model`` defaults to the adapter's ``base_model_name_or_path``.
-    """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    if dtype not in MERGE_DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(MERGE_DTYPES)}; got {dtype!r}.")
-    adapter_config = Path(adapter_path) / "adapter_config.json"
-    if not adapter_config.is_file():
-        raise FileNotFoundError(
-            f"{adapter_path} has no adapter_config.json: pass the directory a trl-ext/PEFT run saved its adapter to."
-        )
-    out = Path(output_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{output_dir} exists and is not empty; choose a new --output directory.")
-    base = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    base = resolve_builtin(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=MERGE_DTYPES[dtype])
-    model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
-    model.save_pretrained(out)
-    tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").is_file() else base
-    load_tokenizer(tokenizer_source).save_pretrained(out)
-    return str(out)
-
-
-def merge_cli(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="trl-ext merge", description="Merge a (Q)LoRA adapter into its base model and save a plain model."
-    )
-    parser.add_argument("adapter", help="directory with adapter_config.json (a training run's output_dir)")
-    parser.add_argument("--output", required=True, help="new directory for the merged model")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(MERGE_DTYPES), help="dtype of the saved weights")
-    parser.add_argument("--base-model", default=None, help="base model (default: the one the adapter names)")
-    args = parser.parse_args(argv)
-    path = merge_adapter(args.adapter, args.output, dtype=args.dtype, base_model=args.base_model)
-    print(f"merged model written to {path}")
-    return 0
+        return merge_adapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
