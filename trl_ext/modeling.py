@@ -16,6 +16,7 @@ Merging an adapter into its base lives in `trl_ext.merge`.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -66,26 +67,40 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 
 
 def get_quantization_config(model_args):
-    """BitsAndBytes config for ``load_in_4bit`` (NF4 by default) or ``load_in_8bit``; None otherwise."""
-    from transformers import BitsAndBytesConfig
+    """TRL's `trl.get_quantization_config` with the 4-bit compute dtype chosen by the hardware.
+
+    TRL computes 4-bit layers in `model_args.dtype` (the weights' dtype, `float32` by default, which wastes a GPU's
+    bf16 units and fails on `auto`); here they compute in `compute_dtype()`: bf16 where the GPU supports it, fp16 on
+    older GPUs, fp32 on CPU. Setting both `load_in_4bit` and `load_in_8bit` is an error (TRL picks 4-bit).
+
+    Args:
+        model_args (`trl.ModelConfig`):
+            The recipe's model keys (`load_in_4bit`, `load_in_8bit`, `bnb_4bit_quant_type`, `use_bnb_nested_quant`,
+            `bnb_4bit_quant_storage`).
+
+    Returns:
+        `transformers.BitsAndBytesConfig` or `None`: NF4 (by default) 4-bit, 8-bit, or `None` when neither is set.
+    """
+    import trl
 
     if model_args.load_in_4bit and model_args.load_in_8bit:
         raise ValueError("load_in_4bit and load_in_8bit are both set; choose one.")
-    if model_args.load_in_4bit:
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-            bnb_4bit_compute_dtype=compute_dtype(),
-            bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage,
-        )
-    if model_args.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return None
+    trl_args = copy.copy(model_args)  # a copy without re-running `ModelConfig.__post_init__`
+    trl_args.dtype = compute_dtype()
+    return trl.get_quantization_config(trl_args)
 
 
 def lora_target_modules(targets: list[str] | str | None) -> str | list[str]:
-    """Expand a preset name (``all-linear``, ``attention``, ``mlp``) or pass a module-name list through."""
+    """Expand a LoRA target preset, or pass a list of module names through.
+
+    Args:
+        targets (`list[str]`, `str` or `None`):
+            `lora_target_modules` as a recipe gives it: a preset name (`all-linear`, `attention`, `mlp`), alone or
+            in a one-element list, a list of module names, or `None` (`all-linear`).
+
+    Returns:
+        `str` or `list[str]`: PEFT's `all-linear` or the module names to adapt.
+    """
     if targets is None:
         return LORA_TARGET_PRESETS["all-linear"]
     if isinstance(targets, str):
@@ -96,26 +111,24 @@ def lora_target_modules(targets: list[str] | str | None) -> str | list[str]:
 
 
 def get_peft_config(model_args):
-    """A :class:`peft.LoraConfig` from TRL's ``ModelConfig`` LoRA fields, or None when ``use_peft`` is false."""
-    if not model_args.use_peft:
-        return None
-    from peft import LoraConfig
+    """TRL's `trl.get_peft_config` with LoRA target presets.
 
-    kwargs = {}
-    if model_args.lora_target_parameters is not None:
-        kwargs["target_parameters"] = model_args.lora_target_parameters
-    return LoraConfig(
-        task_type=model_args.lora_task_type,
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=lora_target_modules(model_args.lora_target_modules),
-        bias="none",
-        use_rslora=model_args.use_rslora,
-        use_dora=model_args.use_dora,
-        modules_to_save=model_args.lora_modules_to_save,
-        **kwargs,
-    )
+    TRL passes `lora_target_modules` to PEFT as written, so `None` means PEFT's per-architecture default (only
+    `q_proj` and `v_proj` on Llama) and `attention`/`mlp` name no module. Here `None` means `all-linear` (every linear
+    layer but the output head, as QLoRA does) and the presets expand as `lora_target_modules` says.
+
+    Args:
+        model_args (`trl.ModelConfig`):
+            The recipe's model keys (`use_peft`, `lora_r`, `lora_alpha`, `lora_target_modules`, ...).
+
+    Returns:
+        `peft.LoraConfig` or `None`: `None` when `use_peft` is false.
+    """
+    import trl
+
+    trl_args = copy.copy(model_args)  # a copy without re-running `ModelConfig.__post_init__`
+    trl_args.lora_target_modules = lora_target_modules(model_args.lora_target_modules)
+    return trl.get_peft_config(trl_args)
 
 
 def device_map_for_process():
