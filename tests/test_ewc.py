@@ -34,7 +34,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def samples(tiny):
-    from trl_ext.ewc import load_token_samples
+    from trl_ext.data.samples import load_token_samples
 
     return load_token_samples("builtin:preferences", tiny[2], 6, 48, seed=1)  # prompt + chosen: prompt masked
 
@@ -49,7 +49,7 @@ def test_hook_fisher_equals_mean_squared_per_sample_autograd_gradients(tiny, sam
     """Hook-based per-sample Fisher == sum_n (dlogp_n/dW)^2 / n_tokens from plain autograd on an unquantized copy,
     with the same sampled labels (same seed). Tolerance: 1e-4 relative to the largest entry."""
     from trl_ext.ewc import estimate_fisher
-    from trl_ext.ewc.data import collate
+    from trl_ext.data.samples import collate
     from trl_ext.ewc.fisher import sequence_log_probs
 
     model, plain, tok = tiny
@@ -149,8 +149,11 @@ def test_penalty_is_zero_at_init_and_matches_dense_reference(monkeypatch):
         torch.testing.assert_close(kl, dense.detach() / lam, rtol=1e-5, atol=0)
         for m in modules:
             for param, ref in ((m.lora_A, A_ref[m.name]), (m.lora_B, B_ref[m.name])):
-                torch.testing.assert_close(param.grad, ref.grad, rtol=1e-4, atol=1e-7)
-                torch.testing.assert_close(grads[param], ref.grad, rtol=1e-4, atol=1e-7)
+                # Tolerance: float32 round-off of chunked vs dense sums, relative to the largest gradient entry
+                # (entries near zero cancel and carry no relative precision).
+                atol = 1e-6 * float(ref.grad.abs().max())
+                torch.testing.assert_close(param.grad, ref.grad, rtol=1e-4, atol=atol)
+                torch.testing.assert_close(grads[param], ref.grad, rtol=1e-4, atol=atol)
 
 
 def test_online_ewc_accumulates_gamma_times_old_plus_new():
@@ -338,7 +341,7 @@ def test_ewc_under_grpo_grows_from_zero_and_pulls_back_when_the_task_gradient_va
 
 
 def test_fisher_samples_take_a_row_slice_and_name_the_split_key(tiny):
-    from trl_ext.ewc.data import load_token_samples
+    from trl_ext.data.samples import load_token_samples
     from trl_ext.recipe import RecipeError
 
     assert len(load_token_samples("builtin:general_text", tiny[2], 50, 32, split="train[:3]")) == 3

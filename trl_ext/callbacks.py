@@ -8,6 +8,9 @@ import logging
 import torch
 from transformers import TrainerCallback
 
+from trl_ext.data.samples import collate, load_token_samples
+from trl_ext.modeling import eval_mode
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,8 +67,6 @@ class ForgettingMonitorCallback(TrainerCallback):
 
     # ---------------------------------------------------------------------------------------------------------
     def _load(self, tokenizer):
-        from trl_ext.ewc.data import load_token_samples
-
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.samples = load_token_samples(self.anchor_dataset, tokenizer, self.num_samples, self.max_length,
@@ -82,9 +83,6 @@ class ForgettingMonitorCallback(TrainerCallback):
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
         """``{"forgetting/anchor_nll": ..., "forgetting/kl_to_reference": ...}`` of ``model`` now."""
-        from trl_ext.ewc.data import collate
-        from trl_ext.ewc.fisher import eval_mode
-
         model = getattr(model, "module", model)
         was_training = model.training
         eval_mode(model)

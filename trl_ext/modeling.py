@@ -215,6 +215,26 @@ def align_adapter_dtype(model) -> int:
     return changed
 
 
+def eval_mode(model) -> None:
+    """`model.eval()` (dropout and LoRA dropout off), safe for bitsandbytes 4-bit layers.
+
+    bitsandbytes 4-bit linears keep their training flag: on CPU, a gradient-free forward of a 4-bit linear in eval
+    mode repacks its weight for inference in a way that breaks every later training forward. The flag changes nothing
+    else in those layers (they hold no dropout). Restore training mode with `model.train()` as usual.
+
+    Args:
+        model (`torch.nn.Module`):
+            The model to put in evaluation mode, in place.
+    """
+    model.eval()
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # pragma: no cover
+        return
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.training = True
+
 def __getattr__(name: str):
     if name == "merge_adapter":  # deprecated re-export: moved to `trl_ext.merge`, removed in the next release
         from trl_ext.merge import merge_adapter

@@ -10,9 +10,9 @@
 - :func:`fisher_cli`: ``trl-ext fisher R.yaml --output fisher.safetensors``.
 """
 
+from trl_ext.data.samples import load_token_samples  # deprecated path, kept for one release
 from trl_ext.ewc.args import EWCArguments
 from trl_ext.ewc.cli import fisher_cli
-from trl_ext.ewc.data import load_token_samples
 from trl_ext.ewc.fisher import AdaptedModule, FisherEstimate, adapted_modules, estimate_fisher
 from trl_ext.ewc.io import FisherMismatchError, load_fisher, model_identity, read_fisher, save_fisher
 from trl_ext.ewc.penalty import Anchor, EWCPenalty, FullWeightPenalty

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trl_ext.ewc.data import collate
+from trl_ext.data.samples import collate
+from trl_ext.modeling import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +89,6 @@ def adapted_modules(model) -> list[AdaptedModule]:
                 raise ValueError(f"EWC supports LoRA on linear layers only; {name} is {type(module.base_layer)}.")
             out.append(AdaptedModule(name, module, adapters[0]))
     return out
-
-
-def eval_mode(model) -> None:
-    """``model.eval()`` (dropout and LoRA dropout off), except that bitsandbytes 4-bit linears keep their training
-    flag: on CPU, a gradient-free forward of a 4-bit linear in eval mode repacks its weight for inference in a way
-    that breaks every later training forward. The flag changes nothing else in those layers (they hold no dropout)."""
-    model.eval()
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:  # pragma: no cover
-        return
-    for module in model.modules():
-        if isinstance(module, Linear4bit):
-            module.training = True
 
 
 @contextlib.contextmanager

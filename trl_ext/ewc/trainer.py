@@ -16,14 +16,14 @@ FISHER_FILENAME = "ewc_fisher.safetensors"
 
 
 class EWCTrainerMixin:
-    """Adds the EWC penalty (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``) to a TRL
-    trainer whose config inherits :class:`EWCArguments`. Place it first in the bases:
-    ``class PPOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, GRPOTrainer)``.
+    """Adds the EWC penalty (`ewc_lambda > 0`) to a TRL trainer whose config inherits `EWCArguments`.
+
+    Place it first in the bases: `class DPOTrainer(EWCTrainerMixin, SharedTrainerMixin, trl.DPOTrainer)`.
 
     The penalty's gradient is computed without autograd (float32, chunked) and added to the LoRA gradients once per
-    optimizer step, on the micro-step where ``accelerator.sync_gradients`` is true: after DDP's all-reduce (so it is
+    optimizer step, on the micro-step where `accelerator.sync_gradients` is true: after DDP's all-reduce (so it is
     not averaged) and before gradient clipping. It depends only on replicated parameters and a Fisher that is
-    identical on every rank, so every rank adds the same gradient and logs the same ``ewc/penalty``.
+    identical on every rank, so every rank adds the same gradient and logs the same `ewc/penalty`.
     """
 
     def __init__(self, *args, **kwargs):
@@ -32,19 +32,8 @@ class EWCTrainerMixin:
         self.ewc_fisher = None
         self._ewc_metrics: dict[str, list[float]] = defaultdict(list)
         self._ewc_start_logs: dict[str, float] = {}
-        config = self.args
-        if not isinstance(config, EWCArguments):
-            return
-        if config.forgetting_anchor_dataset:
-            from trl_ext.callbacks import ForgettingMonitorCallback
-
-            ForgettingMonitorCallback(
-                config.forgetting_anchor_dataset, split=config.forgetting_anchor_split,
-                eval_steps=config.forgetting_eval_steps, num_samples=config.forgetting_eval_samples,
-                max_length=config.forgetting_max_length, seed=config.seed,
-            ).attach(self)
-        if config.ewc_enabled:
-            self._setup_ewc(config)
+        if isinstance(self.args, EWCArguments) and self.args.ewc_enabled:
+            self._setup_ewc(self.args)
 
     # ----------------------------------------------------------------------------------------------------------
     def _setup_ewc(self, config):

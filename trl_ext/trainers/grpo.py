@@ -8,7 +8,7 @@ import trl
 
 from trl_ext.ewc.args import EWCArguments, document_ewc_fields
 from trl_ext.ewc.trainer import EWCTrainerMixin
-from trl_ext.trainers import TrlExtTrainerMixin
+from trl_ext.trainers.base import SharedTrainerMixin
 
 
 @document_ewc_fields
@@ -18,6 +18,6 @@ class GRPOConfig(EWCArguments, trl.GRPOConfig):
     of :class:`trl_ext.ewc.EWCArguments` (listed below)."""
 
 
-class GRPOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
+class GRPOTrainer(EWCTrainerMixin, SharedTrainerMixin, trl.GRPOTrainer):
     """TRL's :class:`trl.GRPOTrainer` with QLoRA adapters kept in the compute dtype, the EWC penalty
     (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``)."""

@@ -8,7 +8,7 @@ import trl
 
 from trl_ext.ewc.args import EWCArguments, document_ewc_fields
 from trl_ext.ewc.trainer import EWCTrainerMixin
-from trl_ext.trainers import TrlExtTrainerMixin
+from trl_ext.trainers.base import SharedTrainerMixin
 
 
 @document_ewc_fields
@@ -18,6 +18,6 @@ class KTOConfig(EWCArguments, trl.KTOConfig):
     of :class:`trl_ext.ewc.EWCArguments` (listed below)."""
 
 
-class KTOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, trl.KTOTrainer):
+class KTOTrainer(EWCTrainerMixin, SharedTrainerMixin, trl.KTOTrainer):
     """TRL's :class:`trl.KTOTrainer` with QLoRA adapters kept in the compute dtype, the EWC penalty
     (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``)."""

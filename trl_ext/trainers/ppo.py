@@ -17,7 +17,7 @@ import trl
 
 from trl_ext.ewc.args import EWCArguments, document_ewc_fields
 from trl_ext.ewc.trainer import EWCTrainerMixin
-from trl_ext.trainers import TrlExtTrainerMixin
+from trl_ext.trainers.base import TrlExtTrainerMixin  # deprecated alias of SharedTrainerMixin
 from trl_ext.trainers.ppo_critic import CRITIC_MODES, PPOCriticMixin
 from trl_ext.trainers.ppo_reward import PPORewardAdapterMixin, inspect_reward_adapter
 from trl_ext.trainers.ppo_core import (
