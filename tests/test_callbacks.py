@@ -92,3 +92,20 @@ def test_every_trainer_attaches_the_monitor_from_its_config_without_ewc(tmp_path
     assert (monitor.anchor_dataset, monitor.split, monitor.eval_steps, monitor.num_samples, monitor.max_length,
             monitor.seed) == ("builtin:general_text", "train", 7, 5, 32, 3)
     assert trainer.ewc_penalty is None  # ewc_lambda is 0: the monitor runs without EWC
+
+
+def test_monitor_reads_exactly_the_rows_of_a_sliced_anchor_split():
+    from trl_ext.callbacks import ForgettingMonitorCallback
+    from trl_ext.modeling import load_tokenizer
+    from trl_ext.recipe import load_dataset_by_name
+
+    tok = load_tokenizer(TINY_MODEL)
+    test_rows = set(load_dataset_by_name("builtin:general_text")["test"].select(range(32))["text"])
+    monitor = ForgettingMonitorCallback("builtin:general_text", split="test[:32]", num_samples=64, max_length=512)
+    monitor._load(tok)
+    assert len(monitor.samples) == 32  # not 64 rows of the train split
+    assert {tok.decode(ids[mask], skip_special_tokens=True) for ids, mask in monitor.samples} == test_rows
+
+    no_test_split = ForgettingMonitorCallback("builtin:kto", split="test[:3]", num_samples=64)
+    no_test_split._load(tok)
+    assert len(no_test_split.samples) == 3  # falls back to train, keeping the slice: train[:3]

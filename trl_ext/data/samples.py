@@ -59,7 +59,8 @@ def load_token_samples(name: str, tokenizer, n: int, max_length: int, split: str
         seed (`int`, *optional*, defaults to `0`):
             Seed of the draw order.
         fallback_split (`str`, *optional*):
-            Split to read instead when the dataset has no `split`.
+            Split to read instead when the dataset has no split of `split`'s name; a row slice carries over
+            (`test[:32]` reads `train[:32]`).
         split_key (`str`, *optional*, defaults to `"the split"`):
             The recipe key an unknown split's error tells the user to set.
 
@@ -70,8 +71,9 @@ def load_token_samples(name: str, tokenizer, n: int, max_length: int, split: str
     from trl_ext.recipe import load_dataset_by_name, select_split
 
     dataset = load_dataset_by_name(name, config)
-    if fallback_split is not None and split not in dataset and fallback_split in dataset:
-        split = fallback_split
+    split_name = split.split("[", 1)[0]  # `test[:32]` names the split `test`
+    if fallback_split is not None and split_name not in dataset and fallback_split in dataset:
+        split = fallback_split + split[len(split_name):]  # the row slice, if any, carries over
     ds = select_split(dataset, split, name, split_key)
     columns = set(ds.column_names)
     if not ({"text"} <= columns or {"messages"} <= columns or {"prompt", "completion"} <= columns

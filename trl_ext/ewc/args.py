@@ -66,7 +66,8 @@ class EWCArguments:
             (mean token NLL on this dataset minus its value before training) and ``forgetting/kl_to_reference``
             (measured token KL(reference || policy)). Works with or without EWC.
         forgetting_anchor_split (`str`, *optional*, defaults to `"test"`):
-            Split of ``forgetting_anchor_dataset`` (falls back to ``train`` if the dataset has no such split).
+            Split of ``forgetting_anchor_dataset``, optionally sliced (``test[:32]``); falls back to ``train`` (with
+            the same slice) if the dataset has no such split.
         forgetting_eval_steps (`int`, *optional*, defaults to `50`):
             Steps between two forgetting evaluations.
         forgetting_eval_samples (`int`, *optional*, defaults to `64`):
