@@ -122,12 +122,31 @@ class FisherEstimate:
     extra: dict = field(default_factory=dict)
 
 
-def fisher_keys(name: str, mode: str) -> tuple[str, ...]:
+def fisher_key_shapes(module: AdaptedModule, mode: str) -> dict[str, tuple[int, ...]]:
+    """The Fisher tensors of one adapted module: their keys (as in the Fisher file) and shapes.
+
+    This is the one place the layout of each mode is written: `full` is one tensor `<module>` of shape
+    (out_features, in_features); `kfac` is two vectors `<module>.kfac_out` (out_features,) and `<module>.kfac_in`
+    (in_features,), in that order; `lora_params` is `<module>.lora_A` and `<module>.lora_B`, shaped as the adapter's
+    A and B.
+
+    Args:
+        module (`AdaptedModule`):
+            The adapted module.
+        mode (`str`):
+            `full`, `kfac` or `lora_params` (see `EWCArguments.ewc_fisher_mode`).
+
+    Returns:
+        `dict[str, tuple[int, ...]]`: shape of each tensor, keyed by its name in the Fisher file.
+    """
+    out_features, in_features = module.shape
     if mode == "full":
-        return (name,)
+        return {module.name: (out_features, in_features)}
     if mode == "kfac":
-        return (f"{name}.kfac_out", f"{name}.kfac_in")
-    return (f"{name}.lora_A", f"{name}.lora_B")
+        return {f"{module.name}.kfac_out": (out_features,), f"{module.name}.kfac_in": (in_features,)}
+    if mode == "lora_params":
+        return {f"{module.name}.lora_A": tuple(module.lora_A.shape), f"{module.name}.lora_B": tuple(module.lora_B.shape)}
+    raise ValueError(f"Unknown Fisher mode {mode!r}; use full, kfac or lora_params.")
 
 
 def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -174,19 +193,15 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
         warnings.warn(LORA_PARAMS_WARNING, stacklevel=2)
     device = next(p for p in unwrap(model).parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed + process_index)
-    # acc[half][key]: float32 sums; tokens[half]: modelled tokens; positions[half]: non-pad positions (kfac inputs)
-    acc: list[dict[str, torch.Tensor]] = [{}, {}]
-    for half in (0, 1):
-        for m in modules:
-            out_f, in_f = m.shape
-            if mode == "full":
-                acc[half][m.name] = torch.zeros(out_f, in_f, dtype=torch.float32, device=device)
-            elif mode == "kfac":
-                acc[half][f"{m.name}.kfac_out"] = torch.zeros(out_f, dtype=torch.float32, device=device)
-                acc[half][f"{m.name}.kfac_in"] = torch.zeros(in_f, dtype=torch.float32, device=device)
-            else:
-                acc[half][f"{m.name}.lora_A"] = torch.zeros_like(m.lora_A, dtype=torch.float32)
-                acc[half][f"{m.name}.lora_B"] = torch.zeros_like(m.lora_B, dtype=torch.float32)
+    # keys[name]: the module's Fisher keys; acc[half][key]: float32 sums; counts: see below
+    keys = {m.name: list(fisher_key_shapes(m, mode)) for m in modules}
+    acc: list[dict[str, torch.Tensor]] = [
+        {key: torch.zeros(shape, dtype=torch.float32, device=device)
+         for m in modules for key, shape in fisher_key_shapes(m, mode).items()}
+        for _half in (0, 1)
+    ]
+    # kfac input factors average over non-pad positions, everything else over modelled tokens
+    per_position = {keys[m.name][1] for m in modules} if mode == "kfac" else set()
     counts = torch.zeros(2, 3, dtype=torch.float64, device=device)  # [half, (samples, tokens, positions)]
     state: dict = {}
 
@@ -196,12 +211,14 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
         for n in range(x.shape[0]):
             h = int(halves[n])
             if mode == "full":
+                (key,) = keys[name]
                 G = g[n].transpose(0, 1) @ x[n]  # (out, in) per-sample gradient of W
-                acc[h][name].addcmul_(G, G)
+                acc[h][key].addcmul_(G, G)
             else:
-                acc[h][f"{name}.kfac_out"].add_((g[n] * g[n]).sum(0))
+                out_key, in_key = keys[name]
+                acc[h][out_key].add_((g[n] * g[n]).sum(0))
                 xn = x[n] * attn[n].unsqueeze(-1)
-                acc[h][f"{name}.kfac_in"].add_((xn * xn).sum(0))
+                acc[h][in_key].add_((xn * xn).sum(0))
 
     def forward_hook(name):
         def hook(module, inputs, output):
@@ -234,10 +251,11 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
                     grads = torch.autograd.grad(seq_logp.sum(), lora_params, allow_unused=True)
                     h = int(halves[0])
                     for m, gA, gB in zip(modules, grads[0::2], grads[1::2]):
+                        key_A, key_B = keys[m.name]
                         if gA is not None:
-                            acc[h][f"{m.name}.lora_A"].addcmul_(gA.float(), gA.float())
+                            acc[h][key_A].addcmul_(gA.float(), gA.float())
                         if gB is not None:
-                            acc[h][f"{m.name}.lora_B"].addcmul_(gB.float(), gB.float())
+                            acc[h][key_B].addcmul_(gB.float(), gB.float())
                 else:
                     torch.autograd.grad(seq_logp.sum(), state["embeds"])
                 ntok = target.sum(dim=1).double()
@@ -259,12 +277,12 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
     if total_tokens == 0:
         raise ValueError("The Fisher samples hold no token to model.")
     for key in acc[0]:
-        denom = (lambda h: counts[h, 2]) if key.endswith(".kfac_in") else (lambda h: counts[h, 1])
-        halves_f = [acc[h][key] / max(float(denom(h)), 1.0) for h in (0, 1)]
+        column = 2 if key in per_position else 1
+        halves_f = [acc[h][key] / max(float(counts[h, column]), 1.0) for h in (0, 1)]
         dot += float((halves_f[0] * halves_f[1]).sum())
         n0 += float((halves_f[0] ** 2).sum())
         n1 += float((halves_f[1] ** 2).sum())
-        total = (acc[0][key] + acc[1][key]) / (total_positions if key.endswith(".kfac_in") else total_tokens)
+        total = (acc[0][key] + acc[1][key]) / (total_positions if key in per_position else total_tokens)
         tensors[key] = total.to(dtype)
     agreement = dot / (n0 * n1) ** 0.5 if n0 > 0 and n1 > 0 else None
     return FisherEstimate(tensors=tensors, mode=mode, fisher_type=fisher_type, n_samples=int(counts[:, 0].sum()),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from trl_ext.ewc.fisher import FisherEstimate, fisher_keys
+from trl_ext.ewc.fisher import FisherEstimate, fisher_key_shapes
 
 FORMAT = "trl-ext-ewc-fisher/1"
 
@@ -95,7 +95,7 @@ def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate
             f"Fisher file {path} holds a {file_mode!r} Fisher but ewc_fisher_mode is {mode!r}; set "
             f"ewc_fisher_mode: {file_mode} or recompute the file."
         )
-    expected = {k for m in modules for k in fisher_keys(m.name, file_mode)}
+    expected = {key for m in modules for key in fisher_key_shapes(m, file_mode)}
     missing = sorted(expected - set(tensors))
     extra = sorted(set(tensors) - expected)
     if missing or extra:
@@ -111,12 +111,7 @@ def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate
             "lora_target_modules as the recipe the file was computed from, or recompute it."
         )
     for m in modules:
-        out_f, in_f = m.shape
-        want = {"full": {m.name: (out_f, in_f)},
-                "kfac": {f"{m.name}.kfac_out": (out_f,), f"{m.name}.kfac_in": (in_f,)},
-                "lora_params": {f"{m.name}.lora_A": tuple(m.lora_A.shape), f"{m.name}.lora_B": tuple(m.lora_B.shape)},
-                }[file_mode]
-        for key, shape in want.items():
+        for key, shape in fisher_key_shapes(m, file_mode).items():
             if tuple(tensors[key].shape) != shape:
                 raise FisherMismatchError(
                     f"Fisher file {path}: {key} has shape {tuple(tensors[key].shape)} but this model needs {shape} "

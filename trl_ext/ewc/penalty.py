@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from trl_ext.ewc.fisher import fisher_key_shapes
+
 #: float32 elements per chunk of the (out, in) difference (16 MiB).
 CHUNK_ELEMENTS = 1 << 22
 
@@ -77,7 +79,7 @@ class FullWeightPenalty(torch.autograd.Function):
 class EWCPenalty:
     """The EWC penalty over every adapted module: ``ewc_lambda/2 * sum F (s B A - delta_anchor)^2``.
 
-    ``fisher`` maps Fisher-file keys to tensors (see :func:`trl_ext.ewc.fisher.fisher_keys`). In ``lora_params``
+    ``fisher`` maps Fisher-file keys to tensors (see `trl_ext.ewc.fisher.fisher_key_shapes`). In ``lora_params``
     mode the penalty is ``ewc_lambda/2 * sum F_A (A - A*)^2 + F_B (B - B*)^2`` with ``A*``, ``B*`` the values at
     construction.
     """
@@ -90,18 +92,11 @@ class EWCPenalty:
         self.anchors = anchors or {}
         self.fisher = {}
         for m in modules:
-            dev = m.lora_A.device
-            if mode == "full":
-                self.fisher[m.name] = fisher[m.name].to(dev)
-            elif mode == "kfac":
-                self.fisher[m.name] = (fisher[f"{m.name}.kfac_out"].to(dev), fisher[f"{m.name}.kfac_in"].to(dev))
-            else:
-                self.fisher[m.name] = (fisher[f"{m.name}.lora_A"].to(dev), fisher[f"{m.name}.lora_B"].to(dev))
+            tensors = tuple(fisher[key].to(m.lora_A.device) for key in fisher_key_shapes(m, mode))
+            self.fisher[m.name] = tensors[0] if mode == "full" else tensors  # kfac: (out, in); lora_params: (A, B)
+            if mode == "lora_params":
                 self.anchors[m.name] = Anchor(m.scaling, m.lora_A.detach().float().clone(),
                                               m.lora_B.detach().float().clone())
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for m in self.modules for p in (m.lora_A, m.lora_B)]
 
     def loss(self) -> torch.Tensor:
         """The penalty as a differentiable float32 scalar (custom autograd, chunked)."""

@@ -42,7 +42,7 @@ class EWCTrainerMixin:
         from trl_ext.ewc.io import combine_online, load_fisher, model_identity, save_fisher
         from trl_ext.ewc.penalty import Anchor, EWCPenalty
 
-        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError("EWC runs under DDP or a single process; DeepSpeed ZeRO and FSDP shard the LoRA "
                              "gradients it adds to. Use recipes/accelerate/multi_gpu.yaml or single_gpu.yaml.")
         model = self.accelerator.unwrap_model(self.model)
@@ -91,7 +91,7 @@ class EWCTrainerMixin:
 
         weights = load_peft_weights(path, device=str(modules[0].lora_A.device))
         result = set_peft_model_state_dict(model, weights)
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        missing = [k for k in result.missing_keys if "lora_" in k]
         if missing or not weights:
             raise ValueError(f"ewc_anchor_adapter {path} does not match this recipe's LoRA adapter (missing "
                              f"{', '.join(missing[:3]) or 'all weights'}); use the same lora_r and lora_target_modules.")
@@ -108,7 +108,7 @@ class EWCTrainerMixin:
     def _add_ewc_gradients(self):
         """Add the penalty's gradient once per optimizer step (the last micro-step of the accumulation)."""
         penalty, predicted_kl, grads = self.ewc_penalty.value_and_grads()
-        scaler = getattr(self.accelerator, "scaler", None)
+        scaler = self.accelerator.scaler
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         for param, grad in grads.items():
             grad = grad.to(param.dtype) * scale if scale != 1.0 else grad.to(param.dtype)
