@@ -48,8 +48,8 @@ def samples(tiny):
 def test_hook_fisher_equals_mean_squared_per_sample_autograd_gradients(tiny, samples, fisher_type):
     """Hook-based per-sample Fisher == sum_n (dlogp_n/dW)^2 / n_tokens from plain autograd on an unquantized copy,
     with the same sampled labels (same seed). Tolerance: 1e-4 relative to the largest entry."""
-    from trl_ext.ewc import estimate_fisher
     from trl_ext.data.samples import collate
+    from trl_ext.ewc import estimate_fisher
     from trl_ext.ewc.fisher import sequence_log_probs
 
     model, plain, tok = tiny

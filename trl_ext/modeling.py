@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUILTIN_PREFIX = "builtin:"
 
-#: LoRA target presets. Module names cover Llama/Qwen/Mistral-style decoders; ``all-linear`` is PEFT's own preset
+#: LoRA target presets. Module names cover Llama/Qwen/Mistral-style decoders; `all-linear` is PEFT's own preset
 #: (every linear layer except the output head).
 LORA_TARGET_PRESETS: dict[str, str | list[str]] = {
     "all-linear": "all-linear",
@@ -49,14 +49,26 @@ def resolve_builtin(name: str) -> str:
 
 
 def compute_dtype() -> torch.dtype:
-    """The dtype 4-bit layers compute in: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
+    """The dtype 4-bit layers compute in.
+
+    Returns:
+        `torch.dtype`: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU.
+    """
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
-    """``auto``/``None`` -> :func:`compute_dtype`; a name such as ``bfloat16`` -> the torch dtype."""
+    """The torch dtype a recipe's `dtype` key names.
+
+    Args:
+        dtype (`str`, `torch.dtype` or `None`):
+            `auto` or `None` (the hardware's `compute_dtype()`), `bfloat16`, `float16`, `float32`, or a torch dtype.
+
+    Returns:
+        `torch.dtype`: the dtype to load the weights in.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -132,7 +144,11 @@ def get_peft_config(model_args):
 
 
 def device_map_for_process():
-    """One full model per process: the local GPU under (multi-)GPU runs, plain CPU otherwise."""
+    """Where this process loads its model: one full copy per process.
+
+    Returns:
+        `dict` or `None`: `{"": local_process_index}` (the local GPU) under (multi-)GPU runs, `None` (CPU) otherwise.
+    """
     if torch.cuda.is_available():
         from accelerate import PartialState
 
@@ -141,6 +157,19 @@ def device_map_for_process():
 
 
 def load_tokenizer(model_name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+    """Load a model's tokenizer, with the EOS token as pad token when it has none.
+
+    Args:
+        model_name_or_path (`str`):
+            Hub id, local directory or `builtin:<name>`.
+        revision (`str`, *optional*, defaults to `"main"`):
+            Hub revision.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow the tokenizer's own code from the Hub.
+
+    Returns:
+        `PreTrainedTokenizerBase`: the tokenizer.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -154,8 +183,20 @@ def load_tokenizer(model_name_or_path: str, revision: str = "main", trust_remote
 def load_model(model_args, training_args=None, model_class=None):
     """Load the base model as the recipe says: quantized or not, on the right device, ready for LoRA.
 
-    The LoRA adapter itself is not attached here: the TRL trainer does that from the ``peft_config`` returned by
-    :func:`get_peft_config`, so TRL's PEFT handling (reference = adapters disabled, adapter saving) applies unchanged.
+    The LoRA adapter itself is not attached here: the TRL trainer does that from the `peft_config` returned by
+    `get_peft_config`, so TRL's PEFT handling (reference = adapters disabled, adapter saving) applies unchanged.
+
+    Args:
+        model_args (`trl.ModelConfig`):
+            The recipe's model keys.
+        training_args (`transformers.TrainingArguments`, *optional*):
+            The method's config: `trust_remote_code`, `model_init_kwargs`, `gradient_checkpointing` and
+            `gradient_checkpointing_kwargs` are read from it.
+        model_class (`type`, *optional*):
+            The transformers auto class to load with. Defaults to `AutoModelForCausalLM`.
+
+    Returns:
+        `PreTrainedModel`: the base model, k-bit prepared when quantized.
     """
     from transformers import AutoModelForCausalLM
 
@@ -188,7 +229,19 @@ def load_model(model_args, training_args=None, model_class=None):
 
 
 def load_model_and_tokenizer(model_args, training_args=None, model_class=None):
-    """``(model, tokenizer, peft_config)`` for a TRL trainer, from TRL's ``ModelConfig``."""
+    """Everything a TRL trainer needs from the recipe's model keys.
+
+    Args:
+        model_args (`trl.ModelConfig`):
+            The recipe's model keys.
+        training_args (`transformers.TrainingArguments`, *optional*):
+            The method's config (see `load_model`).
+        model_class (`type`, *optional*):
+            The transformers auto class to load with. Defaults to `AutoModelForCausalLM`.
+
+    Returns:
+        `tuple`: `(model, tokenizer, peft_config)`; `peft_config` is `None` without `use_peft`.
+    """
     tokenizer = load_tokenizer(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -199,10 +252,17 @@ def load_model_and_tokenizer(model_args, training_args=None, model_class=None):
 
 
 def align_adapter_dtype(model) -> int:
-    """Cast trainable adapter weights to the 4-bit compute dtype; returns how many tensors changed.
+    """Cast the trainable adapter weights of a quantized model to the 4-bit compute dtype, in place.
 
     TRL casts QLoRA adapter weights to bf16 (the QLoRA paper's recipe for GPUs). On CPU, or on a GPU without bf16,
-    the adapters then run in a dtype the layer does not compute in; this puts them back to :func:`compute_dtype`.
+    the adapters then run in a dtype the layer does not compute in; this puts them back to `compute_dtype()`.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`):
+            The model; nothing changes unless it is loaded in 4 or 8 bits.
+
+    Returns:
+        `int`: how many tensors changed dtype.
     """
     if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
         return 0

@@ -1,9 +1,9 @@
 """Diagonal Fisher of the frozen base weights of LoRA-adapted modules, from per-sample gradients taken by hooks.
 
-For an adapted linear layer ``y = W x (+ s B A x)``, the gradient of one sequence's loss with respect to ``W`` is
-``G_n = sum_t g_t x_t^T`` with ``x_t`` the layer input and ``g_t`` the gradient at the base layer's output. A forward
-hook on ``module.base_layer`` keeps ``x`` and a tensor hook on its output receives ``g``, so ``W`` never needs a
-``.grad`` and may be 4-bit. ``F = sum_n G_n ** 2 / n_tokens`` is accumulated in float32.
+For an adapted linear layer `y = W x (+ s B A x)`, the gradient of one sequence's loss with respect to `W` is
+`G_n = sum_t g_t x_t^T` with `x_t` the layer input and `g_t` the gradient at the base layer's output. A forward
+hook on `module.base_layer` keeps `x` and a tensor hook on its output receives `g`, so `W` never needs a
+`.grad` and may be 4-bit. `F = sum_n G_n ** 2 / n_tokens` is accumulated in float32.
 """
 
 from __future__ import annotations
@@ -59,7 +59,15 @@ def unwrap(model):
 
 
 def base_model_of(model):
-    """The transformers model under a PEFT wrapper (module names as in the base model)."""
+    """The transformers model under PEFT and DDP wrappers, whose module names are the base model's.
+
+    Args:
+        model (`torch.nn.Module`):
+            A model, possibly wrapped in `PeftModel` and DDP.
+
+    Returns:
+        `PreTrainedModel`: the innermost transformers model.
+    """
     from peft import PeftModel
     from peft.tuners.lora import LoraModel
 
@@ -72,7 +80,15 @@ def base_model_of(model):
 
 
 def adapted_modules(model) -> list[AdaptedModule]:
-    """Every LoRA-adapted linear layer of ``model``, keyed by its name in the base model."""
+    """Every LoRA-adapted linear layer of `model`, named as in the base model.
+
+    Args:
+        model (`PeftModel`):
+            The model, possibly DDP-wrapped, with one active LoRA adapter (no DoRA).
+
+    Returns:
+        `list[AdaptedModule]`: the adapted modules, in module order; empty without LoRA.
+    """
     from peft.tuners.lora import LoraLayer
 
     out = []
@@ -145,12 +161,13 @@ def fisher_key_shapes(module: AdaptedModule, mode: str) -> dict[str, tuple[int, 
     if mode == "kfac":
         return {f"{module.name}.kfac_out": (out_features,), f"{module.name}.kfac_in": (in_features,)}
     if mode == "lora_params":
-        return {f"{module.name}.lora_A": tuple(module.lora_A.shape), f"{module.name}.lora_B": tuple(module.lora_B.shape)}
+        return {f"{module.name}.lora_A": tuple(module.lora_A.shape),
+                f"{module.name}.lora_B": tuple(module.lora_B.shape)}
     raise ValueError(f"Unknown Fisher mode {mode!r}; use full, kfac or lora_params.")
 
 
 def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One label per position drawn from ``softmax(logits)`` (temperature 1): the true Fisher's labels."""
+    """One label per position drawn from `softmax(logits)` (temperature 1): the true Fisher's labels."""
     probs = torch.softmax(logits.float(), dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
@@ -180,10 +197,41 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
                     seed: int = 0, pad_token_id: int = 0, dtype: torch.dtype = torch.float32,
                     process_index: int = 0, num_processes: int = 1, gradient_checkpointing_kwargs=None,
                     modules: list[AdaptedModule] | None = None) -> FisherEstimate:
-    """Diagonal Fisher of every LoRA-adapted module of ``model`` from ``samples`` (see :func:`load_token_samples`).
+    """Diagonal Fisher of the base weight of every LoRA-adapted module of `model`, from `samples`.
 
-    Samples are sharded over ``num_processes`` and the sums all-reduced, so every rank gets the same estimate. Even
+    Samples are sharded over `num_processes` and the sums all-reduced, so every rank gets the same estimate. Even
     and odd samples are accumulated apart to report the split-half agreement (cosine similarity of the two halves).
+
+    Args:
+        model (`PeftModel`):
+            The model (possibly DDP-wrapped, possibly 4-bit); its training mode and gradient checkpointing are
+            restored afterwards.
+        samples (`list[tuple[torch.Tensor, torch.Tensor]]`):
+            `(input_ids, loss_mask)` pairs, see `trl_ext.data.samples.load_token_samples`.
+        mode (`str`, *optional*, defaults to `"full"`):
+            `full`, `kfac` or `lora_params` (an ablation; see `EWCArguments.ewc_fisher_mode`).
+        fisher_type (`str`, *optional*, defaults to `"true"`):
+            `true` (labels sampled from the model) or `empirical` (the data's next tokens).
+        batch_size (`int`, *optional*, defaults to `8`):
+            Sequences per forward/backward; per-sample gradients stay exact.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the sampled labels (plus `process_index`).
+        pad_token_id (`int`, *optional*, defaults to `0`):
+            Token id padding is filled with.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Dtype of the returned tensors; accumulation is always in float32.
+        process_index (`int`, *optional*, defaults to `0`):
+            This process's rank.
+        num_processes (`int`, *optional*, defaults to `1`):
+            Number of processes the samples are sharded over.
+        gradient_checkpointing_kwargs (`dict`, *optional*):
+            Passed back to `gradient_checkpointing_enable` when checkpointing is restored.
+        modules (`list[AdaptedModule]`, *optional*):
+            The adapted modules; `adapted_modules(model)` when `None`.
+
+    Returns:
+        `FisherEstimate`: tensors keyed as `fisher_key_shapes` says, normalized per modelled token (`kfac_in` per
+        non-pad position), with the counts, the split-half agreement and the wall time.
     """
     start = time.perf_counter()
     modules = modules if modules is not None else adapted_modules(model)
@@ -292,7 +340,22 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
 
 def fisher_quantiles(tensors: dict[str, torch.Tensor], mode: str, max_entries: int = 1_000_000,
                      seed: int = 0) -> dict[str, float]:
-    """Quantiles of the Fisher's entries (a random subset of at most ``max_entries``) for the start-of-run log."""
+    """Summary statistics of the Fisher's entries for the start-of-run log.
+
+    Args:
+        tensors (`dict[str, torch.Tensor]`):
+            Fisher tensors keyed as `fisher_key_shapes` says.
+        mode (`str`):
+            Their mode; `kfac` entries are the products of the two factors.
+        max_entries (`int`, *optional*, defaults to `1_000_000`):
+            Quantiles are computed on a seeded random subset of at most this many entries.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of that subset.
+
+    Returns:
+        `dict[str, float]`: `ewc/fisher_q50`, `ewc/fisher_q90`, `ewc/fisher_q99`, `ewc/fisher_max`,
+        `ewc/fisher_mean` and `ewc/fisher_entries`.
+    """
     parts = []
     g = torch.Generator().manual_seed(seed)
     total = 0
