@@ -25,7 +25,7 @@ def _tiny_lora():
 
 def test_monitor_measures_zero_kl_at_init_and_the_exact_kl_after_a_change():
     from trl_ext.callbacks import ForgettingMonitorCallback
-    from trl_ext.ewc.data import collate
+    from trl_ext.data.samples import collate
 
     model, plain, tok = _tiny_lora()
     monitor = ForgettingMonitorCallback("builtin:general_text", num_samples=6, max_length=64, batch_size=4)
@@ -73,3 +73,39 @@ def test_monitor_logs_forgetting_every_n_steps_in_a_trainer_without_ewc(tmp_path
     assert monitor.history[0]["forgetting/anchor_nll_delta"] == 0.0
     assert logged[-1]["forgetting/anchor_nll_delta"] == pytest.approx(
         logged[-1]["forgetting/anchor_nll"] - monitor.baseline_nll)
+
+
+def test_every_trainer_attaches_the_monitor_from_its_config_without_ewc(tmp_path):
+    from trl_ext.callbacks import ForgettingMonitorCallback
+    from trl_ext.recipe import load_dataset_by_name
+    from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
+
+    model, _, tok = _tiny_lora()
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, report_to="none",
+                     save_strategy="no", max_length=64, bf16=False, use_cpu=True, seed=3,
+                     forgetting_anchor_dataset="builtin:general_text", forgetting_anchor_split="train",
+                     forgetting_eval_steps=7, forgetting_eval_samples=5, forgetting_max_length=32)
+    data = load_dataset_by_name("builtin:preferences")["train"].select(range(4))
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    monitor = trainer.callback_handler.callbacks[1]
+    assert isinstance(monitor, ForgettingMonitorCallback)
+    assert (monitor.anchor_dataset, monitor.split, monitor.eval_steps, monitor.num_samples, monitor.max_length,
+            monitor.seed) == ("builtin:general_text", "train", 7, 5, 32, 3)
+    assert trainer.ewc_penalty is None  # ewc_lambda is 0: the monitor runs without EWC
+
+
+def test_monitor_reads_exactly_the_rows_of_a_sliced_anchor_split():
+    from trl_ext.callbacks import ForgettingMonitorCallback
+    from trl_ext.modeling import load_tokenizer
+    from trl_ext.recipe import load_dataset_by_name
+
+    tok = load_tokenizer(TINY_MODEL)
+    test_rows = set(load_dataset_by_name("builtin:general_text")["test"].select(range(32))["text"])
+    monitor = ForgettingMonitorCallback("builtin:general_text", split="test[:32]", num_samples=64, max_length=512)
+    monitor._load(tok)
+    assert len(monitor.samples) == 32  # not 64 rows of the train split
+    assert {tok.decode(ids[mask], skip_special_tokens=True) for ids, mask in monitor.samples} == test_rows
+
+    no_test_split = ForgettingMonitorCallback("builtin:kto", split="test[:3]", num_samples=64)
+    no_test_split._load(tok)
+    assert len(no_test_split.samples) == 3  # falls back to train, keeping the slice: train[:3]

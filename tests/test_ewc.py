@@ -34,7 +34,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def samples(tiny):
-    from trl_ext.ewc import load_token_samples
+    from trl_ext.data.samples import load_token_samples
 
     return load_token_samples("builtin:preferences", tiny[2], 6, 48, seed=1)  # prompt + chosen: prompt masked
 
@@ -48,8 +48,8 @@ def samples(tiny):
 def test_hook_fisher_equals_mean_squared_per_sample_autograd_gradients(tiny, samples, fisher_type):
     """Hook-based per-sample Fisher == sum_n (dlogp_n/dW)^2 / n_tokens from plain autograd on an unquantized copy,
     with the same sampled labels (same seed). Tolerance: 1e-4 relative to the largest entry."""
+    from trl_ext.data.samples import collate
     from trl_ext.ewc import estimate_fisher
-    from trl_ext.ewc.data import collate
     from trl_ext.ewc.fisher import sequence_log_probs
 
     model, plain, tok = tiny
@@ -149,8 +149,11 @@ def test_penalty_is_zero_at_init_and_matches_dense_reference(monkeypatch):
         torch.testing.assert_close(kl, dense.detach() / lam, rtol=1e-5, atol=0)
         for m in modules:
             for param, ref in ((m.lora_A, A_ref[m.name]), (m.lora_B, B_ref[m.name])):
-                torch.testing.assert_close(param.grad, ref.grad, rtol=1e-4, atol=1e-7)
-                torch.testing.assert_close(grads[param], ref.grad, rtol=1e-4, atol=1e-7)
+                # Tolerance: float32 round-off of chunked vs dense sums, relative to the largest gradient entry
+                # (entries near zero cancel and carry no relative precision).
+                atol = 1e-6 * float(ref.grad.abs().max())
+                torch.testing.assert_close(param.grad, ref.grad, rtol=1e-4, atol=atol)
+                torch.testing.assert_close(grads[param], ref.grad, rtol=1e-4, atol=atol)
 
 
 def test_online_ewc_accumulates_gamma_times_old_plus_new():
@@ -241,13 +244,14 @@ def test_fisher_file_round_trip_and_mismatch_errors(tiny, samples, tmp_path):
         assert sorted(fh.keys()) == sorted(m.name for m in modules)
         assert tuple(fh.get_slice("model.layers.0.mlp.down_proj").get_shape()) == (128, modules[1].shape[1])
     assert meta["base_model"] == "builtin:tiny-chat" and meta["base_model_revision"] == "main"
+    assert meta["base_model_storage"] == "float32" and len(meta["base_model_fingerprint"]) == 64
     assert (meta["mode"], meta["fisher_type"]) == ("full", "true")
     assert (int(meta["n_samples"]), int(meta["n_tokens"])) == (est.n_samples, est.n_tokens)
     loaded = load_fisher(path, model, modules, mode="full")
     for k, v in est.tensors.items():
         assert torch.equal(loaded.tensors[k], v)
 
-    other = save_fisher(tmp_path / "other.safetensors", est, {"base_model": "Qwen/Qwen2.5-7B", "base_model_commit": ""})
+    other = save_fisher(tmp_path / "other.safetensors", est, {**model_identity(model), "base_model": "Qwen/Qwen2.5-7B"})
     with pytest.raises(FisherMismatchError, match=r"base model 'Qwen/Qwen2.5-7B'.*'builtin:tiny-chat'"):
         load_fisher(other, model, modules)
     with pytest.raises(FisherMismatchError, match=r"'full' Fisher but ewc_fisher_mode is 'kfac'"):
@@ -261,6 +265,40 @@ def test_fisher_file_round_trip_and_mismatch_errors(tiny, samples, tmp_path):
     bad_path = save_fisher(tmp_path / "bad.safetensors", bad, model_identity(model))
     with pytest.raises(FisherMismatchError, match=r"model.layers.0.self_attn.q_proj has shape \(3, 3\)"):
         load_fisher(bad_path, model, modules)
+
+
+@pytest.mark.parametrize("load_in_4bit", [False, True])
+def test_fisher_file_is_refused_for_other_weights_at_the_same_path_and_accepted_for_the_same(tmp_path, load_in_4bit):
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from trl import ModelConfig
+
+    from trl_ext.ewc import FisherMismatchError, adapted_modules, load_fisher, model_identity, save_fisher
+    from trl_ext.ewc.fisher import FisherEstimate
+    from trl_ext.modeling import get_peft_config, load_model, resolve_builtin
+
+    config = AutoConfig.from_pretrained(resolve_builtin(TINY_MODEL))
+    path = tmp_path / "model"
+    args = ModelConfig(model_name_or_path=str(path), load_in_4bit=load_in_4bit, use_peft=True, lora_r=4,
+                       lora_target_modules=TARGETS)
+
+    def checkpoint(seed: int):
+        """A model of the tiny architecture with random weights drawn from `seed`, saved over `path` and loaded."""
+        torch.manual_seed(seed)
+        AutoModelForCausalLM.from_config(config).save_pretrained(path)
+        return get_peft_model(load_model(args), get_peft_config(args))
+
+    model = checkpoint(0)
+    fisher = FisherEstimate({m.name: torch.rand(m.shape) for m in adapted_modules(model)}, "full", "true", 1, 1)
+    fisher_path = save_fisher(tmp_path / "f.safetensors", fisher, model_identity(model))
+    other = checkpoint(1)
+    assert model_identity(other)["base_model"] == model_identity(model)["base_model"] == str(path.resolve())
+    with pytest.raises(FisherMismatchError, match=rf"computed for other weights of '{path.resolve()}' \(weight "
+                                                  r"fingerprint [0-9a-f]{12}, this model's is [0-9a-f]{12}\)"):
+        load_fisher(fisher_path, other, adapted_modules(other))
+    same = checkpoint(0)
+    loaded = load_fisher(fisher_path, same, adapted_modules(same))
+    assert all(torch.equal(loaded.tensors[key], tensor) for key, tensor in fisher.tensors.items())
 
 
 def test_recipe_keys_validate_before_weights_load(tmp_path):
@@ -338,7 +376,7 @@ def test_ewc_under_grpo_grows_from_zero_and_pulls_back_when_the_task_gradient_va
 
 
 def test_fisher_samples_take_a_row_slice_and_name_the_split_key(tiny):
-    from trl_ext.ewc.data import load_token_samples
+    from trl_ext.data.samples import load_token_samples
     from trl_ext.recipe import RecipeError
 
     assert len(load_token_samples("builtin:general_text", tiny[2], 50, 32, split="train[:3]")) == 3

@@ -9,13 +9,13 @@ import torch
 from trl import ModelConfig
 
 from conftest import TINY_MODEL, trl_ext_cli
+from trl_ext.merge import merge_adapter
 from trl_ext.modeling import (
     align_adapter_dtype,
     get_peft_config,
     get_quantization_config,
     load_model_and_tokenizer,
     lora_target_modules,
-    merge_adapter,
     resolve_builtin,
 )
 
@@ -42,6 +42,23 @@ def test_quantization_config_is_nf4_double_quant_with_cpu_compute_dtype():
     assert q.bnb_4bit_compute_dtype == torch.float32  # no GPU here: fp32 compute
     assert get_quantization_config(model_args(load_in_8bit=True)).load_in_8bit
     assert get_quantization_config(model_args()) is None
+
+
+def test_configs_differ_from_trls_only_in_the_cpu_compute_dtype_and_the_target_presets():
+    import trl
+
+    args = model_args(load_in_4bit=True, use_bnb_nested_quant=True, dtype="bfloat16", use_peft=True, lora_r=8,
+                      lora_target_modules=["attention"])
+    ours, trls = get_quantization_config(args).to_dict(), trl.get_quantization_config(args).to_dict()
+    assert (ours.pop("bnb_4bit_compute_dtype"), trls.pop("bnb_4bit_compute_dtype")) == ("float32", "bfloat16")
+    assert ours == trls
+
+    ours, trls = get_peft_config(args).to_dict(), trl.get_peft_config(args).to_dict()
+    assert ours.pop("target_modules") == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert trls.pop("target_modules") == "attention"  # TRL hands the preset name to PEFT as a module regex
+    assert ours == trls
+    unset = model_args(use_peft=True)
+    assert (get_peft_config(unset).target_modules, trl.get_peft_config(unset).target_modules) == ("all-linear", None)
 
 
 def test_4bit_load_on_cpu_adapts_bnb_layers_trains_only_lora_and_gives_finite_grads():

@@ -16,7 +16,8 @@ _PUBLIC_API = {
     # recipes
     "trl_ext.recipe": ("Recipe", "RecipeError", "load_recipe"),
     # modeling: quantized loading, LoRA, merge
-    "trl_ext.modeling": ("get_peft_config", "get_quantization_config", "load_model_and_tokenizer", "merge_adapter"),
+    "trl_ext.modeling": ("get_peft_config", "get_quantization_config", "load_model_and_tokenizer"),
+    "trl_ext.merge": ("merge_adapter",),
     # EWC and forgetting
     "trl_ext.ewc": ("EWCArguments",),
     "trl_ext.callbacks": ("ForgettingMonitorCallback",),
@@ -43,7 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover -- the same names, for type checkers and I
     from trl_ext.trainers.kto import KTOConfig, KTOTrainer
     from trl_ext.trainers.ppo import PPOConfig, PPOTrainer
     from trl_ext.recipe import Recipe, RecipeError, load_recipe
-    from trl_ext.modeling import get_peft_config, get_quantization_config, load_model_and_tokenizer, merge_adapter
+    from trl_ext.modeling import get_peft_config, get_quantization_config, load_model_and_tokenizer
+    from trl_ext.merge import merge_adapter
     from trl_ext.ewc import EWCArguments
     from trl_ext.callbacks import ForgettingMonitorCallback
     from trl_ext.rewards import KeywordReward, load_reward_funcs

@@ -1,4 +1,4 @@
-"""Trainer callbacks. :class:`ForgettingMonitorCallback` measures forgetting while any trainer trains."""
+"""Trainer callbacks. `ForgettingMonitorCallback` measures forgetting while any trainer trains."""
 
 from __future__ import annotations
 
@@ -8,33 +8,48 @@ import logging
 import torch
 from transformers import TrainerCallback
 
+from trl_ext.data.samples import collate, load_token_samples
+from trl_ext.modeling import eval_mode
+
 logger = logging.getLogger(__name__)
 
 
 class ForgettingMonitorCallback(TrainerCallback):
-    """Every ``eval_steps`` optimizer steps, measure how far the policy drifted from what it knew.
+    """Every `eval_steps` optimizer steps, measure how far the policy drifted from what it knew.
 
-    Logs ``forgetting/anchor_nll_delta`` (mean token NLL on the anchor dataset minus its value before training) and
-    ``forgetting/kl_to_reference`` (measured mean token KL(reference || policy) on the anchor texts, teacher-forced;
-    the reference is ``reference_model`` if given, else the PEFT model with its adapters disabled). Also logs
-    ``forgetting/anchor_nll``. Works with any transformers/TRL trainer, with or without EWC.
+    Logs `forgetting/anchor_nll_delta` (mean token NLL on the anchor dataset minus its value before training) and
+    `forgetting/kl_to_reference` (measured mean token KL(reference || policy) on the anchor texts, teacher-forced;
+    the reference is `reference_model` if given, else the PEFT model with its adapters disabled). Also logs
+    `forgetting/anchor_nll`. Works with any transformers/TRL trainer, with or without EWC; trl-ext's trainers attach
+    it themselves when their config sets `forgetting_anchor_dataset`.
 
     Args:
-        anchor_dataset (`str`): any dataset name a recipe accepts (``builtin:general_text``, a local file, a Hub id)
-            with a ``text``, ``messages``, ``prompt``+``completion`` or ``prompt``+``chosen`` column.
-        split (`str`, defaults to `"test"`): split to read (``train`` if the dataset has no such split).
-        eval_steps (`int`, defaults to `50`): steps between evaluations.
-        num_samples (`int`, defaults to `64`): anchor sequences per evaluation (the same ones every time).
-        max_length (`int`, defaults to `256`): longest anchor sequence in tokens.
-        batch_size (`int`, defaults to `8`): sequences per forward pass.
-        reference_model (`PreTrainedModel`, *optional*): the reference for the KL; needed for non-PEFT models.
-        seed (`int`, defaults to `0`): which anchor sequences are drawn.
+        anchor_dataset (`str`):
+            Any dataset name a recipe accepts (`builtin:general_text`, a local file, a Hub id) with a `text`,
+            `messages`, `prompt`+`completion` or `prompt`+`chosen` column.
+        split (`str`, *optional*, defaults to `"test"`):
+            Split to read, optionally sliced (`test[:32]`); `train`, with the same slice, if the dataset has no
+            such split.
+        eval_steps (`int`, *optional*, defaults to `50`):
+            Optimizer steps between evaluations.
+        num_samples (`int`, *optional*, defaults to `64`):
+            Anchor sequences per evaluation (the same ones every time).
+        max_length (`int`, *optional*, defaults to `256`):
+            Longest anchor sequence in tokens.
+        batch_size (`int`, *optional*, defaults to `8`):
+            Sequences per forward pass.
+        reference_model (`PreTrainedModel`, *optional*):
+            The reference for the KL; needed for models without a PEFT adapter to disable.
+        seed (`int`, *optional*, defaults to `0`):
+            Which anchor sequences are drawn.
 
-    Example::
+    Example:
 
-        trainer = DPOTrainer(...)
-        ForgettingMonitorCallback("builtin:general_text", eval_steps=20).attach(trainer)
-        trainer.train()
+    ```python
+    trainer = DPOTrainer(...)
+    ForgettingMonitorCallback("builtin:general_text", eval_steps=20).attach(trainer)
+    trainer.train()
+    ```
     """
 
     def __init__(self, anchor_dataset: str, split: str = "test", eval_steps: int = 50, num_samples: int = 64,
@@ -56,16 +71,22 @@ class ForgettingMonitorCallback(TrainerCallback):
         self._pending: dict[str, float] = {}
 
     def attach(self, trainer) -> ForgettingMonitorCallback:
-        """Add to ``trainer`` right after its flow callback, so reporting integrations (wandb, tensorboard...) see
-        the metrics too."""
+        """Add the monitor to `trainer` right after its flow callback, so that reporting integrations (wandb,
+        tensorboard, ...) see the metrics too.
+
+        Args:
+            trainer (`transformers.Trainer`):
+                The trainer to monitor.
+
+        Returns:
+            `ForgettingMonitorCallback`: the monitor itself.
+        """
         callbacks = trainer.callback_handler.callbacks
         callbacks.insert(min(1, len(callbacks)), self)
         return self
 
     # ---------------------------------------------------------------------------------------------------------
     def _load(self, tokenizer):
-        from trl_ext.ewc.data import load_token_samples
-
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.samples = load_token_samples(self.anchor_dataset, tokenizer, self.num_samples, self.max_length,
@@ -81,10 +102,15 @@ class ForgettingMonitorCallback(TrainerCallback):
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        """``{"forgetting/anchor_nll": ..., "forgetting/kl_to_reference": ...}`` of ``model`` now."""
-        from trl_ext.ewc.data import collate
-        from trl_ext.ewc.fisher import eval_mode
+        """Measure `model` on the anchor samples now.
 
+        Args:
+            model (`PreTrainedModel` or `PeftModel`):
+                The policy (possibly DDP-wrapped); evaluated in eval mode, its training mode restored afterwards.
+
+        Returns:
+            `dict[str, float]`: `forgetting/anchor_nll` and, when there is a reference, `forgetting/kl_to_reference`.
+        """
         model = getattr(model, "module", model)
         was_training = model.training
         eval_mode(model)

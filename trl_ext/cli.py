@@ -8,7 +8,7 @@ import sys
 #: subcommand -> ("module:function", one-line help). Each function takes ``argv`` and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trl_ext.train:launch_main", "validate a recipe and run it with accelerate launch"),
-    "merge": ("trl_ext.modeling:merge_cli", "merge a (Q)LoRA adapter into its base and save a plain model"),
+    "merge": ("trl_ext.merge:merge_cli", "merge a (Q)LoRA adapter into its base and save a plain model"),
     "estimate": ("trl_ext.memory.cli:estimate_cli", "estimate a recipe's peak GPU memory, component by component"),
     "memcheck": ("trl_ext.memcheck:memcheck_cli", "measure a recipe's peak GPU memory with random weights (GPU)"),
     "fisher": ("trl_ext.ewc:fisher_cli", "precompute the EWC Fisher of a recipe's base model to a file"),

@@ -1,20 +1,22 @@
-"""Model and tokenizer loading: full precision, LoRA, QLoRA (4-bit NF4) and 8-bit, plus adapter merge/export.
+"""Model and tokenizer loading: full precision, LoRA, QLoRA (4-bit NF4) and 8-bit.
 
-The loader reads TRL's own :class:`trl.ModelConfig`, so a recipe uses TRL's keys (``load_in_4bit``, ``lora_r``,
-``lora_target_modules``, ...). What it adds over TRL's ``get_quantization_config``/``get_peft_config``:
+The loader reads TRL's own `trl.ModelConfig`, so a recipe uses TRL's keys (`load_in_4bit`, `lora_r`,
+`lora_target_modules`, ...). What it adds over TRL's `get_quantization_config`/`get_peft_config`:
 
 - 4-bit compute dtype follows the hardware: bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU.
-- ``lora_target_modules`` accepts presets: ``all-linear`` (the default when unset), ``attention``, ``mlp``.
-- k-bit preparation (``prepare_model_for_kbit_training``) for quantized bases, with gradient checkpointing as the
+- `lora_target_modules` accepts presets: `all-linear` (the default when unset), `attention`, `mlp`.
+- k-bit preparation (`prepare_model_for_kbit_training`) for quantized bases, with gradient checkpointing as the
   training arguments say.
-- one full copy of the model per process under DDP: ``device_map={"": local_process_index}`` on GPUs.
-- ``builtin:<name>`` resolves to a model shipped inside the package (``builtin:tiny-chat``), so tests and
+- one full copy of the model per process under DDP: `device_map={"": local_process_index}` on GPUs.
+- `builtin:<name>` resolves to a model shipped inside the package (`builtin:tiny-chat`), so tests and
   quickstart recipes never touch the network.
+
+Merging an adapter into its base lives in `trl_ext.merge`.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 from pathlib import Path
 
@@ -25,7 +27,7 @@ logger = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUILTIN_PREFIX = "builtin:"
 
-#: LoRA target presets. Module names cover Llama/Qwen/Mistral-style decoders; ``all-linear`` is PEFT's own preset
+#: LoRA target presets. Module names cover Llama/Qwen/Mistral-style decoders; `all-linear` is PEFT's own preset
 #: (every linear layer except the output head).
 LORA_TARGET_PRESETS: dict[str, str | list[str]] = {
     "all-linear": "all-linear",
@@ -47,14 +49,26 @@ def resolve_builtin(name: str) -> str:
 
 
 def compute_dtype() -> torch.dtype:
-    """The dtype 4-bit layers compute in: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
+    """The dtype 4-bit layers compute in.
+
+    Returns:
+        `torch.dtype`: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU.
+    """
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
-    """``auto``/``None`` -> :func:`compute_dtype`; a name such as ``bfloat16`` -> the torch dtype."""
+    """The torch dtype a recipe's `dtype` key names.
+
+    Args:
+        dtype (`str`, `torch.dtype` or `None`):
+            `auto` or `None` (the hardware's `compute_dtype()`), `bfloat16`, `float16`, `float32`, or a torch dtype.
+
+    Returns:
+        `torch.dtype`: the dtype to load the weights in.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -65,26 +79,40 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 
 
 def get_quantization_config(model_args):
-    """BitsAndBytes config for ``load_in_4bit`` (NF4 by default) or ``load_in_8bit``; None otherwise."""
-    from transformers import BitsAndBytesConfig
+    """TRL's `trl.get_quantization_config` with the 4-bit compute dtype chosen by the hardware.
+
+    TRL computes 4-bit layers in `model_args.dtype` (the weights' dtype, `float32` by default, which wastes a GPU's
+    bf16 units and fails on `auto`); here they compute in `compute_dtype()`: bf16 where the GPU supports it, fp16 on
+    older GPUs, fp32 on CPU. Setting both `load_in_4bit` and `load_in_8bit` is an error (TRL picks 4-bit).
+
+    Args:
+        model_args (`trl.ModelConfig`):
+            The recipe's model keys (`load_in_4bit`, `load_in_8bit`, `bnb_4bit_quant_type`, `use_bnb_nested_quant`,
+            `bnb_4bit_quant_storage`).
+
+    Returns:
+        `transformers.BitsAndBytesConfig` or `None`: NF4 (by default) 4-bit, 8-bit, or `None` when neither is set.
+    """
+    import trl
 
     if model_args.load_in_4bit and model_args.load_in_8bit:
         raise ValueError("load_in_4bit and load_in_8bit are both set; choose one.")
-    if model_args.load_in_4bit:
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
-            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-            bnb_4bit_compute_dtype=compute_dtype(),
-            bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage,
-        )
-    if model_args.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return None
+    trl_args = copy.copy(model_args)  # a copy without re-running `ModelConfig.__post_init__`
+    trl_args.dtype = compute_dtype()
+    return trl.get_quantization_config(trl_args)
 
 
 def lora_target_modules(targets: list[str] | str | None) -> str | list[str]:
-    """Expand a preset name (``all-linear``, ``attention``, ``mlp``) or pass a module-name list through."""
+    """Expand a LoRA target preset, or pass a list of module names through.
+
+    Args:
+        targets (`list[str]`, `str` or `None`):
+            `lora_target_modules` as a recipe gives it: a preset name (`all-linear`, `attention`, `mlp`), alone or
+            in a one-element list, a list of module names, or `None` (`all-linear`).
+
+    Returns:
+        `str` or `list[str]`: PEFT's `all-linear` or the module names to adapt.
+    """
     if targets is None:
         return LORA_TARGET_PRESETS["all-linear"]
     if isinstance(targets, str):
@@ -95,30 +123,32 @@ def lora_target_modules(targets: list[str] | str | None) -> str | list[str]:
 
 
 def get_peft_config(model_args):
-    """A :class:`peft.LoraConfig` from TRL's ``ModelConfig`` LoRA fields, or None when ``use_peft`` is false."""
-    if not model_args.use_peft:
-        return None
-    from peft import LoraConfig
+    """TRL's `trl.get_peft_config` with LoRA target presets.
 
-    kwargs = {}
-    if model_args.lora_target_parameters is not None:
-        kwargs["target_parameters"] = model_args.lora_target_parameters
-    return LoraConfig(
-        task_type=model_args.lora_task_type,
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=lora_target_modules(model_args.lora_target_modules),
-        bias="none",
-        use_rslora=model_args.use_rslora,
-        use_dora=model_args.use_dora,
-        modules_to_save=model_args.lora_modules_to_save,
-        **kwargs,
-    )
+    TRL passes `lora_target_modules` to PEFT as written, so `None` means PEFT's per-architecture default (only
+    `q_proj` and `v_proj` on Llama) and `attention`/`mlp` name no module. Here `None` means `all-linear` (every linear
+    layer but the output head, as QLoRA does) and the presets expand as `lora_target_modules` says.
+
+    Args:
+        model_args (`trl.ModelConfig`):
+            The recipe's model keys (`use_peft`, `lora_r`, `lora_alpha`, `lora_target_modules`, ...).
+
+    Returns:
+        `peft.LoraConfig` or `None`: `None` when `use_peft` is false.
+    """
+    import trl
+
+    trl_args = copy.copy(model_args)  # a copy without re-running `ModelConfig.__post_init__`
+    trl_args.lora_target_modules = lora_target_modules(model_args.lora_target_modules)
+    return trl.get_peft_config(trl_args)
 
 
 def device_map_for_process():
-    """One full model per process: the local GPU under (multi-)GPU runs, plain CPU otherwise."""
+    """Where this process loads its model: one full copy per process.
+
+    Returns:
+        `dict` or `None`: `{"": local_process_index}` (the local GPU) under (multi-)GPU runs, `None` (CPU) otherwise.
+    """
     if torch.cuda.is_available():
         from accelerate import PartialState
 
@@ -127,6 +157,19 @@ def device_map_for_process():
 
 
 def load_tokenizer(model_name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+    """Load a model's tokenizer, with the EOS token as pad token when it has none.
+
+    Args:
+        model_name_or_path (`str`):
+            Hub id, local directory or `builtin:<name>`.
+        revision (`str`, *optional*, defaults to `"main"`):
+            Hub revision.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow the tokenizer's own code from the Hub.
+
+    Returns:
+        `PreTrainedTokenizerBase`: the tokenizer.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -140,8 +183,20 @@ def load_tokenizer(model_name_or_path: str, revision: str = "main", trust_remote
 def load_model(model_args, training_args=None, model_class=None):
     """Load the base model as the recipe says: quantized or not, on the right device, ready for LoRA.
 
-    The LoRA adapter itself is not attached here: the TRL trainer does that from the ``peft_config`` returned by
-    :func:`get_peft_config`, so TRL's PEFT handling (reference = adapters disabled, adapter saving) applies unchanged.
+    The LoRA adapter itself is not attached here: the TRL trainer does that from the `peft_config` returned by
+    `get_peft_config`, so TRL's PEFT handling (reference = adapters disabled, adapter saving) applies unchanged.
+
+    Args:
+        model_args (`trl.ModelConfig`):
+            The recipe's model keys.
+        training_args (`transformers.TrainingArguments`, *optional*):
+            The method's config: `trust_remote_code`, `model_init_kwargs`, `gradient_checkpointing` and
+            `gradient_checkpointing_kwargs` are read from it.
+        model_class (`type`, *optional*):
+            The transformers auto class to load with. Defaults to `AutoModelForCausalLM`.
+
+    Returns:
+        `PreTrainedModel`: the base model, k-bit prepared when quantized.
     """
     from transformers import AutoModelForCausalLM
 
@@ -174,7 +229,19 @@ def load_model(model_args, training_args=None, model_class=None):
 
 
 def load_model_and_tokenizer(model_args, training_args=None, model_class=None):
-    """``(model, tokenizer, peft_config)`` for a TRL trainer, from TRL's ``ModelConfig``."""
+    """Everything a TRL trainer needs from the recipe's model keys.
+
+    Args:
+        model_args (`trl.ModelConfig`):
+            The recipe's model keys.
+        training_args (`transformers.TrainingArguments`, *optional*):
+            The method's config (see `load_model`).
+        model_class (`type`, *optional*):
+            The transformers auto class to load with. Defaults to `AutoModelForCausalLM`.
+
+    Returns:
+        `tuple`: `(model, tokenizer, peft_config)`; `peft_config` is `None` without `use_peft`.
+    """
     tokenizer = load_tokenizer(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
@@ -185,10 +252,17 @@ def load_model_and_tokenizer(model_args, training_args=None, model_class=None):
 
 
 def align_adapter_dtype(model) -> int:
-    """Cast trainable adapter weights to the 4-bit compute dtype; returns how many tensors changed.
+    """Cast the trainable adapter weights of a quantized model to the 4-bit compute dtype, in place.
 
     TRL casts QLoRA adapter weights to bf16 (the QLoRA paper's recipe for GPUs). On CPU, or on a GPU without bf16,
-    the adapters then run in a dtype the layer does not compute in; this puts them back to :func:`compute_dtype`.
+    the adapters then run in a dtype the layer does not compute in; this puts them back to `compute_dtype()`.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`):
+            The model; nothing changes unless it is loaded in 4 or 8 bits.
+
+    Returns:
+        `int`: how many tensors changed dtype.
     """
     if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
         return 0
@@ -201,53 +275,22 @@ def align_adapter_dtype(model) -> int:
     return changed
 
 
-# --------------------------------------------------------------------------------------------------------------
-# merge / export
-# --------------------------------------------------------------------------------------------------------------
+def eval_mode(model) -> None:
+    """`model.eval()` (dropout and LoRA dropout off), safe for bitsandbytes 4-bit layers.
 
-MERGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    bitsandbytes 4-bit linears keep their training flag: on CPU, a gradient-free forward of a 4-bit linear in eval
+    mode repacks its weight for inference in a way that breaks every later training forward. The flag changes nothing
+    else in those layers (they hold no dropout). Restore training mode with `model.train()` as usual.
 
-
-def merge_adapter(adapter_path: str, output_dir: str, dtype: str = "bf16", base_model: str | None = None) -> str:
-    """Merge a (Q)LoRA adapter into its base and save a plain model (and tokenizer) in ``dtype``.
-
-    The base is always loaded unquantized, whatever the adapter was trained on: merging into 4-bit weights would
-    round the merged weights to NF4 again. ``base_model`` defaults to the adapter's ``base_model_name_or_path``.
+    Args:
+        model (`torch.nn.Module`):
+            The model to put in evaluation mode, in place.
     """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    if dtype not in MERGE_DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(MERGE_DTYPES)}; got {dtype!r}.")
-    adapter_config = Path(adapter_path) / "adapter_config.json"
-    if not adapter_config.is_file():
-        raise FileNotFoundError(
-            f"{adapter_path} has no adapter_config.json: pass the directory a trl-ext/PEFT run saved its adapter to."
-        )
-    out = Path(output_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{output_dir} exists and is not empty; choose a new --output directory.")
-    base = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    base = resolve_builtin(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=MERGE_DTYPES[dtype])
-    model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
-    model.save_pretrained(out)
-    tokenizer_source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").is_file() else base
-    load_tokenizer(tokenizer_source).save_pretrained(out)
-    return str(out)
-
-
-def merge_cli(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="trl-ext merge", description="Merge a (Q)LoRA adapter into its base model and save a plain model."
-    )
-    parser.add_argument("adapter", help="directory with adapter_config.json (a training run's output_dir)")
-    parser.add_argument("--output", required=True, help="new directory for the merged model")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(MERGE_DTYPES), help="dtype of the saved weights")
-    parser.add_argument("--base-model", default=None, help="base model (default: the one the adapter names)")
-    args = parser.parse_args(argv)
-    path = merge_adapter(args.adapter, args.output, dtype=args.dtype, base_model=args.base_model)
-    print(f"merged model written to {path}")
-    return 0
+    model.eval()
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # pragma: no cover
+        return
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.training = True

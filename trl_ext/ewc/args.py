@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 FISHER_TYPES = ("true", "empirical")
 FISHER_MODES = ("full", "kfac", "lora_params")
 FISHER_DTYPES = ("float32", "bfloat16")
-#: Dataset the Fisher and the forgetting monitor read when the recipe names none.
+#: Dataset the Fisher is estimated on when the recipe names none (`ewc_fisher_dataset`).
 DEFAULT_ANCHOR_DATASET = "builtin:general_text"
 
 
@@ -16,27 +16,27 @@ DEFAULT_ANCHOR_DATASET = "builtin:general_text"
 class EWCArguments:
     """EWC (elastic weight consolidation) and forgetting-monitor keys, shared by DPO, GRPO, KTO and PPO configs.
 
-    EWC adds ``ewc_lambda / 2 * sum(F * (s * B @ A - delta_anchor) ** 2)`` over the LoRA-adapted modules, where ``F`` is
-    the diagonal Fisher information of each adapted module's frozen base weight (full weight space), ``s * B @ A`` the
-    adapter's weight update and ``delta_anchor`` zero (anchor = base model) or the previous adapter's update (online
-    EWC). The penalty's gradient is added once per optimizer step, whatever ``gradient_accumulation_steps`` is.
+    EWC adds `ewc_lambda / 2 * sum(F * (s * B @ A - delta_anchor) ** 2)` over the LoRA-adapted modules, where `F` is
+    the diagonal Fisher information of each adapted module's frozen base weight (full weight space), `s * B @ A` the
+    adapter's weight update and `delta_anchor` zero (anchor = base model) or the previous adapter's update (online
+    EWC). The penalty's gradient is added once per optimizer step, whatever `gradient_accumulation_steps` is.
 
     Args:
         ewc_lambda (`float`, *optional*, defaults to `0.0`):
-            Strength of the EWC penalty. `0.0` turns EWC off. The Fisher is per token, so ``ewc/predicted_kl`` is the
-            per-token KL from the anchor the Fisher predicts and ``ewc_lambda`` trades it against the method's loss.
+            Strength of the EWC penalty. `0.0` turns EWC off. The Fisher is per token, so `ewc/predicted_kl` is the
+            per-token KL from the anchor the Fisher predicts and `ewc_lambda` trades it against the method's loss.
         ewc_fisher_path (`str`, *optional*):
-            Precomputed Fisher file (``trl-ext fisher R.yaml --output fisher.safetensors``). Without it the Fisher is
-            estimated at the start of training from ``ewc_fisher_dataset``. With ``ewc_anchor_adapter`` it is the
-            previous task's Fisher ``F_old`` of online EWC.
+            Precomputed Fisher file (`trl-ext fisher R.yaml --output fisher.safetensors`). Without it the Fisher is
+            estimated at the start of training from `ewc_fisher_dataset`. With `ewc_anchor_adapter` it is the
+            previous task's Fisher `F_old` of online EWC.
         ewc_fisher_dataset (`str`, *optional*):
-            Dataset the Fisher is estimated on: any name a recipe's ``dataset_name`` accepts, with a ``text``,
-            ``messages``, ``prompt``+``completion`` or ``prompt``+``chosen`` column (prompts are masked). Defaults to
-            the bundled general text (``builtin:general_text``).
+            Dataset the Fisher is estimated on: any name a recipe's `dataset_name` accepts, with a `text`,
+            `messages`, `prompt`+`completion` or `prompt`+`chosen` column (prompts are masked). Defaults to
+            the bundled general text (`builtin:general_text`).
         ewc_fisher_dataset_config (`str`, *optional*):
-            Configuration name of ``ewc_fisher_dataset``.
+            Configuration name of `ewc_fisher_dataset`.
         ewc_fisher_split (`str`, *optional*, defaults to `"train"`):
-            Split of ``ewc_fisher_dataset`` to read.
+            Split of `ewc_fisher_dataset` to read.
         ewc_fisher_samples (`int`, *optional*, defaults to `512`):
             Number of sequences the Fisher is estimated from.
         ewc_fisher_max_length (`int`, *optional*, defaults to `512`):
@@ -44,29 +44,30 @@ class EWCArguments:
         ewc_fisher_batch_size (`int`, *optional*, defaults to `8`):
             Sequences per forward/backward in the Fisher pass (per-sample gradients are still exact).
         ewc_fisher_type (`str`, *optional*, defaults to `"true"`):
-            ``true``: labels sampled from the model's own next-token distribution (temperature 1) at each position of
-            real text; ``empirical``: the data's own next tokens.
+            `true`: labels sampled from the model's own next-token distribution (temperature 1) at each position of
+            real text; `empirical`: the data's own next tokens.
         ewc_fisher_mode (`str`, *optional*, defaults to `"full"`):
-            ``full``: the exact diagonal of each adapted base weight, shape (out_features, in_features);
-            ``kfac``: factored diagonal ``F_ij = E[g_i^2] E[x_j^2]`` (two vectors per module) for models whose full
-            diagonal does not fit in memory; ``lora_params``: Fisher of the LoRA A/B parameters, an ablation only
+            `full`: the exact diagonal of each adapted base weight, shape (out_features, in_features);
+            `kfac`: factored diagonal `F_ij = E[g_i^2] E[x_j^2]` (two vectors per module) for models whose full
+            diagonal does not fit in memory; `lora_params`: Fisher of the LoRA A/B parameters, an ablation only
             (degenerate at PEFT's init, where B = 0 makes A's gradient zero).
         ewc_fisher_dtype (`str`, *optional*, defaults to `"float32"`):
-            Storage dtype of the Fisher (``float32`` or ``bfloat16``). It is always accumulated in float32.
+            Storage dtype of the Fisher (`float32` or `bfloat16`). It is always accumulated in float32.
         ewc_gamma (`float`, *optional*, defaults to `1.0`):
-            Online EWC decay: ``F = ewc_gamma * F_old + F_new`` when ``ewc_anchor_adapter`` is set.
+            Online EWC decay: `F = ewc_gamma * F_old + F_new` when `ewc_anchor_adapter` is set.
         ewc_anchor_adapter (`str`, *optional*):
             Online EWC for task sequences: the previous task's adapter directory. Training starts from it, the
-            penalty anchors at it, and the Fisher estimated at it is added to ``ewc_gamma`` times ``ewc_fisher_path``.
+            penalty anchors at it, and the Fisher estimated at it is added to `ewc_gamma` times `ewc_fisher_path`.
         ewc_save_fisher (`bool`, *optional*, defaults to `False`):
-            Write the Fisher used (after online accumulation) to ``<output_dir>/ewc_fisher.safetensors`` for the next
+            Write the Fisher used (after online accumulation) to `<output_dir>/ewc_fisher.safetensors` for the next
             task of a sequence.
         forgetting_anchor_dataset (`str`, *optional*):
-            Attach the forgetting monitor: every ``forgetting_eval_steps`` steps log ``forgetting/anchor_nll_delta``
-            (mean token NLL on this dataset minus its value before training) and ``forgetting/kl_to_reference``
+            Attach the forgetting monitor: every `forgetting_eval_steps` steps log `forgetting/anchor_nll_delta`
+            (mean token NLL on this dataset minus its value before training) and `forgetting/kl_to_reference`
             (measured token KL(reference || policy)). Works with or without EWC.
         forgetting_anchor_split (`str`, *optional*, defaults to `"test"`):
-            Split of ``forgetting_anchor_dataset`` (falls back to ``train`` if the dataset has no such split).
+            Split of `forgetting_anchor_dataset`, optionally sliced (`test[:32]`); falls back to `train` (with
+            the same slice) if the dataset has no such split.
         forgetting_eval_steps (`int`, *optional*, defaults to `50`):
             Steps between two forgetting evaluations.
         forgetting_eval_samples (`int`, *optional*, defaults to `64`):
@@ -120,7 +121,7 @@ class EWCArguments:
 
 
 def check_ewc_arguments(args) -> None:
-    """Raise ``ValueError`` naming the key and the fix for any bad EWC value; runs before any weight is loaded."""
+    """Raise `ValueError` naming the key and the fix for any bad EWC value; runs before any weight is loaded."""
     if args.ewc_lambda < 0:
         raise ValueError(f"ewc_lambda must be >= 0 (0 turns EWC off); got {args.ewc_lambda}.")
     if args.ewc_fisher_type not in FISHER_TYPES:
@@ -157,8 +158,8 @@ def check_ewc_arguments(args) -> None:
 
 
 def document_ewc_fields(cls):
-    """Class decorator: append :class:`EWCArguments`' documented fields (type and default) to a config's docstring,
-    so ``help(DPOConfig)`` lists every EWC key next to TRL's."""
+    """Class decorator: append `EWCArguments`' documented fields (type and default) to a config's docstring,
+    so `help(DPOConfig)` lists every EWC key next to TRL's."""
     doc = EWCArguments.__doc__ or ""
     fields_doc = doc[doc.index("    Args:") + len("    Args:\n"):] if "    Args:" in doc else ""
     cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n    Args:\n" + fields_doc

@@ -1,4 +1,4 @@
-"""``trl-ext fisher R.yaml --output fisher.safetensors``: precompute a recipe's EWC Fisher to a file."""
+"""`trl-ext fisher R.yaml --output fisher.safetensors`: precompute a recipe's EWC Fisher to a file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ from pathlib import Path
 
 
 def fisher_cli(argv: list[str] | None = None) -> int:
+    """`trl-ext fisher RECIPE.yaml --output FILE.safetensors [--overwrite] [--key value ...]`.
+
+    Args:
+        argv (`list[str]`, *optional*):
+            Command-line arguments after `fisher`. Defaults to `sys.argv[1:]`.
+
+    Returns:
+        `int`: the exit code: 0 on success, 2 for a bad recipe or output path.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(

@@ -1,9 +1,9 @@
 """Diagonal Fisher of the frozen base weights of LoRA-adapted modules, from per-sample gradients taken by hooks.
 
-For an adapted linear layer ``y = W x (+ s B A x)``, the gradient of one sequence's loss with respect to ``W`` is
-``G_n = sum_t g_t x_t^T`` with ``x_t`` the layer input and ``g_t`` the gradient at the base layer's output. A forward
-hook on ``module.base_layer`` keeps ``x`` and a tensor hook on its output receives ``g``, so ``W`` never needs a
-``.grad`` and may be 4-bit. ``F = sum_n G_n ** 2 / n_tokens`` is accumulated in float32.
+For an adapted linear layer `y = W x (+ s B A x)`, the gradient of one sequence's loss with respect to `W` is
+`G_n = sum_t g_t x_t^T` with `x_t` the layer input and `g_t` the gradient at the base layer's output. A forward
+hook on `module.base_layer` keeps `x` and a tensor hook on its output receives `g`, so `W` never needs a
+`.grad` and may be 4-bit. `F = sum_n G_n ** 2 / n_tokens` is accumulated in float32.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trl_ext.ewc.data import collate
+from trl_ext.data.samples import collate
+from trl_ext.modeling import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,15 @@ def unwrap(model):
 
 
 def base_model_of(model):
-    """The transformers model under a PEFT wrapper (module names as in the base model)."""
+    """The transformers model under PEFT and DDP wrappers, whose module names are the base model's.
+
+    Args:
+        model (`torch.nn.Module`):
+            A model, possibly wrapped in `PeftModel` and DDP.
+
+    Returns:
+        `PreTrainedModel`: the innermost transformers model.
+    """
     from peft import PeftModel
     from peft.tuners.lora import LoraModel
 
@@ -71,7 +80,15 @@ def base_model_of(model):
 
 
 def adapted_modules(model) -> list[AdaptedModule]:
-    """Every LoRA-adapted linear layer of ``model``, keyed by its name in the base model."""
+    """Every LoRA-adapted linear layer of `model`, named as in the base model.
+
+    Args:
+        model (`PeftModel`):
+            The model, possibly DDP-wrapped, with one active LoRA adapter (no DoRA).
+
+    Returns:
+        `list[AdaptedModule]`: the adapted modules, in module order; empty without LoRA.
+    """
     from peft.tuners.lora import LoraLayer
 
     out = []
@@ -88,20 +105,6 @@ def adapted_modules(model) -> list[AdaptedModule]:
                 raise ValueError(f"EWC supports LoRA on linear layers only; {name} is {type(module.base_layer)}.")
             out.append(AdaptedModule(name, module, adapters[0]))
     return out
-
-
-def eval_mode(model) -> None:
-    """``model.eval()`` (dropout and LoRA dropout off), except that bitsandbytes 4-bit linears keep their training
-    flag: on CPU, a gradient-free forward of a 4-bit linear in eval mode repacks its weight for inference in a way
-    that breaks every later training forward. The flag changes nothing else in those layers (they hold no dropout)."""
-    model.eval()
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:  # pragma: no cover
-        return
-    for module in model.modules():
-        if isinstance(module, Linear4bit):
-            module.training = True
 
 
 @contextlib.contextmanager
@@ -135,16 +138,36 @@ class FisherEstimate:
     extra: dict = field(default_factory=dict)
 
 
-def fisher_keys(name: str, mode: str) -> tuple[str, ...]:
+def fisher_key_shapes(module: AdaptedModule, mode: str) -> dict[str, tuple[int, ...]]:
+    """The Fisher tensors of one adapted module: their keys (as in the Fisher file) and shapes.
+
+    This is the one place the layout of each mode is written: `full` is one tensor `<module>` of shape
+    (out_features, in_features); `kfac` is two vectors `<module>.kfac_out` (out_features,) and `<module>.kfac_in`
+    (in_features,), in that order; `lora_params` is `<module>.lora_A` and `<module>.lora_B`, shaped as the adapter's
+    A and B.
+
+    Args:
+        module (`AdaptedModule`):
+            The adapted module.
+        mode (`str`):
+            `full`, `kfac` or `lora_params` (see `EWCArguments.ewc_fisher_mode`).
+
+    Returns:
+        `dict[str, tuple[int, ...]]`: shape of each tensor, keyed by its name in the Fisher file.
+    """
+    out_features, in_features = module.shape
     if mode == "full":
-        return (name,)
+        return {module.name: (out_features, in_features)}
     if mode == "kfac":
-        return (f"{name}.kfac_out", f"{name}.kfac_in")
-    return (f"{name}.lora_A", f"{name}.lora_B")
+        return {f"{module.name}.kfac_out": (out_features,), f"{module.name}.kfac_in": (in_features,)}
+    if mode == "lora_params":
+        return {f"{module.name}.lora_A": tuple(module.lora_A.shape),
+                f"{module.name}.lora_B": tuple(module.lora_B.shape)}
+    raise ValueError(f"Unknown Fisher mode {mode!r}; use full, kfac or lora_params.")
 
 
 def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One label per position drawn from ``softmax(logits)`` (temperature 1): the true Fisher's labels."""
+    """One label per position drawn from `softmax(logits)` (temperature 1): the true Fisher's labels."""
     probs = torch.softmax(logits.float(), dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
@@ -174,10 +197,41 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
                     seed: int = 0, pad_token_id: int = 0, dtype: torch.dtype = torch.float32,
                     process_index: int = 0, num_processes: int = 1, gradient_checkpointing_kwargs=None,
                     modules: list[AdaptedModule] | None = None) -> FisherEstimate:
-    """Diagonal Fisher of every LoRA-adapted module of ``model`` from ``samples`` (see :func:`load_token_samples`).
+    """Diagonal Fisher of the base weight of every LoRA-adapted module of `model`, from `samples`.
 
-    Samples are sharded over ``num_processes`` and the sums all-reduced, so every rank gets the same estimate. Even
+    Samples are sharded over `num_processes` and the sums all-reduced, so every rank gets the same estimate. Even
     and odd samples are accumulated apart to report the split-half agreement (cosine similarity of the two halves).
+
+    Args:
+        model (`PeftModel`):
+            The model (possibly DDP-wrapped, possibly 4-bit); its training mode and gradient checkpointing are
+            restored afterwards.
+        samples (`list[tuple[torch.Tensor, torch.Tensor]]`):
+            `(input_ids, loss_mask)` pairs, see `trl_ext.data.samples.load_token_samples`.
+        mode (`str`, *optional*, defaults to `"full"`):
+            `full`, `kfac` or `lora_params` (an ablation; see `EWCArguments.ewc_fisher_mode`).
+        fisher_type (`str`, *optional*, defaults to `"true"`):
+            `true` (labels sampled from the model) or `empirical` (the data's next tokens).
+        batch_size (`int`, *optional*, defaults to `8`):
+            Sequences per forward/backward; per-sample gradients stay exact.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the sampled labels (plus `process_index`).
+        pad_token_id (`int`, *optional*, defaults to `0`):
+            Token id padding is filled with.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Dtype of the returned tensors; accumulation is always in float32.
+        process_index (`int`, *optional*, defaults to `0`):
+            This process's rank.
+        num_processes (`int`, *optional*, defaults to `1`):
+            Number of processes the samples are sharded over.
+        gradient_checkpointing_kwargs (`dict`, *optional*):
+            Passed back to `gradient_checkpointing_enable` when checkpointing is restored.
+        modules (`list[AdaptedModule]`, *optional*):
+            The adapted modules; `adapted_modules(model)` when `None`.
+
+    Returns:
+        `FisherEstimate`: tensors keyed as `fisher_key_shapes` says, normalized per modelled token (`kfac_in` per
+        non-pad position), with the counts, the split-half agreement and the wall time.
     """
     start = time.perf_counter()
     modules = modules if modules is not None else adapted_modules(model)
@@ -187,19 +241,15 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
         warnings.warn(LORA_PARAMS_WARNING, stacklevel=2)
     device = next(p for p in unwrap(model).parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed + process_index)
-    # acc[half][key]: float32 sums; tokens[half]: modelled tokens; positions[half]: non-pad positions (kfac inputs)
-    acc: list[dict[str, torch.Tensor]] = [{}, {}]
-    for half in (0, 1):
-        for m in modules:
-            out_f, in_f = m.shape
-            if mode == "full":
-                acc[half][m.name] = torch.zeros(out_f, in_f, dtype=torch.float32, device=device)
-            elif mode == "kfac":
-                acc[half][f"{m.name}.kfac_out"] = torch.zeros(out_f, dtype=torch.float32, device=device)
-                acc[half][f"{m.name}.kfac_in"] = torch.zeros(in_f, dtype=torch.float32, device=device)
-            else:
-                acc[half][f"{m.name}.lora_A"] = torch.zeros_like(m.lora_A, dtype=torch.float32)
-                acc[half][f"{m.name}.lora_B"] = torch.zeros_like(m.lora_B, dtype=torch.float32)
+    # keys[name]: the module's Fisher keys; acc[half][key]: float32 sums; counts: see below
+    keys = {m.name: list(fisher_key_shapes(m, mode)) for m in modules}
+    acc: list[dict[str, torch.Tensor]] = [
+        {key: torch.zeros(shape, dtype=torch.float32, device=device)
+         for m in modules for key, shape in fisher_key_shapes(m, mode).items()}
+        for _half in (0, 1)
+    ]
+    # kfac input factors average over non-pad positions, everything else over modelled tokens
+    per_position = {keys[m.name][1] for m in modules} if mode == "kfac" else set()
     counts = torch.zeros(2, 3, dtype=torch.float64, device=device)  # [half, (samples, tokens, positions)]
     state: dict = {}
 
@@ -209,12 +259,14 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
         for n in range(x.shape[0]):
             h = int(halves[n])
             if mode == "full":
+                (key,) = keys[name]
                 G = g[n].transpose(0, 1) @ x[n]  # (out, in) per-sample gradient of W
-                acc[h][name].addcmul_(G, G)
+                acc[h][key].addcmul_(G, G)
             else:
-                acc[h][f"{name}.kfac_out"].add_((g[n] * g[n]).sum(0))
+                out_key, in_key = keys[name]
+                acc[h][out_key].add_((g[n] * g[n]).sum(0))
                 xn = x[n] * attn[n].unsqueeze(-1)
-                acc[h][f"{name}.kfac_in"].add_((xn * xn).sum(0))
+                acc[h][in_key].add_((xn * xn).sum(0))
 
     def forward_hook(name):
         def hook(module, inputs, output):
@@ -247,10 +299,11 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
                     grads = torch.autograd.grad(seq_logp.sum(), lora_params, allow_unused=True)
                     h = int(halves[0])
                     for m, gA, gB in zip(modules, grads[0::2], grads[1::2]):
+                        key_A, key_B = keys[m.name]
                         if gA is not None:
-                            acc[h][f"{m.name}.lora_A"].addcmul_(gA.float(), gA.float())
+                            acc[h][key_A].addcmul_(gA.float(), gA.float())
                         if gB is not None:
-                            acc[h][f"{m.name}.lora_B"].addcmul_(gB.float(), gB.float())
+                            acc[h][key_B].addcmul_(gB.float(), gB.float())
                 else:
                     torch.autograd.grad(seq_logp.sum(), state["embeds"])
                 ntok = target.sum(dim=1).double()
@@ -272,12 +325,12 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
     if total_tokens == 0:
         raise ValueError("The Fisher samples hold no token to model.")
     for key in acc[0]:
-        denom = (lambda h: counts[h, 2]) if key.endswith(".kfac_in") else (lambda h: counts[h, 1])
-        halves_f = [acc[h][key] / max(float(denom(h)), 1.0) for h in (0, 1)]
+        column = 2 if key in per_position else 1
+        halves_f = [acc[h][key] / max(float(counts[h, column]), 1.0) for h in (0, 1)]
         dot += float((halves_f[0] * halves_f[1]).sum())
         n0 += float((halves_f[0] ** 2).sum())
         n1 += float((halves_f[1] ** 2).sum())
-        total = (acc[0][key] + acc[1][key]) / (total_positions if key.endswith(".kfac_in") else total_tokens)
+        total = (acc[0][key] + acc[1][key]) / (total_positions if key in per_position else total_tokens)
         tensors[key] = total.to(dtype)
     agreement = dot / (n0 * n1) ** 0.5 if n0 > 0 and n1 > 0 else None
     return FisherEstimate(tensors=tensors, mode=mode, fisher_type=fisher_type, n_samples=int(counts[:, 0].sum()),
@@ -287,7 +340,22 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
 
 def fisher_quantiles(tensors: dict[str, torch.Tensor], mode: str, max_entries: int = 1_000_000,
                      seed: int = 0) -> dict[str, float]:
-    """Quantiles of the Fisher's entries (a random subset of at most ``max_entries``) for the start-of-run log."""
+    """Summary statistics of the Fisher's entries for the start-of-run log.
+
+    Args:
+        tensors (`dict[str, torch.Tensor]`):
+            Fisher tensors keyed as `fisher_key_shapes` says.
+        mode (`str`):
+            Their mode; `kfac` entries are the products of the two factors.
+        max_entries (`int`, *optional*, defaults to `1_000_000`):
+            Quantiles are computed on a seeded random subset of at most this many entries.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of that subset.
+
+    Returns:
+        `dict[str, float]`: `ewc/fisher_q50`, `ewc/fisher_q90`, `ewc/fisher_q99`, `ewc/fisher_max`,
+        `ewc/fisher_mean` and `ewc/fisher_entries`.
+    """
     parts = []
     g = torch.Generator().manual_seed(seed)
     total = 0

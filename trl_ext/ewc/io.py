@@ -1,19 +1,20 @@
 """Fisher files: safetensors, one tensor per adapted module keyed by its name in the base model.
 
-Full mode: ``<module>`` of shape (out_features, in_features). kfac: ``<module>.kfac_out`` (out,) and
-``<module>.kfac_in`` (in,). lora_params: ``<module>.lora_A`` and ``<module>.lora_B``. The header metadata holds
-``format``, ``base_model``, ``base_model_revision``, ``base_model_commit``, ``mode``, ``fisher_type``, ``n_samples``,
-``n_tokens`` (and ``split_half_agreement``, ``online_tasks``).
+The tensors of each mode are laid out as `trl_ext.ewc.fisher.fisher_key_shapes` says. The header metadata holds
+`format`, `base_model`, `base_model_revision`, `base_model_storage`, `base_model_fingerprint`, `mode`,
+`fisher_type`, `n_samples`, `n_tokens` (and `split_half_agreement`, `online_tasks`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import torch
 
-from trl_ext.ewc.fisher import FisherEstimate, fisher_keys
+from trl_ext.ewc.fisher import FisherEstimate, adapted_modules, base_model_of, fisher_key_shapes
+from trl_ext.modeling import DATA_DIR
 
 FORMAT = "trl-ext-ewc-fisher/1"
 
@@ -22,22 +23,65 @@ class FisherMismatchError(ValueError):
     """A Fisher file that does not belong to this model, these target modules or this mode."""
 
 
-def model_identity(model) -> dict[str, str]:
-    """``base_model`` (``builtin:<name>`` for a bundled model, an absolute path for a local one, else the Hub id)
-    and ``base_model_commit`` (the Hub commit, when known) of a (PEFT-wrapped) model."""
-    from trl_ext.ewc.fisher import base_model_of
-    from trl_ext.modeling import DATA_DIR
+def _storage(weight: torch.Tensor) -> str:
+    """How a weight is stored: its dtype, plus the 4-bit format of a bitsandbytes `Params4bit` (`uint8/nf4`)."""
+    dtype = str(weight.dtype).removeprefix("torch.")
+    quant_type = getattr(weight, "quant_type", None)  # set on bitsandbytes 4-bit weights only
+    return f"{dtype}/{quant_type}" if quant_type else dtype
 
-    config = base_model_of(model).config
-    name = str(getattr(config, "_name_or_path", "") or "")
+
+def model_identity(model) -> dict[str, str]:
+    """What a Fisher file records of the model it was computed on, to refuse it for another model.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`):
+            The (PEFT-wrapped, possibly DDP-wrapped) model whose adapted modules the Fisher covers.
+
+    Returns:
+        `dict[str, str]`:
+            - `base_model`: `builtin:<name>` for a bundled model, an absolute path for a local one, else the Hub id.
+            - `base_model_fingerprint`: SHA-256 of the adapted modules' names and shapes and of the stored bytes of
+              the first, middle and last adapted base weight (packed bytes on 4-bit weights). Deterministic and
+              cheap; it tells two models of the same architecture apart, such as a checkpoint overwritten in place.
+            - `base_model_storage`: the dtype (and 4-bit format) of those weights: fingerprints of the same model
+              stored differently (bf16 and 4-bit) differ, so they are only compared when this matches.
+    """
+    name = str(base_model_of(model).config.name_or_path or "")
     if name and os.path.isdir(name):
         path = Path(name).resolve()
         name = f"builtin:{path.name}" if path.parent == DATA_DIR else str(path)
-    return {"base_model": name, "base_model_commit": str(getattr(config, "_commit_hash", None) or "")}
+    modules = adapted_modules(model)
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(f"{module.name}:{module.shape};".encode())
+    storage = []
+    for index in sorted({0, len(modules) // 2, len(modules) - 1}) if modules else []:  # first, middle, last
+        weight = modules[index].layer.base_layer.weight
+        storage.append(_storage(weight))
+        digest.update(weight.data.contiguous().view(torch.uint8).cpu().numpy())
+    return {"base_model": name, "base_model_storage": ",".join(sorted(set(storage))),
+            "base_model_fingerprint": digest.hexdigest()}
 
 
 def save_fisher(path: str | os.PathLike, estimate: FisherEstimate, identity: dict[str, str],
                 revision: str | None = None, extra: dict | None = None) -> str:
+    """Write a Fisher estimate to a safetensors file, with what `load_fisher` checks in its header.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            File to write; missing parent directories are created.
+        estimate (`FisherEstimate`):
+            The Fisher tensors and what was measured.
+        identity (`dict[str, str]`):
+            The model's `model_identity`.
+        revision (`str`, *optional*):
+            The base model's revision (`model_revision` of the recipe).
+        extra (`dict`, *optional*):
+            More header entries, written as strings.
+
+    Returns:
+        `str`: the path written.
+    """
     from safetensors.torch import save_file
 
     metadata = {
@@ -58,6 +102,15 @@ def save_fisher(path: str | os.PathLike, estimate: FisherEstimate, identity: dic
 
 
 def read_fisher(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a Fisher file without checking it against a model.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            A file `save_fisher` wrote.
+
+    Returns:
+        `tuple[dict[str, torch.Tensor], dict[str, str]]`: the tensors and the header metadata.
+    """
     from safetensors import safe_open
 
     if not os.path.isfile(path):
@@ -71,10 +124,24 @@ def read_fisher(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
 
 
 def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate:
-    """Read a Fisher file and check it against ``model`` and its adapted ``modules``.
+    """Read a Fisher file and check it against `model` and its adapted `modules`.
 
-    Raises :class:`FisherMismatchError` naming the mismatch: another base model (or commit), another mode, modules
-    adapted here but missing from the file, modules in the file not adapted here, or a shape difference.
+    Raises `FisherMismatchError` naming the mismatch: another base model name or path, another mode, modules adapted
+    here but missing from the file, modules in the file not adapted here, a shape difference, or other weights under
+    the same name (the weight fingerprint of `model_identity`, compared when both models store those weights alike).
+
+    Args:
+        path (`str` or `os.PathLike`):
+            A file `save_fisher` wrote.
+        model (`PeftModel`):
+            The model the Fisher is for.
+        modules (`list[AdaptedModule]`):
+            Its adapted modules (`adapted_modules(model)`).
+        mode (`str`, *optional*):
+            The Fisher mode the recipe asks for; any mode is accepted when `None`.
+
+    Returns:
+        `FisherEstimate`: the file's tensors, mode and counts.
     """
     tensors, meta = read_fisher(path)
     ident = model_identity(model)
@@ -83,19 +150,13 @@ def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate
             f"Fisher file {path} was computed for base model {meta['base_model']!r}, but this model is "
             f"{ident['base_model']!r}; recompute it with `trl-ext fisher` on this recipe."
         )
-    if meta.get("base_model_commit") and ident["base_model_commit"] and \
-            meta["base_model_commit"] != ident["base_model_commit"]:
-        raise FisherMismatchError(
-            f"Fisher file {path} was computed for commit {meta['base_model_commit']} of {meta['base_model']}, but "
-            f"this model is commit {ident['base_model_commit']}; recompute it with `trl-ext fisher`."
-        )
     file_mode = meta.get("mode", "full")
     if mode is not None and file_mode != mode:
         raise FisherMismatchError(
             f"Fisher file {path} holds a {file_mode!r} Fisher but ewc_fisher_mode is {mode!r}; set "
             f"ewc_fisher_mode: {file_mode} or recompute the file."
         )
-    expected = {k for m in modules for k in fisher_keys(m.name, file_mode)}
+    expected = {key for m in modules for key in fisher_key_shapes(m, file_mode)}
     missing = sorted(expected - set(tensors))
     extra = sorted(set(tensors) - expected)
     if missing or extra:
@@ -111,17 +172,19 @@ def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate
             "lora_target_modules as the recipe the file was computed from, or recompute it."
         )
     for m in modules:
-        out_f, in_f = m.shape
-        want = {"full": {m.name: (out_f, in_f)},
-                "kfac": {f"{m.name}.kfac_out": (out_f,), f"{m.name}.kfac_in": (in_f,)},
-                "lora_params": {f"{m.name}.lora_A": tuple(m.lora_A.shape), f"{m.name}.lora_B": tuple(m.lora_B.shape)},
-                }[file_mode]
-        for key, shape in want.items():
+        for key, shape in fisher_key_shapes(m, file_mode).items():
             if tuple(tensors[key].shape) != shape:
                 raise FisherMismatchError(
                     f"Fisher file {path}: {key} has shape {tuple(tensors[key].shape)} but this model needs {shape} "
                     "(another model size or LoRA rank); recompute it with `trl-ext fisher`."
                 )
+    if meta.get("base_model_fingerprint") and meta.get("base_model_storage") == ident["base_model_storage"] and \
+            meta["base_model_fingerprint"] != ident["base_model_fingerprint"]:
+        raise FisherMismatchError(
+            f"Fisher file {path} was computed for other weights of {meta['base_model'] or 'this architecture'!r} "
+            f"(weight fingerprint {meta['base_model_fingerprint'][:12]}, this model's is "
+            f"{ident['base_model_fingerprint'][:12]}): the model changed since; recompute it with `trl-ext fisher`."
+        )
     agreement = meta.get("split_half_agreement")
     return FisherEstimate(tensors=tensors, mode=file_mode, fisher_type=meta.get("fisher_type", "true"),
                           n_samples=int(meta.get("n_samples", 0) or 0), n_tokens=int(meta.get("n_tokens", 0) or 0),
@@ -130,7 +193,19 @@ def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate
 
 
 def combine_online(old: FisherEstimate, new: FisherEstimate, gamma: float) -> FisherEstimate:
-    """Online EWC: ``F = gamma * F_old + F_new``."""
+    """Online EWC: `F = gamma * F_old + F_new`.
+
+    Args:
+        old (`FisherEstimate`):
+            The previous task's Fisher.
+        new (`FisherEstimate`):
+            The Fisher estimated at the previous task's adapter.
+        gamma (`float`):
+            Decay of the previous Fisher (`ewc_gamma`).
+
+    Returns:
+        `FisherEstimate`: the sum, in `new`'s dtype, counting samples, tokens and tasks of both.
+    """
     if old.mode != new.mode:
         raise FisherMismatchError(f"Online EWC needs the same mode: previous Fisher is {old.mode!r}, new {new.mode!r}.")
     tensors = {k: (gamma * old.tensors[k].float().to(v.device) + v.float()).to(v.dtype) for k, v in new.tensors.items()}

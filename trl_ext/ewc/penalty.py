@@ -1,8 +1,8 @@
-"""The EWC penalty ``lambda/2 * sum(F * (s B A - delta_anchor)^2)`` in full weight space, in float32 row chunks.
+"""The EWC penalty `lambda/2 * sum(F * (s B A - delta_anchor)^2)` in full weight space, in float32 row chunks.
 
 No dense (out, in) product outlives one chunk: value and gradients are computed chunk by chunk, both in
-:class:`FullWeightPenalty` (a custom autograd function that recomputes the chunks in backward) and in
-:meth:`EWCPenalty.value_and_grads` (what the trainers use: no autograd graph at all).
+`FullWeightPenalty` (a custom autograd function that recomputes the chunks in backward) and in
+`EWCPenalty.value_and_grads` (what the trainers use: no autograd graph at all).
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
+from trl_ext.ewc.fisher import fisher_key_shapes
+
 #: float32 elements per chunk of the (out, in) difference (16 MiB).
 CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass
 class Anchor:
-    """``delta_anchor = scaling * B @ A`` of a previous adapter (online EWC), kept as low-rank factors."""
+    """`delta_anchor = scaling * B @ A` of a previous adapter (online EWC), kept as low-rank factors."""
 
     scaling: float
     lora_A: torch.Tensor  # (r, in)
@@ -32,8 +34,30 @@ def _fisher_rows(fisher, r0: int, r1: int) -> torch.Tensor:
 
 def module_penalty(A, B, scaling: float, fisher, anchor: Anchor | None = None, grads: bool = True,
                    chunk_elements: int | None = None):
-    """``(sum F * D^2, dA, dB)`` for ``D = scaling * B @ A - delta_anchor``, where ``dA``/``dB`` are the gradients
-    of ``sum F * D^2 / 2`` (None when ``grads`` is false). Everything in float32, row chunk by row chunk."""
+    """The quadratic form `sum F * D^2` of one module and its gradients, for `D = scaling * B @ A - delta_anchor`.
+
+    Everything is computed in float32, row chunk by row chunk, so no dense (out, in) product outlives one chunk.
+
+    Args:
+        A (`torch.Tensor`):
+            LoRA A, shape (r, in).
+        B (`torch.Tensor`):
+            LoRA B, shape (out, r).
+        scaling (`float`):
+            The adapter's scaling `s`.
+        fisher (`torch.Tensor` or `tuple[torch.Tensor, torch.Tensor]`):
+            Full (out, in) diagonal, or the kfac factors `(out,)`, `(in,)`.
+        anchor (`Anchor`, *optional*):
+            `delta_anchor`; zero when `None`.
+        grads (`bool`, *optional*, defaults to `True`):
+            Whether to compute the gradients.
+        chunk_elements (`int`, *optional*):
+            float32 elements per chunk; `CHUNK_ELEMENTS` when `None`.
+
+    Returns:
+        `tuple`: `(sum F * D^2, dA, dB)`, where `dA`/`dB` are the gradients of `sum F * D^2 / 2` with respect to A
+        and B (`None` when `grads` is false).
+    """
     A32, B32 = A.detach().float(), B.detach().float()
     chunk_elements = chunk_elements or CHUNK_ELEMENTS
     out_features, in_features = B32.shape[0], A32.shape[1]
@@ -57,7 +81,7 @@ def module_penalty(A, B, scaling: float, fisher, anchor: Anchor | None = None, g
 
 
 class FullWeightPenalty(torch.autograd.Function):
-    """``sum F * (s B A - delta)^2 / 2`` of one module, differentiable in A and B, chunked in forward and backward."""
+    """`sum F * (s B A - delta)^2 / 2` of one module, differentiable in A and B, chunked in forward and backward."""
 
     @staticmethod
     def forward(ctx, A, B, scaling, fisher, anchor):
@@ -75,11 +99,22 @@ class FullWeightPenalty(torch.autograd.Function):
 
 
 class EWCPenalty:
-    """The EWC penalty over every adapted module: ``ewc_lambda/2 * sum F (s B A - delta_anchor)^2``.
+    """The EWC penalty over every adapted module: `ewc_lambda/2 * sum F (s B A - delta_anchor)^2`.
 
-    ``fisher`` maps Fisher-file keys to tensors (see :func:`trl_ext.ewc.fisher.fisher_keys`). In ``lora_params``
-    mode the penalty is ``ewc_lambda/2 * sum F_A (A - A*)^2 + F_B (B - B*)^2`` with ``A*``, ``B*`` the values at
-    construction.
+    In `lora_params` mode the penalty is `ewc_lambda/2 * sum F_A (A - A*)^2 + F_B (B - B*)^2` with `A*`, `B*` the
+    values at construction.
+
+    Args:
+        modules (`list[AdaptedModule]`):
+            The adapted modules the penalty covers.
+        fisher (`dict[str, torch.Tensor]`):
+            Fisher tensors keyed as `trl_ext.ewc.fisher.fisher_key_shapes` says; moved to each module's device.
+        ewc_lambda (`float`):
+            Strength of the penalty.
+        mode (`str`, *optional*, defaults to `"full"`):
+            Mode of `fisher`: `full`, `kfac` or `lora_params`.
+        anchors (`dict[str, Anchor]`, *optional*):
+            Online EWC: the previous adapter's update per module; the anchor is the base model (zero) otherwise.
     """
 
     def __init__(self, modules, fisher: dict[str, torch.Tensor], ewc_lambda: float, mode: str = "full",
@@ -90,18 +125,11 @@ class EWCPenalty:
         self.anchors = anchors or {}
         self.fisher = {}
         for m in modules:
-            dev = m.lora_A.device
-            if mode == "full":
-                self.fisher[m.name] = fisher[m.name].to(dev)
-            elif mode == "kfac":
-                self.fisher[m.name] = (fisher[f"{m.name}.kfac_out"].to(dev), fisher[f"{m.name}.kfac_in"].to(dev))
-            else:
-                self.fisher[m.name] = (fisher[f"{m.name}.lora_A"].to(dev), fisher[f"{m.name}.lora_B"].to(dev))
+            tensors = tuple(fisher[key].to(m.lora_A.device) for key in fisher_key_shapes(m, mode))
+            self.fisher[m.name] = tensors[0] if mode == "full" else tensors  # kfac: (out, in); lora_params: (A, B)
+            if mode == "lora_params":
                 self.anchors[m.name] = Anchor(m.scaling, m.lora_A.detach().float().clone(),
                                               m.lora_B.detach().float().clone())
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for m in self.modules for p in (m.lora_A, m.lora_B)]
 
     def loss(self) -> torch.Tensor:
         """The penalty as a differentiable float32 scalar (custom autograd, chunked)."""
@@ -119,7 +147,12 @@ class EWCPenalty:
 
     @torch.no_grad()
     def value_and_grads(self):
-        """``(penalty, predicted_kl, {param: grad})`` without an autograd graph; ``predicted_kl = sum F D^2 / 2``."""
+        """The penalty and its gradients without an autograd graph (what the trainers use).
+
+        Returns:
+            `tuple`: `(penalty, predicted_kl, grads)`: the penalty, `predicted_kl = sum F D^2 / 2` (the per-token KL
+            from the anchor the Fisher predicts) and `{parameter: gradient of the penalty}` for every LoRA A and B.
+        """
         quad = torch.zeros((), dtype=torch.float32, device=self.modules[0].lora_A.device)
         grads = {}
         for m in self.modules:

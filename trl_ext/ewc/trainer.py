@@ -16,14 +16,14 @@ FISHER_FILENAME = "ewc_fisher.safetensors"
 
 
 class EWCTrainerMixin:
-    """Adds the EWC penalty (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``) to a TRL
-    trainer whose config inherits :class:`EWCArguments`. Place it first in the bases:
-    ``class PPOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, GRPOTrainer)``.
+    """Adds the EWC penalty (`ewc_lambda > 0`) to a TRL trainer whose config inherits `EWCArguments`.
+
+    Place it first in the bases: `class DPOTrainer(EWCTrainerMixin, SharedTrainerMixin, trl.DPOTrainer)`.
 
     The penalty's gradient is computed without autograd (float32, chunked) and added to the LoRA gradients once per
-    optimizer step, on the micro-step where ``accelerator.sync_gradients`` is true: after DDP's all-reduce (so it is
+    optimizer step, on the micro-step where `accelerator.sync_gradients` is true: after DDP's all-reduce (so it is
     not averaged) and before gradient clipping. It depends only on replicated parameters and a Fisher that is
-    identical on every rank, so every rank adds the same gradient and logs the same ``ewc/penalty``.
+    identical on every rank, so every rank adds the same gradient and logs the same `ewc/penalty`.
     """
 
     def __init__(self, *args, **kwargs):
@@ -32,19 +32,8 @@ class EWCTrainerMixin:
         self.ewc_fisher = None
         self._ewc_metrics: dict[str, list[float]] = defaultdict(list)
         self._ewc_start_logs: dict[str, float] = {}
-        config = self.args
-        if not isinstance(config, EWCArguments):
-            return
-        if config.forgetting_anchor_dataset:
-            from trl_ext.callbacks import ForgettingMonitorCallback
-
-            ForgettingMonitorCallback(
-                config.forgetting_anchor_dataset, split=config.forgetting_anchor_split,
-                eval_steps=config.forgetting_eval_steps, num_samples=config.forgetting_eval_samples,
-                max_length=config.forgetting_max_length, seed=config.seed,
-            ).attach(self)
-        if config.ewc_enabled:
-            self._setup_ewc(config)
+        if isinstance(self.args, EWCArguments) and self.args.ewc_enabled:
+            self._setup_ewc(self.args)
 
     # ----------------------------------------------------------------------------------------------------------
     def _setup_ewc(self, config):
@@ -53,7 +42,7 @@ class EWCTrainerMixin:
         from trl_ext.ewc.io import combine_online, load_fisher, model_identity, save_fisher
         from trl_ext.ewc.penalty import Anchor, EWCPenalty
 
-        if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError("EWC runs under DDP or a single process; DeepSpeed ZeRO and FSDP shard the LoRA "
                              "gradients it adds to. Use recipes/accelerate/multi_gpu.yaml or single_gpu.yaml.")
         model = self.accelerator.unwrap_model(self.model)
@@ -102,7 +91,7 @@ class EWCTrainerMixin:
 
         weights = load_peft_weights(path, device=str(modules[0].lora_A.device))
         result = set_peft_model_state_dict(model, weights)
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        missing = [k for k in result.missing_keys if "lora_" in k]
         if missing or not weights:
             raise ValueError(f"ewc_anchor_adapter {path} does not match this recipe's LoRA adapter (missing "
                              f"{', '.join(missing[:3]) or 'all weights'}); use the same lora_r and lora_target_modules.")
@@ -119,7 +108,7 @@ class EWCTrainerMixin:
     def _add_ewc_gradients(self):
         """Add the penalty's gradient once per optimizer step (the last micro-step of the accumulation)."""
         penalty, predicted_kl, grads = self.ewc_penalty.value_and_grads()
-        scaler = getattr(self.accelerator, "scaler", None)
+        scaler = self.accelerator.scaler
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
         for param, grad in grads.items():
             grad = grad.to(param.dtype) * scale if scale != 1.0 else grad.to(param.dtype)

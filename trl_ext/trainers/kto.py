@@ -1,4 +1,4 @@
-"""KTO: TRL's ``KTOTrainer`` with trl-ext's shared trainer behaviour."""
+"""KTO: TRL's `KTOTrainer` with trl-ext's shared trainer behaviour."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import trl
 
 from trl_ext.ewc.args import EWCArguments, document_ewc_fields
 from trl_ext.ewc.trainer import EWCTrainerMixin
-from trl_ext.trainers import TrlExtTrainerMixin
+from trl_ext.trainers.base import SharedTrainerMixin
 
 
 @document_ewc_fields
 @dataclass
 class KTOConfig(EWCArguments, trl.KTOConfig):
-    """TRL's :class:`trl.KTOConfig`; every TRL field works unchanged, plus the EWC and forgetting-monitor keys
-    of :class:`trl_ext.ewc.EWCArguments` (listed below)."""
+    """TRL's `trl.KTOConfig`; every TRL field works unchanged, plus the EWC and forgetting-monitor keys
+    of `trl_ext.ewc.EWCArguments` (listed below)."""
 
 
-class KTOTrainer(EWCTrainerMixin, TrlExtTrainerMixin, trl.KTOTrainer):
-    """TRL's :class:`trl.KTOTrainer` with QLoRA adapters kept in the compute dtype, the EWC penalty
-    (``ewc_lambda > 0``) and the forgetting monitor (``forgetting_anchor_dataset``)."""
+class KTOTrainer(EWCTrainerMixin, SharedTrainerMixin, trl.KTOTrainer):
+    """TRL's `trl.KTOTrainer` with QLoRA adapters kept in the compute dtype, the EWC penalty
+    (`ewc_lambda > 0`) and the forgetting monitor (`forgetting_anchor_dataset`)."""

@@ -19,7 +19,7 @@ import trl
 
 from trl_ext.ewc.args import EWCArguments, document_ewc_fields
 from trl_ext.ewc.trainer import EWCTrainerMixin
-from trl_ext.trainers import TrlExtTrainerMixin
+from trl_ext.trainers.base import SharedTrainerMixin
 from trl_ext.trainers.ppo_critic import CRITIC_MODES, PPOCriticMixin
 from trl_ext.trainers.ppo_math import (
     AdaptiveKLController,
@@ -154,7 +154,7 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
             self.ddp_find_unused_parameters = False
 
 
-class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, TrlExtTrainerMixin, trl.GRPOTrainer):
+class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedTrainerMixin, trl.GRPOTrainer):
     """RLHF PPO with a critic on TRL's `trl.GRPOTrainer` (same constructor), with the EWC penalty on the actor's
     adapter (`ewc_lambda > 0`) and the forgetting monitor (`forgetting_anchor_dataset`).
 

@@ -1,0 +1,30 @@
+"""What every trl-ext trainer adds to its TRL trainer, whatever the method."""
+
+from __future__ import annotations
+
+from trl_ext.callbacks import ForgettingMonitorCallback
+from trl_ext.ewc.args import EWCArguments
+from trl_ext.modeling import align_adapter_dtype
+
+
+class SharedTrainerMixin:
+    """Behaviour every trl-ext trainer (DPO, GRPO, KTO, PPO) shares; placed before the TRL trainer in the bases.
+
+    - QLoRA adapters compute in the 4-bit compute dtype (`trl_ext.modeling.align_adapter_dtype`): TRL casts them to
+      bf16, which on CPU or pre-Ampere GPUs is not the dtype the layer computes in.
+    - With `forgetting_anchor_dataset` set in the config, the forgetting monitor (`ForgettingMonitorCallback`) is
+      attached with the config's `forgetting_*` keys, with or without EWC.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        align_adapter_dtype(self.model)
+        config = self.args
+        if isinstance(config, EWCArguments) and config.forgetting_anchor_dataset:
+            ForgettingMonitorCallback(
+                config.forgetting_anchor_dataset, split=config.forgetting_anchor_split,
+                eval_steps=config.forgetting_eval_steps, num_samples=config.forgetting_eval_samples,
+                max_length=config.forgetting_max_length, seed=config.seed,
+            ).attach(self)
+
+
