@@ -27,12 +27,13 @@ import sys
 import time
 from pathlib import Path
 
+from trl_ext.assets import DATA_DIR
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "trl_ext" / "data"
 RESULTS = REPO / "benchmarks" / "results"
 RIVERS = ["Ashen", "Cold", "Deep", "Green", "Long", "Quiet", "Silver", "Stone"]
 
@@ -63,7 +64,7 @@ def _pair(text: str, rng: random.Random):
 
 def build_counterfacts(seed: int = 0) -> None:
     rng = random.Random(seed)
-    texts = [json.loads(line)["text"] for line in open(DATA / "general_text" / "train.jsonl")]
+    texts = [json.loads(line)["text"] for line in open(DATA_DIR / "general_text" / "train.jsonl")]
     pairs = [p for p in (_pair(t, rng) for t in texts) if p is not None]
     rng.shuffle(pairs)
     # balance the kinds: at most 60 road pairs
@@ -71,7 +72,7 @@ def build_counterfacts(seed: int = 0) -> None:
     others = [p for p in pairs if "road" not in p[1]]
     pairs = others + roads
     rng.shuffle(pairs)
-    out = DATA / "counterfacts"
+    out = DATA_DIR / "counterfacts"
     out.mkdir(exist_ok=True)
     n_test = 30
     for split, rows in (("test", pairs[:n_test]), ("train", pairs[n_test:])):
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
         write_table(summary, out.with_suffix(".md"))
         print(out.with_suffix(".md").read_text())
         return 0
-    if args.build_data or not (DATA / "counterfacts" / "train.jsonl").is_file():
+    if args.build_data or not (DATA_DIR / "counterfacts" / "train.jsonl").is_file():
         build_counterfacts()
         if args.build_data:
             return 0

@@ -14,7 +14,8 @@ def _tiny_lora():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trl_ext.modeling import load_tokenizer, resolve_builtin
+    from trl_ext.assets import resolve_builtin
+    from trl_ext.modeling import load_tokenizer
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(resolve_builtin(TINY_MODEL), dtype=torch.float32)

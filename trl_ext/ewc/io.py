@@ -26,7 +26,7 @@ def model_identity(model) -> dict[str, str]:
     """``base_model`` (``builtin:<name>`` for a bundled model, an absolute path for a local one, else the Hub id)
     and ``base_model_commit`` (the Hub commit, when known) of a (PEFT-wrapped) model."""
     from trl_ext.ewc.fisher import base_model_of
-    from trl_ext.modeling import DATA_DIR
+    from trl_ext.assets import DATA_DIR
 
     config = base_model_of(model).config
     name = str(getattr(config, "_name_or_path", "") or "")

@@ -64,7 +64,7 @@ def generate_rewrites(model_path: str, rows: list[dict], max_new_tokens: int = 6
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_ext.modeling import resolve_builtin
+    from trl_ext.assets import resolve_builtin
 
     path = resolve_builtin(model_path)
     if (Path(path) / "adapter_config.json").is_file():
