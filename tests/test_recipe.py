@@ -226,6 +226,14 @@ def test_bad_split_slice_is_named(tmp_path, split, expected):
         load_datasets(recipe)
 
 
+def test_malformed_eval_split_is_named_with_the_accepted_syntax(tmp_path):
+    recipe = load_recipe(write(tmp_path, {**BASE, "eval_strategy": "steps", "eval_steps": 5,
+                                         "dataset_test_split": "test[::2]"}))
+    with pytest.raises(RecipeError, match=r"dataset_test_split 'test\[::2\]' is not a split name or a sliced one "
+                                          r"such as 'train\[:32\]'"):
+        load_datasets(recipe)
+
+
 def test_dataset_mixture_loads_bundled_folders_and_labels_errors_with_the_given_names(tmp_path):
     mapping = {k: v for k, v in BASE.items() if k != "dataset_name"}
     recipe = load_recipe(write(tmp_path, {**mapping, "datasets": [{"path": "builtin:preferences"}]}))

@@ -526,7 +526,7 @@ def load_datasets(recipe: Recipe):
     eval_ds = None
     if str(getattr(recipe.training, "eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
         test_split = recipe.script.dataset_test_split
-        if _SPLIT_SLICE.match(test_split).group(1) not in dataset:
+        if _split_parts(test_split, "dataset_test_split")[0] not in dataset:
             raise RecipeError(
                 f"eval_strategy is {recipe.training.eval_strategy!r} but dataset {label} has no split "
                 f"{test_split!r} (splits: {', '.join(dataset)}); set dataset_test_split or eval_strategy: no."
@@ -540,12 +540,17 @@ def load_datasets(recipe: Recipe):
 _SPLIT_SLICE = re.compile(r"^([^\[\]]+?)(?:\[(-?\d*):(-?\d*)\])?$")
 
 
-def select_split(dataset, split: str, label: str, key: str):
-    """``dataset[split]``, where ``split`` may carry a row slice such as ``train[:32]``."""
+def _split_parts(split: str, key: str) -> tuple[str, str | None, str | None]:
+    """``train[10:20]`` -> ``("train", "10", "20")``, ``train`` -> ``("train", None, None)``; RecipeError otherwise."""
     match = _SPLIT_SLICE.match(split)
     if match is None:
         raise RecipeError(f"{key} {split!r} is not a split name or a sliced one such as 'train[:32]'.")
-    name, start, stop = match.groups()
+    return match.groups()
+
+
+def select_split(dataset, split: str, label: str, key: str):
+    """``dataset[split]``, where ``split`` may carry a row slice such as ``train[:32]``."""
+    name, start, stop = _split_parts(split, key)
     if name not in dataset:
         raise RecipeError(f"Dataset {label} has no split {name!r} (splits: {', '.join(dataset)}); set {key}.")
     part = dataset[name]
