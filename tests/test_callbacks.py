@@ -56,7 +56,7 @@ def test_monitor_measures_zero_kl_at_init_and_the_exact_kl_after_a_change():
 
 def test_monitor_logs_forgetting_every_n_steps_in_a_trainer_without_ewc(tmp_path):
     from trl_ext.callbacks import ForgettingMonitorCallback
-    from trl_ext.recipe import load_dataset_by_name
+    from trl_ext.data.loading import load_dataset_by_name
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
 
     model, _, tok = _tiny_lora()

@@ -173,7 +173,7 @@ def test_online_ewc_accumulates_gamma_times_old_plus_new():
 def _first_step_grads(batch: int, ga: int, lam: float, fisher_path: str, tmp_path) -> dict[str, torch.Tensor]:
     from transformers import TrainerCallback
 
-    from trl_ext.recipe import load_dataset_by_name
+    from trl_ext.data.loading import load_dataset_by_name
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
 
     model, _, tok = tiny_lora(r=4)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import RECIPES, trl_ext_cli
-from trl_ext.recipe import RecipeError, load_datasets, load_recipe
+from trl_ext.recipe import RecipeError, load_recipe
 
 BASE = {
     "method": "dpo",
@@ -125,36 +125,6 @@ def test_unimportable_reward_function_is_named(tmp_path):
         load_recipe(write(tmp_path, mapping))
 
 
-def test_missing_dataset_column_names_column_and_dataset(tmp_path):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text('{"prompt": "hi", "chosen": "hello"}\n')
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_name": str(data)}))
-    with pytest.raises(RecipeError) as err:
-        load_datasets(recipe)
-    msg = str(err.value)
-    assert "no column 'rejected'" in msg and str(data) in msg and "'dpo'" in msg
-
-
-def test_missing_eval_split_is_named(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_name": "builtin:kto", "method": "kto",
-                                         "eval_strategy": "steps", "eval_steps": 5}))
-    with pytest.raises(RecipeError, match=r"no split 'test' \(splits: train\)"):
-        load_datasets(recipe)
-
-
-def test_bundled_datasets_load_with_their_splits(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "eval_strategy": "steps", "eval_steps": 5}))
-    train, test = load_datasets(recipe)
-    assert len(train) == 120 and len(test) == 30
-    assert {"prompt", "chosen", "rejected"} <= set(train.column_names)
-
-
-def test_unknown_builtin_asset_lists_the_available_ones(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_name": "builtin:nothing"}))
-    with pytest.raises(FileNotFoundError, match=r"Unknown bundled asset 'builtin:nothing'.*preferences"):
-        load_datasets(recipe)
-
-
 def test_without_gpu_mixed_precision_is_turned_off_and_cpu_is_used(tmp_path):
     recipe = load_recipe(write(tmp_path, {**BASE, "bf16": True}))
     assert recipe.training.bf16 is False and recipe.training.use_cpu is True
@@ -206,42 +176,6 @@ def test_mapping_keys_still_validate_after_a_parser_was_built(tmp_path):
     for _ in range(2):
         recipe = load_recipe(write(tmp_path, mapping))
         assert recipe.script.reward_kwargs == {"KeywordReward": {"keywords": ["river"]}}
-
-
-@pytest.mark.parametrize(("split", "rows"), [("train[:32]", 32), ("train[100:]", 20), ("train[-5:]", 5), ("train", 120)])
-def test_train_split_may_be_a_row_slice(tmp_path, split, rows):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
-    train, _ = load_datasets(recipe)
-    assert len(train) == rows
-
-
-@pytest.mark.parametrize(("split", "expected"), [
-    ("train[200:]", r"'train\[200:\]' selects no rows of builtin:preferences \(split 'train' has 120\)"),
-    ("valid[:10]", r"no split 'valid' \(splits: .*\); set dataset_train_split"),
-    ("train[::2]", r"'train\[::2\]' is not a split name or a sliced one such as 'train\[:32\]'"),
-])
-def test_bad_split_slice_is_named(tmp_path, split, expected):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
-    with pytest.raises(RecipeError, match=expected):
-        load_datasets(recipe)
-
-
-def test_malformed_eval_split_is_named_with_the_accepted_syntax(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "eval_strategy": "steps", "eval_steps": 5,
-                                         "dataset_test_split": "test[::2]"}))
-    with pytest.raises(RecipeError, match=r"dataset_test_split 'test\[::2\]' is not a split name or a sliced one "
-                                          r"such as 'train\[:32\]'"):
-        load_datasets(recipe)
-
-
-def test_dataset_mixture_loads_bundled_folders_and_labels_errors_with_the_given_names(tmp_path):
-    mapping = {k: v for k, v in BASE.items() if k != "dataset_name"}
-    recipe = load_recipe(write(tmp_path, {**mapping, "datasets": [{"path": "builtin:preferences"}]}))
-    train, _ = load_datasets(recipe)
-    assert len(train) == 120
-    recipe = load_recipe(write(tmp_path, {**mapping, "method": "kto", "datasets": [{"path": "builtin:preferences"}]}))
-    with pytest.raises(RecipeError, match=r"Dataset builtin:preferences \(split 'train'\) has no column 'completion'"):
-        load_datasets(recipe)
 
 
 def test_dataset_mixture_entry_with_an_unknown_key_names_the_allowed_keys(tmp_path):

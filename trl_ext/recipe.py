@@ -10,26 +10,27 @@ Validation happens in :func:`load_recipe`, before anything heavy:
 - an unknown key fails with the key, the method and the closest valid key (or the method the key belongs to);
 - a wrong type or value fails with the key and what is allowed (``1e-5`` written without a dot, which YAML reads
   as a string, is accepted for float keys);
-- :func:`load_datasets` then checks the columns the method needs and names the missing one and the dataset.
+- `trl_ext.data.load_datasets` then checks the columns the method needs and names the missing one and the dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import enum
 import functools
 import importlib
 import logging
 import os
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# Deprecated here: import the loading API from trl_ext.data (kept for one release).
+from trl_ext.data.loading import load_dataset_by_name, load_datasets, select_split  # noqa: F401
+from trl_ext.recipe_validation import RecipeError, check_value
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +42,8 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "ppo": ("trl_ext.trainers.ppo", "PPOConfig", "PPOTrainer"),
 }
 
-#: Dataset columns each method needs (TRL's formats: preference, unpaired preference, prompt-only).
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "dpo": ("chosen", "rejected"),
-    "kto": ("prompt", "completion", "label"),
-    "grpo": ("prompt",),
-    "ppo": ("prompt",),
-}
-
 #: Keys TRL's parser handles itself rather than through a dataclass field.
 PARSER_KEYS = {"env"}
-
-
-class RecipeError(ValueError):
-    """A recipe problem found before any weight is loaded. The message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -159,137 +148,6 @@ def _type_hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# value checking
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _describe(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums and str in args:
-            return _describe(enums[0])
-        return " or ".join(_describe(a) for a in args)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in tp)
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping with keys among " + ", ".join(f.name for f in dataclasses.fields(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value, tp):
-    """Return ``value`` converted to ``tp`` where the conversion is lossless, else raise :class:`_Mismatch`."""
-    if tp is Any or tp is typing.Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums and str in args and isinstance(value, str):
-            # `SchedulerType | str` style: the str alternative only admits the enum's values written as strings
-            return _coerce(value, enums[0])
-        for arg in args:
-            try:
-                return _coerce(value, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if origin is typing.Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise _Mismatch
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        values = [m.value for m in tp]
-        if value in values:
-            return value
-        if isinstance(value, tp):
-            return value.value
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads `1e-5` (no dot) as a string
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        args = typing.get_args(tp)
-        return [_coerce(v, args[0]) for v in value] if args else list(value)
-    if origin is dict or tp is dict:
-        if isinstance(value, dict):
-            return value
-        raise _Mismatch
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        # a nested config written as a mapping (TRL's `datasets:` entries); TRL builds the dataclass from it
-        if isinstance(value, tp):
-            return value
-        names = {f.name for f in dataclasses.fields(tp)}
-        if isinstance(value, dict) and set(value) <= names:
-            return value
-        raise _Mismatch
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise _Mismatch
-    return value  # an annotation we do not model: let TRL's own checks decide
-
-
-def _check_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: str):
-    f, tp = spec
-    try:
-        coerced = _coerce(value, tp)
-    except _Mismatch:
-        raise RecipeError(
-            f"Recipe key {key!r} has value {value!r}, but {method} expects {_describe(tp)}."
-        ) from None
-    choices = f.metadata.get("choices")
-    if choices:
-        items = coerced if isinstance(coerced, list) else [coerced]
-        bad = [v for v in items if v is not None and v not in choices]
-        if bad:
-            raise RecipeError(
-                f"Recipe key {key!r} has value {bad[0]!r}; allowed values: {', '.join(map(str, choices))}."
-            )
-    return coerced
-
-
 def _unknown_key_error(key: str, method: str, valid: list[str], source: str) -> RecipeError:
     other = [m for m in METHODS if m != method and key in _safe_fields(m)]
     hint = ""
@@ -374,7 +232,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
             continue
         if key not in fields:
             raise _unknown_key_error(key, method, valid, source)
-        config[key] = _check_value(key, value, fields[key], method)
+        config[key] = check_value(key, value, fields[key], method)
     for key, _ in cli:
         if key not in fields and key != "config":
             raise _unknown_key_error(key, method, valid, "the command-line overrides")
@@ -462,111 +320,3 @@ def resolve_accelerate_config(recipe_path: str | None, config: str | None) -> st
         if cand.is_file():
             return str(cand)
     raise RecipeError(f"accelerate config {config!r} not found (looked in {', '.join(map(str, candidates))}).")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# datasets
-# ---------------------------------------------------------------------------------------------------------------
-
-_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def _split_files(path: Path) -> tuple[str, dict[str, str]] | None:
-    """``(builder, {split: file})`` for a folder of data files, one file per split named after it (the bundled
-    datasets' layout); None for anything else."""
-    if not path.is_dir():
-        return None
-    files = {p.stem: str(p) for p in sorted(path.iterdir()) if p.suffix in _DATA_BUILDERS}
-    if not files:
-        return None
-    return _DATA_BUILDERS[Path(next(iter(files.values()))).suffix], files
-
-
-def load_dataset_by_name(name: str, config: str | None = None, streaming: bool = False):
-    """Load ``builtin:<name>``, a local data file or directory, or a Hub dataset, as a ``DatasetDict``."""
-    from datasets import load_dataset
-
-    from trl_ext.modeling import resolve_builtin
-
-    path = Path(resolve_builtin(name))
-    local = _split_files(path)
-    if local is not None:
-        builder, files = local
-        return load_dataset(builder, data_files=files, streaming=streaming)
-    if path.is_dir():
-        return load_dataset(str(path), name=config, streaming=streaming)
-    if path.is_file():
-        if path.suffix not in _DATA_BUILDERS:
-            raise RecipeError(f"Dataset file {name} must be one of {', '.join(_DATA_BUILDERS)}.")
-        return load_dataset(_DATA_BUILDERS[path.suffix], data_files={"train": str(path)}, streaming=streaming)
-    return load_dataset(name, name=config, streaming=streaming)
-
-
-def load_datasets(recipe: Recipe):
-    """``(train_dataset, eval_dataset_or_None)`` with the method's required columns checked."""
-    from trl import get_dataset
-
-    if recipe.datasets.datasets:
-        from trl_ext.modeling import resolve_builtin
-
-        label = ", ".join(d.path for d in recipe.datasets.datasets)
-        for ds in recipe.datasets.datasets:
-            local = _split_files(Path(resolve_builtin(ds.path))) if ds.data_files is None else None
-            if local is not None:
-                ds.path, ds.data_files = local
-        dataset = get_dataset(recipe.datasets)
-    else:
-        dataset = load_dataset_by_name(
-            recipe.script.dataset_name, recipe.script.dataset_config, recipe.script.dataset_streaming
-        )
-        label = recipe.script.dataset_name
-    train_split = recipe.script.dataset_train_split
-    train = select_split(dataset, train_split, label, "dataset_train_split")
-    check_columns(train, recipe.method, f"{label} (split {train_split!r})")
-    eval_ds = None
-    if str(getattr(recipe.training, "eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
-        test_split = recipe.script.dataset_test_split
-        if _split_parts(test_split, "dataset_test_split")[0] not in dataset:
-            raise RecipeError(
-                f"eval_strategy is {recipe.training.eval_strategy!r} but dataset {label} has no split "
-                f"{test_split!r} (splits: {', '.join(dataset)}); set dataset_test_split or eval_strategy: no."
-            )
-        eval_ds = select_split(dataset, test_split, label, "dataset_test_split")
-        check_columns(eval_ds, recipe.method, f"{label} (split {test_split!r})")
-    return train, eval_ds
-
-
-#: ``train``, ``train[:32]``, ``train[10:20]``, ``train[-50:]``: a split, optionally sliced by row (``datasets``' syntax).
-_SPLIT_SLICE = re.compile(r"^([^\[\]]+?)(?:\[(-?\d*):(-?\d*)\])?$")
-
-
-def _split_parts(split: str, key: str) -> tuple[str, str | None, str | None]:
-    """``train[10:20]`` -> ``("train", "10", "20")``, ``train`` -> ``("train", None, None)``; RecipeError otherwise."""
-    match = _SPLIT_SLICE.match(split)
-    if match is None:
-        raise RecipeError(f"{key} {split!r} is not a split name or a sliced one such as 'train[:32]'.")
-    return match.groups()
-
-
-def select_split(dataset, split: str, label: str, key: str):
-    """``dataset[split]``, where ``split`` may carry a row slice such as ``train[:32]``."""
-    name, start, stop = _split_parts(split, key)
-    if name not in dataset:
-        raise RecipeError(f"Dataset {label} has no split {name!r} (splits: {', '.join(dataset)}); set {key}.")
-    part = dataset[name]
-    if start is None:  # no slice
-        return part
-    rows = range(len(part))[slice(int(start) if start else None, int(stop) if stop else None)]
-    if len(rows) == 0:
-        raise RecipeError(f"{key} {split!r} selects no rows of {label} (split {name!r} has {len(part)}).")
-    return part.select(rows)
-
-
-def check_columns(dataset, method: str, label: str) -> None:
-    columns = list(dataset.column_names or [])
-    for col in REQUIRED_COLUMNS[method]:
-        if col not in columns:
-            raise RecipeError(
-                f"Dataset {label} has no column {col!r}, which method {method!r} needs "
-                f"(it needs {', '.join(REQUIRED_COLUMNS[method])}; found {', '.join(columns) or 'none'})."
-            )

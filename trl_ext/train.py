@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from trl_ext.recipe import Recipe, RecipeError, load_datasets, load_recipe, resolve_accelerate_config
+from trl_ext.data.loading import load_datasets
+from trl_ext.recipe import Recipe, RecipeError, load_recipe, resolve_accelerate_config
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def load_token_samples(name: str, tokenizer, n: int, max_length: int, split: str
     in a seeded order; a dataset smaller than ``n`` gives all its examples. ``split`` may be a row slice
     (``train[:256]``); ``split_key`` is the recipe key an unknown split's error tells the user to set.
     """
-    from trl_ext.recipe import load_dataset_by_name, select_split
+    from trl_ext.data.loading import load_dataset_by_name, select_split
 
     dataset = load_dataset_by_name(name, config)
     if fallback_split is not None and split not in dataset and fallback_split in dataset:
