@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import textwrap
 
 import pytest
+import torch
 import yaml
 
 from conftest import RECIPES, trl_ext_cli
 from trl_ext.recipe import RecipeError, load_recipe
+from trl_ext.runtime import apply_runtime
+
+without_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU fallback of mixed precision")
 
 BASE = {
     "method": "dpo",
@@ -125,9 +131,46 @@ def test_unimportable_reward_function_is_named(tmp_path):
         load_recipe(write(tmp_path, mapping))
 
 
-def test_without_gpu_mixed_precision_is_turned_off_and_cpu_is_used(tmp_path):
+@without_gpu
+def test_load_recipe_keeps_bf16_as_written_and_parses_for_the_cpu(tmp_path):
     recipe = load_recipe(write(tmp_path, {**BASE, "bf16": True}))
-    assert recipe.training.bf16 is False and recipe.training.use_cpu is True
+    assert recipe.training.bf16 is True and recipe.training.use_cpu is True
+    assert recipe.runtime_applied is False
+
+
+def test_load_recipe_leaves_the_environment_unchanged(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRL_EXT_TEST_VAR", raising=False)
+    load_recipe(write(tmp_path, BASE))  # imports settle first: TRL and torch set variables of their own on import
+    before = dict(os.environ)
+    recipe = load_recipe(write(tmp_path, {**BASE, "env": {"TRL_EXT_TEST_VAR": 7}}))
+    assert dict(os.environ) == before
+    assert recipe.env == {"TRL_EXT_TEST_VAR": "7"}
+
+
+@without_gpu
+def test_runtime_exports_env_and_turns_mixed_precision_off_without_gpu(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("TRL_EXT_TEST_VAR", raising=False)
+    recipe = load_recipe(write(tmp_path, {**BASE, "bf16": True, "env": {"TRL_EXT_TEST_VAR": 7}}))
+    with caplog.at_level(logging.WARNING, logger="trl_ext.runtime"):
+        applied = apply_runtime(recipe)
+    assert os.environ["TRL_EXT_TEST_VAR"] == "7"
+    assert applied.training.bf16 is False and applied.training.fp16 is False and applied.training.use_cpu is True
+    assert applied.runtime_applied is True
+    assert "No CUDA device: bf16 mixed precision is turned off" in caplog.text
+    assert recipe.training.bf16 is True  # the loaded recipe itself is left as it was
+    assert apply_runtime(applied) is applied
+
+
+def test_runtime_keeps_mixed_precision_set_on_the_command_line(tmp_path):
+    applied = apply_runtime(load_recipe(write(tmp_path, BASE), ["--bf16", "true"]))
+    assert applied.training.bf16 is True
+
+
+def test_runtime_rebuild_keeps_yaml_and_command_line_values(tmp_path):
+    recipe = load_recipe(write(tmp_path, {**BASE, "beta": 0.3, "max_steps": 7}), ["--learning_rate", "2e-5"])
+    applied = apply_runtime(recipe)
+    assert (applied.training.beta, applied.training.max_steps) == (0.3, 7)
+    assert applied.training.learning_rate == pytest.approx(2e-5)
 
 
 def test_cli_train_reports_recipe_errors_before_launching(tmp_path):

@@ -1,16 +1,19 @@
 """Recipe YAML -> typed TRL configs, validated before any weight is loaded.
 
 A recipe is a flat YAML mapping in TRL's own config convention: its keys are the fields of TRL's script/dataset
-arguments (:class:`trl.ScriptArguments`, :class:`trl.DatasetMixtureConfig`), :class:`trl.ModelConfig` and the
-method's config class (``DPOConfig``, ``GRPOConfig``, ``KTOConfig``, ``PPOConfig``), plus ``method:`` and the fields
-of :class:`RecipeArguments`. Anything TRL accepts works unchanged; CLI flags (``--key value``) override the YAML.
+arguments (`trl.ScriptArguments`, `trl.DatasetMixtureConfig`), `trl.ModelConfig` and the method's config class
+(``DPOConfig``, ``GRPOConfig``, ``KTOConfig``, ``PPOConfig``), plus ``method:`` and the fields of `RecipeArguments`.
+Anything TRL accepts works unchanged; CLI flags (``--key value``) override the YAML.
 
-Validation happens in :func:`load_recipe`, before anything heavy:
+Validation happens in `load_recipe`, before anything heavy:
 
 - an unknown key fails with the key, the method and the closest valid key (or the method the key belongs to);
 - a wrong type or value fails with the key and what is allowed (``1e-5`` written without a dot, which YAML reads
   as a string, is accepted for float keys);
 - `trl_ext.data.load_datasets` then checks the columns the method needs and names the missing one and the dataset.
+
+`load_recipe` has no effect on the process: the recipe's ``env:`` and the CPU fallback for bf16/fp16 are applied by
+`trl_ext.runtime.apply_runtime` where a run starts.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import dataclasses
 import difflib
 import functools
 import importlib
-import logging
 import os
 import typing
 from dataclasses import dataclass, field
@@ -31,8 +33,6 @@ import yaml
 # Deprecated here: import the loading API from trl_ext.data (kept for one release).
 from trl_ext.data.loading import load_dataset_by_name, load_datasets, select_split  # noqa: F401
 from trl_ext.recipe_validation import RecipeError, check_value
-
-logger = logging.getLogger(__name__)
 
 #: method -> (module, config class, trainer class)
 METHODS: dict[str, tuple[str, str, str]] = {
@@ -101,20 +101,51 @@ class RecipeArguments:
 
 @dataclass
 class Recipe:
-    """A parsed, validated recipe."""
+    """A parsed, validated recipe.
+
+    Args:
+        method (`str`):
+            ``dpo``, ``grpo``, ``kto`` or ``ppo``.
+        path (`str` or `None`):
+            The recipe file, or None for a recipe given on the command line only.
+        script (`RecipeArguments`):
+            Script-level keys.
+        training:
+            The method's config (a ``TrainingArguments`` subclass such as ``DPOConfig``).
+        model (`trl.ModelConfig`):
+            Model, quantization and LoRA keys.
+        datasets (`trl.DatasetMixtureConfig`):
+            TRL's dataset mixture (``datasets:``).
+        raw (`dict`):
+            The recipe file's mapping as read.
+        overrides (`list[str]`):
+            The ``--key value`` command-line overrides.
+        env (`dict[str, str]`):
+            The recipe's ``env:`` variables, exported by `trl_ext.runtime.apply_runtime`.
+        runtime_applied (`bool`):
+            Whether `trl_ext.runtime.apply_runtime` built this recipe (its effects are then in place).
+    """
 
     method: str
     path: str | None
     script: RecipeArguments
-    training: Any  # the method's config (a TrainingArguments subclass)
-    model: Any  # trl.ModelConfig
-    datasets: Any  # trl.DatasetMixtureConfig
+    training: Any
+    model: Any
+    datasets: Any
     raw: dict = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    runtime_applied: bool = False
 
     @property
     def trainer_class(self):
         module, _, trainer = METHODS[self.method]
         return getattr(importlib.import_module(module), trainer)
+
+    @property
+    def override_keys(self) -> set[str]:
+        """The keys set on the command line (they win over the file and over runtime settings)."""
+        return {key for key, _ in _split_cli(self.overrides)}
 
 
 def method_config_class(method: str):
@@ -168,7 +199,7 @@ def _safe_fields(method: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# loading
+# parsing
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -196,15 +227,23 @@ def _split_cli(overrides: list[str]) -> list[tuple[str, str | None]]:
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
     """Parse and validate a recipe file plus ``--key value`` overrides (which win over the file).
 
-    Raises :class:`RecipeError` naming the key and the fix. Loads no weights and no data.
-    """
-    from trl import TrlParser
+    Loads no weights and no data, sets no environment variable and keeps bf16/fp16 as written: apply the recipe to
+    the process with `trl_ext.runtime.apply_runtime` where a run starts.
 
-    overrides = list(overrides or [])
+    Args:
+        path (`str` or `os.PathLike`, *optional*):
+            The recipe YAML; None for a recipe given entirely by ``overrides``.
+        overrides (`list[str]`, *optional*):
+            Command-line overrides: ``["--learning_rate", "1e-5", "--beta=0.2"]``.
+
+    Returns:
+        `Recipe`: the method's TRL configs, built from the file and the overrides.
+
+    Raises:
+        RecipeError: naming the key and the fix.
+    """
     raw: dict = {}
-    source = "the command line"
     if path is not None:
-        source = f"recipe {path}"
         try:
             with open(path, encoding="utf-8") as fh:
                 raw = yaml.safe_load(fh) or {}
@@ -214,7 +253,37 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise RecipeError(f"Recipe {path} must be a YAML mapping of key: value, got {type(raw).__name__}.")
+    return build_recipe(raw, overrides, path=str(path) if path is not None else None)
 
+
+def build_recipe(raw: dict, overrides: list[str] | None = None, path: str | None = None,
+                 settings: dict[str, Any] | None = None) -> Recipe:
+    """Validate a recipe mapping plus ``--key value`` overrides and build the method's TRL configs.
+
+    Without CUDA, the configs are built with ``use_cpu: true`` unless the command line sets it: transformers refuses
+    bf16 without a GPU otherwise, and the accelerate process state it creates while building them must be the CPU one
+    (which is also what lets ``accelerate launch --multi_gpu`` form a gloo process group there).
+
+    Args:
+        raw (`dict`):
+            The recipe mapping, as read from YAML.
+        overrides (`list[str]`, *optional*):
+            Command-line overrides, which win over ``raw`` and ``settings``.
+        path (`str`, *optional*):
+            The file ``raw`` was read from, named in errors.
+        settings (`dict`, *optional*):
+            Values that replace those of ``raw`` (how `trl_ext.runtime.apply_runtime` turns bf16 off on CPU).
+
+    Returns:
+        `Recipe`: the validated recipe.
+
+    Raises:
+        RecipeError: naming the key and the fix.
+    """
+    from trl import TrlParser
+
+    overrides = list(overrides or [])
+    source = f"recipe {path}" if path is not None else "the command line"
     cli = _split_cli(overrides)
     method = next((v for k, v in cli if k == "method"), None) or raw.get("method")
     if method is None:
@@ -240,10 +309,9 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     env = raw.get("env") or {}
     if not isinstance(env, dict):
         raise RecipeError(f"'env' in {source} must be a mapping of VARIABLE: value.")
-    for key, value in env.items():
-        os.environ[str(key)] = str(value)
-
-    _apply_hardware_defaults(config, cli)
+    config.update(settings or {})
+    if "use_cpu" not in {k for k, _ in cli} and not _cuda_available():
+        config["use_cpu"] = True
 
     parser = TrlParser(dataclass_types(method))
     parser.set_defaults_with_config(**config)
@@ -254,29 +322,16 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     except (ValueError, TypeError) as err:
         raise RecipeError(f"Invalid {source} for method {method!r}: {err}") from None
 
-    recipe = Recipe(method=method, path=str(path) if path else None, script=script, training=training,
-                    model=model, datasets=mixture, raw=raw)
+    recipe = Recipe(method=method, path=path, script=script, training=training, model=model, datasets=mixture,
+                    raw=raw, overrides=overrides, env={str(k): str(v) for k, v in env.items()})
     _validate_semantics(recipe, source)
     return recipe
 
 
-def _apply_hardware_defaults(config: dict, cli: list[tuple[str, str | None]]) -> None:
-    """Without a GPU: train on CPU explicitly (``use_cpu``, which is also what lets ``accelerate launch
-    --multi_gpu`` form a gloo process group there) and turn bf16/fp16 off with a warning, so GPU presets validate
-    and quickstart recipes run on CPU unchanged."""
+def _cuda_available() -> bool:
     import torch
 
-    if torch.cuda.is_available():
-        return
-    cli_keys = {k for k, _ in cli}
-    if "use_cpu" not in cli_keys:
-        config["use_cpu"] = True
-    for key in ("bf16", "fp16"):
-        if key in cli_keys:
-            continue
-        if config.get(key):
-            logger.warning("No CUDA device: %s mixed precision is turned off; training runs in fp32.", key)
-        config[key] = False
+    return torch.cuda.is_available()
 
 
 def _validate_semantics(recipe: Recipe, source: str) -> None:

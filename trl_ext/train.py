@@ -13,6 +13,7 @@ from pathlib import Path
 
 from trl_ext.data.loading import load_datasets
 from trl_ext.recipe import Recipe, RecipeError, load_recipe, resolve_accelerate_config
+from trl_ext.runtime import apply_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,13 @@ def check_gpu_memory(recipe: Recipe) -> None:
 
 
 def build_trainer(recipe: Recipe, callbacks: list | None = None):
-    """Load data, model and tokenizer as the recipe says and return the method's trainer, ready to ``train()``."""
+    """Load data, model and tokenizer as the recipe says and return the method's trainer, ready to ``train()``.
+
+    The recipe is first applied to the process (`apply_runtime`: its ``env:``, the CPU precision fallback).
+    """
     from trl_ext.modeling import load_model_and_tokenizer
 
+    recipe = apply_runtime(recipe)
     check_output_dir(recipe)
     check_gpu_memory(recipe)
     train_dataset, eval_dataset = load_datasets(recipe)
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         config = argv[i + 1]
         del argv[i : i + 2]
     try:
-        recipe = load_recipe(config, argv)
+        recipe = apply_runtime(load_recipe(config, argv))
         trainer = run(recipe)
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
@@ -174,7 +179,8 @@ def launch_main(argv: list[str] | None = None) -> int:
                         help="number of processes (GPUs); >1 without a config launches multi-GPU DDP")
     args, overrides = parser.parse_known_args(argv)
     try:
-        recipe = load_recipe(args.recipe, overrides)  # fail here, once, before any process starts
+        # fail here, once, before any process starts; the processes inherit the recipe's env:
+        recipe = apply_runtime(load_recipe(args.recipe, overrides))
         check_output_dir(recipe)
         accelerate_config = resolve_accelerate_config(
             args.recipe, args.accelerate_config or recipe.script.accelerate_config
