@@ -225,3 +225,17 @@ def test_dataset_mixture_entry_with_an_unknown_key_names_the_allowed_keys(tmp_pa
     mapping = {k: v for k, v in BASE.items() if k != "dataset_name"}
     with pytest.raises(RecipeError, match=r"'datasets' .* expects a list of a mapping with keys among path, name,"):
         load_recipe(write(tmp_path, {**mapping, "datasets": [{"path": "builtin:preferences", "splt": "train"}]}))
+
+
+def test_launch_states_single_machine_defaults_only_without_accelerates_default_config(tmp_path, monkeypatch):
+    from trl_ext.train import accelerate_launch_args
+
+    default = tmp_path / "default_config.yaml"
+    monkeypatch.setattr("accelerate.commands.config.default_config_file", str(default))
+    tail = ["-m", "trl_ext.train", "--config", "r.yaml", "--beta", "0.2"]
+    assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], None, None) == [
+        "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no", *tail]
+    default.write_text("compute_environment: LOCAL_MACHINE\n")
+    assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], None, None) == tail
+    assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], "a.yaml", 2) == [
+        "--config_file", "a.yaml", "--num_processes", "2", *tail]

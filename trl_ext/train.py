@@ -141,14 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 # `trl-ext train`: the same module through `accelerate launch`
 # ---------------------------------------------------------------------------------------------------------------
 
-_DEFAULT_ACCELERATE_CONFIG = Path(
-    os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"), "accelerate", "default_config.yaml"
-)
-
-
 def accelerate_launch_args(recipe_path: str, overrides: list[str], accelerate_config: str | None,
                            num_processes: int | None) -> list[str]:
     """The ``accelerate launch`` argument list that runs this module on ``recipe_path``."""
+    from accelerate.commands.config import default_config_file
+
     args: list[str] = []
     if accelerate_config:
         args += ["--config_file", accelerate_config]
@@ -156,7 +153,7 @@ def accelerate_launch_args(recipe_path: str, overrides: list[str], accelerate_co
         args += ["--num_processes", str(num_processes)]
         if num_processes > 1 and not accelerate_config:
             args += ["--multi_gpu"]
-    if not accelerate_config and not _DEFAULT_ACCELERATE_CONFIG.is_file():
+    if not accelerate_config and not Path(default_config_file).is_file():
         # No config anywhere: say the single-machine defaults out loud instead of letting accelerate warn.
         if num_processes is None:
             args += ["--num_processes", "1"]
