@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -68,3 +69,23 @@ def test_modeling_keeps_re_exporting_resolve_builtin():
     import trl_ext.modeling
 
     assert trl_ext.modeling.resolve_builtin("builtin:kto") == str(DATA_DIR / "kto")
+
+
+def test_counterfacts_builder_reproduces_the_shipped_files_byte_for_byte(tmp_path):
+    from trl_ext.data import build_counterfacts
+
+    assert build_counterfacts.main(["--out", str(tmp_path)]) == 0
+    for split in ("train", "test"):
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == (DATA_DIR / "counterfacts" / f"{split}.jsonl").read_bytes()
+
+
+def test_counterfacts_prefer_a_wrong_fact_over_the_pretraining_sentence():
+    from trl_ext.data.build_counterfacts import build
+
+    rows = build()
+    assert (len(rows["train"]), len(rows["test"])) == (111, 30)
+    lines = (DATA_DIR / "general_text" / "train.jsonl").read_text().splitlines()
+    sentences = {json.loads(line)["text"] for line in lines}
+    for row in rows["train"] + rows["test"]:
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert rejected in sentences and chosen not in sentences
