@@ -12,8 +12,8 @@ Validation happens in `load_recipe`, before anything heavy:
   as a string, is accepted for float keys);
 - `trl_ext.data.load_datasets` then checks the columns the method needs and names the missing one and the dataset.
 
-`load_recipe` has no effect on the process: the recipe's ``env:`` and the CPU fallback for bf16/fp16 are applied by
-`trl_ext.runtime.apply_runtime` where a run starts.
+`load_recipe` sets no environment variable and keeps bf16/fp16 as written: the recipe's ``env:`` and the CPU fallback
+for bf16/fp16 are applied by `trl_ext.runtime.apply_runtime` where a run starts.
 """
 
 from __future__ import annotations
@@ -149,11 +149,13 @@ class Recipe:
 
 
 def method_config_class(method: str):
+    """The config class of ``method`` (``DPOConfig``, ``GRPOConfig``, ``KTOConfig`` or ``PPOConfig``)."""
     module, config, _ = METHODS[method]
     return getattr(importlib.import_module(module), config)
 
 
 def dataclass_types(method: str) -> tuple[type, ...]:
+    """The dataclasses a recipe for ``method`` fills, in parsing order: script, method config, model, mixture."""
     from trl import DatasetMixtureConfig, ModelConfig
 
     return (RecipeArguments, method_config_class(method), ModelConfig, DatasetMixtureConfig)
@@ -365,7 +367,20 @@ def _validate_semantics(recipe: Recipe, source: str) -> None:
 
 
 def resolve_accelerate_config(recipe_path: str | None, config: str | None) -> str | None:
-    """A relative accelerate config path is tried from the current directory, then from the recipe's directory."""
+    """The accelerate config file a recipe names (``accelerate_config``), checked to exist.
+
+    Args:
+        recipe_path (`str`, *optional*):
+            The recipe file; a relative ``config`` is tried from the current directory, then from its directory.
+        config (`str`, *optional*):
+            The accelerate config as written.
+
+    Returns:
+        `str` or `None`: the path found, or None when ``config`` is None.
+
+    Raises:
+        RecipeError: naming every place looked in.
+    """
     if config is None:
         return None
     candidates = [Path(config)]

@@ -1,7 +1,7 @@
 """Training entry point: ``accelerate launch [--config_file X] -m trl_ext.train --config R.yaml [--key value ...]``.
 
 ``trl-ext train R.yaml [...]`` validates the recipe, then runs exactly this module through ``accelerate launch``
-(see :func:`launch_main`). Every process parses the same recipe; nothing heavy happens before validation passes.
+(see `launch_main`). Every process parses the same recipe; nothing heavy happens before validation passes.
 """
 
 from __future__ import annotations
