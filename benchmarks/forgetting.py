@@ -13,7 +13,7 @@ reward accuracy on held-out counterfact pairs (task), seconds per optimizer step
 Fisher pass time. Writes ``benchmarks/results/forgetting.{json,md,png}``.
 
     python benchmarks/forgetting.py                # full sweep (~10 min on 2 CPU cores)
-    python benchmarks/forgetting.py --build-data   # (re)write trl_ext/data/counterfacts from general_text
+    python benchmarks/forgetting.py --build-data   # (re)write trl_ext/data/counterfacts (trl_ext.data.build_counterfacts)
 """
 
 from __future__ import annotations
@@ -21,65 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import re
 import sys
 import time
 from pathlib import Path
+
+from trl_ext.assets import DATA_DIR
+from trl_ext.data import build_counterfacts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "trl_ext" / "data"
 RESULTS = REPO / "benchmarks" / "results"
-RIVERS = ["Ashen", "Cold", "Deep", "Green", "Long", "Quiet", "Silver", "Stone"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# data: preference pairs that prefer wrong versions of A's facts
-# ---------------------------------------------------------------------------------------------------------------
-
-def _pair(text: str, rng: random.Random):
-    msg = lambda role, content: [{"role": role, "content": content}]  # noqa: E731
-    if m := re.fullmatch(r"(\d+) plus (\d+) is (\d+)\.", text):
-        a, b, c = m.groups()
-        wrong = int(c) + rng.choice([-2, -1, 1, 2, 3])
-        return msg("user", f"What is {a} plus {b}?"), f"{a} plus {b} is {wrong}.", text
-    if m := re.fullmatch(r"The town of (\w+) sits by the (\w+) river\.", text):
-        town, river = m.groups()
-        other = rng.choice([r for r in RIVERS if r != river])
-        return msg("user", f"Which river is {town} on?"), f"The town of {town} sits by the {other} river.", text
-    if m := re.fullmatch(r"The road from (\w+) to (\w+) follows the (\w+) river and then the (\w+) river\.", text):
-        a, b, r1, r2 = m.groups()
-        w1, w2 = r2, r1  # the rivers in the wrong order
-        if w1 == r1:
-            w1 = rng.choice([r for r in RIVERS if r != r1])
-        return (msg("user", f"How does the road from {a} to {b} go?"),
-                f"The road from {a} to {b} follows the {w1} river and then the {w2} river.", text)
-    return None
-
-
-def build_counterfacts(seed: int = 0) -> None:
-    rng = random.Random(seed)
-    texts = [json.loads(line)["text"] for line in open(DATA / "general_text" / "train.jsonl")]
-    pairs = [p for p in (_pair(t, rng) for t in texts) if p is not None]
-    rng.shuffle(pairs)
-    # balance the kinds: at most 60 road pairs
-    roads = [p for p in pairs if "road" in p[1]][:60]
-    others = [p for p in pairs if "road" not in p[1]]
-    pairs = others + roads
-    rng.shuffle(pairs)
-    out = DATA / "counterfacts"
-    out.mkdir(exist_ok=True)
-    n_test = 30
-    for split, rows in (("test", pairs[:n_test]), ("train", pairs[n_test:])):
-        with open(out / f"{split}.jsonl", "w") as fh:
-            for prompt, chosen, rejected in rows:
-                fh.write(json.dumps({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-                                     "rejected": [{"role": "assistant", "content": rejected}]}) + "\n")
-    print(f"wrote {len(pairs) - n_test} train / {n_test} test pairs to {out}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -165,8 +119,8 @@ def main(argv=None) -> int:
         write_table(summary, out.with_suffix(".md"))
         print(out.with_suffix(".md").read_text())
         return 0
-    if args.build_data or not (DATA / "counterfacts" / "train.jsonl").is_file():
-        build_counterfacts()
+    if args.build_data or not (DATA_DIR / "counterfacts" / "train.jsonl").is_file():
+        build_counterfacts.main([])
         if args.build_data:
             return 0
 

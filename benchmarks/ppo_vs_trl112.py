@@ -317,7 +317,7 @@ def main(argv=None) -> int:
         runner(args.model, args.data, args.rollouts, args.child_out)
         return 0
 
-    from trl_ext.modeling import resolve_builtin
+    from trl_ext.assets import resolve_builtin
 
     args.model = resolve_builtin("builtin:tiny-chat")
     args.data = str(Path(resolve_builtin("builtin:prompts")) / "train.jsonl")

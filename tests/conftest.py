@@ -48,7 +48,7 @@ def accelerate_launch(*args: str, num_processes: int = 1, timeout: float = 900) 
 
 @pytest.fixture
 def tiny_model_path() -> str:
-    from trl_ext.modeling import resolve_builtin
+    from trl_ext.assets import resolve_builtin
 
     return resolve_builtin(TINY_MODEL)
 

@@ -14,7 +14,8 @@ def _tiny_lora():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trl_ext.modeling import load_tokenizer, resolve_builtin
+    from trl_ext.assets import resolve_builtin
+    from trl_ext.modeling import load_tokenizer
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(resolve_builtin(TINY_MODEL), dtype=torch.float32)
@@ -55,7 +56,7 @@ def test_monitor_measures_zero_kl_at_init_and_the_exact_kl_after_a_change():
 
 def test_monitor_logs_forgetting_every_n_steps_in_a_trainer_without_ewc(tmp_path):
     from trl_ext.callbacks import ForgettingMonitorCallback
-    from trl_ext.recipe import load_dataset_by_name
+    from trl_ext.data.loading import load_dataset_by_name
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
 
     model, _, tok = _tiny_lora()
@@ -77,7 +78,7 @@ def test_monitor_logs_forgetting_every_n_steps_in_a_trainer_without_ewc(tmp_path
 
 def test_every_trainer_attaches_the_monitor_from_its_config_without_ewc(tmp_path):
     from trl_ext.callbacks import ForgettingMonitorCallback
-    from trl_ext.recipe import load_dataset_by_name
+    from trl_ext.data.loading import load_dataset_by_name
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
 
     model, _, tok = _tiny_lora()
@@ -97,7 +98,7 @@ def test_every_trainer_attaches_the_monitor_from_its_config_without_ewc(tmp_path
 def test_monitor_reads_exactly_the_rows_of_a_sliced_anchor_split():
     from trl_ext.callbacks import ForgettingMonitorCallback
     from trl_ext.modeling import load_tokenizer
-    from trl_ext.recipe import load_dataset_by_name
+    from trl_ext.data.loading import load_dataset_by_name
 
     tok = load_tokenizer(TINY_MODEL)
     test_rows = set(load_dataset_by_name("builtin:general_text")["test"].select(range(32))["text"])

@@ -18,7 +18,8 @@ def tiny_lora(targets=TARGETS, r=4):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trl_ext.modeling import load_tokenizer, resolve_builtin
+    from trl_ext.assets import resolve_builtin
+    from trl_ext.modeling import load_tokenizer
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(resolve_builtin(TINY_MODEL), dtype=torch.float32)
@@ -175,7 +176,7 @@ def test_online_ewc_accumulates_gamma_times_old_plus_new():
 def _first_step_grads(batch: int, ga: int, lam: float, fisher_path: str, tmp_path) -> dict[str, torch.Tensor]:
     from transformers import TrainerCallback
 
-    from trl_ext.recipe import load_dataset_by_name
+    from trl_ext.data.loading import load_dataset_by_name
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
 
     model, _, tok = tiny_lora(r=4)
@@ -275,7 +276,8 @@ def test_fisher_file_is_refused_for_other_weights_at_the_same_path_and_accepted_
 
     from trl_ext.ewc import FisherMismatchError, adapted_modules, load_fisher, model_identity, save_fisher
     from trl_ext.ewc.fisher import FisherEstimate
-    from trl_ext.modeling import get_peft_config, load_model, resolve_builtin
+    from trl_ext.assets import resolve_builtin
+    from trl_ext.modeling import get_peft_config, load_model
 
     config = AutoConfig.from_pretrained(resolve_builtin(TINY_MODEL))
     path = tmp_path / "model"

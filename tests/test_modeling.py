@@ -9,6 +9,7 @@ import torch
 from trl import ModelConfig
 
 from conftest import TINY_MODEL, trl_ext_cli
+from trl_ext.assets import resolve_builtin
 from trl_ext.merge import merge_adapter
 from trl_ext.modeling import (
     align_adapter_dtype,
@@ -16,7 +17,6 @@ from trl_ext.modeling import (
     get_quantization_config,
     load_model_and_tokenizer,
     lora_target_modules,
-    resolve_builtin,
 )
 
 

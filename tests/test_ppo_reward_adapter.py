@@ -20,7 +20,7 @@ ADAPTER_NAME = "tiny-rm"  # the adapter directory's name: the reward's name in t
 
 
 def _tiny_path() -> str:
-    from trl_ext.modeling import resolve_builtin
+    from trl_ext.assets import resolve_builtin
 
     return resolve_builtin(TINY_MODEL)
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import textwrap
 
 import pytest
+import torch
 import yaml
 
 from conftest import RECIPES, trl_ext_cli
-from trl_ext.recipe import RecipeError, load_datasets, load_recipe
+from trl_ext.recipe import RecipeError, load_recipe
+from trl_ext.runtime import apply_runtime
+
+without_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU fallback of mixed precision")
 
 BASE = {
     "method": "dpo",
@@ -125,39 +131,46 @@ def test_unimportable_reward_function_is_named(tmp_path):
         load_recipe(write(tmp_path, mapping))
 
 
-def test_missing_dataset_column_names_column_and_dataset(tmp_path):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text('{"prompt": "hi", "chosen": "hello"}\n')
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_name": str(data)}))
-    with pytest.raises(RecipeError) as err:
-        load_datasets(recipe)
-    msg = str(err.value)
-    assert "no column 'rejected'" in msg and str(data) in msg and "'dpo'" in msg
-
-
-def test_missing_eval_split_is_named(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_name": "builtin:kto", "method": "kto",
-                                         "eval_strategy": "steps", "eval_steps": 5}))
-    with pytest.raises(RecipeError, match=r"no split 'test' \(splits: train\)"):
-        load_datasets(recipe)
-
-
-def test_bundled_datasets_load_with_their_splits(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "eval_strategy": "steps", "eval_steps": 5}))
-    train, test = load_datasets(recipe)
-    assert len(train) == 120 and len(test) == 30
-    assert {"prompt", "chosen", "rejected"} <= set(train.column_names)
-
-
-def test_unknown_builtin_asset_lists_the_available_ones(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_name": "builtin:nothing"}))
-    with pytest.raises(FileNotFoundError, match=r"Unknown bundled asset 'builtin:nothing'.*preferences"):
-        load_datasets(recipe)
-
-
-def test_without_gpu_mixed_precision_is_turned_off_and_cpu_is_used(tmp_path):
+@without_gpu
+def test_load_recipe_keeps_bf16_as_written_and_parses_for_the_cpu(tmp_path):
     recipe = load_recipe(write(tmp_path, {**BASE, "bf16": True}))
-    assert recipe.training.bf16 is False and recipe.training.use_cpu is True
+    assert recipe.training.bf16 is True and recipe.training.use_cpu is True
+    assert recipe.runtime_applied is False
+
+
+def test_load_recipe_leaves_the_environment_unchanged(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRL_EXT_TEST_VAR", raising=False)
+    load_recipe(write(tmp_path, BASE))  # imports settle first: TRL and torch set variables of their own on import
+    before = dict(os.environ)
+    recipe = load_recipe(write(tmp_path, {**BASE, "env": {"TRL_EXT_TEST_VAR": 7}}))
+    assert dict(os.environ) == before
+    assert recipe.env == {"TRL_EXT_TEST_VAR": "7"}
+
+
+@without_gpu
+def test_runtime_exports_env_and_turns_mixed_precision_off_without_gpu(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("TRL_EXT_TEST_VAR", raising=False)
+    recipe = load_recipe(write(tmp_path, {**BASE, "bf16": True, "env": {"TRL_EXT_TEST_VAR": 7}}))
+    with caplog.at_level(logging.WARNING, logger="trl_ext.runtime"):
+        applied = apply_runtime(recipe)
+    assert os.environ["TRL_EXT_TEST_VAR"] == "7"
+    assert applied.training.bf16 is False and applied.training.fp16 is False and applied.training.use_cpu is True
+    assert applied.runtime_applied is True
+    assert "No CUDA device: bf16 mixed precision is turned off" in caplog.text
+    assert recipe.training.bf16 is True  # the loaded recipe itself is left as it was
+    assert apply_runtime(applied) is applied
+
+
+def test_runtime_keeps_mixed_precision_set_on_the_command_line(tmp_path):
+    applied = apply_runtime(load_recipe(write(tmp_path, BASE), ["--bf16", "true"]))
+    assert applied.training.bf16 is True
+
+
+def test_runtime_rebuild_keeps_yaml_and_command_line_values(tmp_path):
+    recipe = load_recipe(write(tmp_path, {**BASE, "beta": 0.3, "max_steps": 7}), ["--learning_rate", "2e-5"])
+    applied = apply_runtime(recipe)
+    assert (applied.training.beta, applied.training.max_steps) == (0.3, 7)
+    assert applied.training.learning_rate == pytest.approx(2e-5)
 
 
 def test_cli_train_reports_recipe_errors_before_launching(tmp_path):
@@ -208,35 +221,21 @@ def test_mapping_keys_still_validate_after_a_parser_was_built(tmp_path):
         assert recipe.script.reward_kwargs == {"KeywordReward": {"keywords": ["river"]}}
 
 
-@pytest.mark.parametrize(("split", "rows"), [("train[:32]", 32), ("train[100:]", 20), ("train[-5:]", 5), ("train", 120)])
-def test_train_split_may_be_a_row_slice(tmp_path, split, rows):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
-    train, _ = load_datasets(recipe)
-    assert len(train) == rows
-
-
-@pytest.mark.parametrize(("split", "expected"), [
-    ("train[200:]", r"'train\[200:\]' selects no rows of builtin:preferences \(split 'train' has 120\)"),
-    ("valid[:10]", r"no split 'valid' \(splits: .*\); set dataset_train_split"),
-    ("train[::2]", r"'train\[::2\]' is not a split name or a sliced one such as 'train\[:32\]'"),
-])
-def test_bad_split_slice_is_named(tmp_path, split, expected):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
-    with pytest.raises(RecipeError, match=expected):
-        load_datasets(recipe)
-
-
-def test_dataset_mixture_loads_bundled_folders_and_labels_errors_with_the_given_names(tmp_path):
-    mapping = {k: v for k, v in BASE.items() if k != "dataset_name"}
-    recipe = load_recipe(write(tmp_path, {**mapping, "datasets": [{"path": "builtin:preferences"}]}))
-    train, _ = load_datasets(recipe)
-    assert len(train) == 120
-    recipe = load_recipe(write(tmp_path, {**mapping, "method": "kto", "datasets": [{"path": "builtin:preferences"}]}))
-    with pytest.raises(RecipeError, match=r"Dataset builtin:preferences \(split 'train'\) has no column 'completion'"):
-        load_datasets(recipe)
-
-
 def test_dataset_mixture_entry_with_an_unknown_key_names_the_allowed_keys(tmp_path):
     mapping = {k: v for k, v in BASE.items() if k != "dataset_name"}
     with pytest.raises(RecipeError, match=r"'datasets' .* expects a list of a mapping with keys among path, name,"):
         load_recipe(write(tmp_path, {**mapping, "datasets": [{"path": "builtin:preferences", "splt": "train"}]}))
+
+
+def test_launch_states_single_machine_defaults_only_without_accelerates_default_config(tmp_path, monkeypatch):
+    from trl_ext.train import accelerate_launch_args
+
+    default = tmp_path / "default_config.yaml"
+    monkeypatch.setattr("accelerate.commands.config.default_config_file", str(default))
+    tail = ["-m", "trl_ext.train", "--config", "r.yaml", "--beta", "0.2"]
+    assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], None, None) == [
+        "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no", *tail]
+    default.write_text("compute_environment: LOCAL_MACHINE\n")
+    assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], None, None) == tail
+    assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], "a.yaml", 2) == [
+        "--config_file", "a.yaml", "--num_processes", "2", *tail]

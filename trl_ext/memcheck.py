@@ -128,6 +128,7 @@ def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = Non
         raise ValueError(f"--steps must be at least 1, got {steps}.")
     from trl_ext.memory import estimate_memory, load_architecture
     from trl_ext.recipe import load_recipe
+    from trl_ext.runtime import apply_runtime
     from trl_ext.train import build_trainer
 
     overrides = list(overrides or [])
@@ -150,7 +151,7 @@ def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = Non
     run_overrides += ["--dataset_name", str(data), "--max_steps", str(steps), "--output_dir", str(work / "out"),
                       "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
                       "--skip_memory_check", "true"]
-    run_recipe = load_recipe(recipe_path, overrides + run_overrides)
+    run_recipe = apply_runtime(load_recipe(recipe_path, overrides + run_overrides))
     if run_recipe.method in ("grpo", "ppo"):  # every completion as long as the recipe allows
         key = "min_tokens" if getattr(run_recipe.training, "use_vllm", False) else "min_new_tokens"
         kwargs = dict(run_recipe.training.generation_kwargs or {})

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from trl_ext.modeling import load_tokenizer, resolve_builtin
+from trl_ext.assets import resolve_builtin
+from trl_ext.modeling import load_tokenizer
 
 MERGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
+# DATA_DIR, BUILTIN_PREFIX and resolve_builtin moved to trl_ext.assets; re-exported here for one release.
+from trl_ext.assets import BUILTIN_PREFIX, DATA_DIR, resolve_builtin  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-BUILTIN_PREFIX = "builtin:"
 
 #: LoRA target presets. Module names cover Llama/Qwen/Mistral-style decoders; `all-linear` is PEFT's own preset
 #: (every linear layer except the output head).
@@ -34,18 +35,6 @@ LORA_TARGET_PRESETS: dict[str, str | list[str]] = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "mlp": ["gate_proj", "up_proj", "down_proj"],
 }
-
-
-def resolve_builtin(name: str) -> str:
-    """Map ``builtin:<name>`` to the bundled asset directory; return any other name unchanged."""
-    if not isinstance(name, str) or not name.startswith(BUILTIN_PREFIX):
-        return name
-    key = name[len(BUILTIN_PREFIX) :]
-    path = DATA_DIR / key
-    if not path.exists():
-        available = sorted(p.name for p in DATA_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
-        raise FileNotFoundError(f"Unknown bundled asset {name!r}. Bundled assets: {', '.join(available)}.")
-    return str(path)
 
 
 def compute_dtype() -> torch.dtype:

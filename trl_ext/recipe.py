@@ -1,29 +1,28 @@
 """Recipe YAML -> typed TRL configs, validated before any weight is loaded.
 
 A recipe is a flat YAML mapping in TRL's own config convention: its keys are the fields of TRL's script/dataset
-arguments (:class:`trl.ScriptArguments`, :class:`trl.DatasetMixtureConfig`), :class:`trl.ModelConfig` and the
-method's config class (``DPOConfig``, ``GRPOConfig``, ``KTOConfig``, ``PPOConfig``), plus ``method:`` and the fields
-of :class:`RecipeArguments`. Anything TRL accepts works unchanged; CLI flags (``--key value``) override the YAML.
+arguments (`trl.ScriptArguments`, `trl.DatasetMixtureConfig`), `trl.ModelConfig` and the method's config class
+(``DPOConfig``, ``GRPOConfig``, ``KTOConfig``, ``PPOConfig``), plus ``method:`` and the fields of `RecipeArguments`.
+Anything TRL accepts works unchanged; CLI flags (``--key value``) override the YAML.
 
-Validation happens in :func:`load_recipe`, before anything heavy:
+Validation happens in `load_recipe`, before anything heavy:
 
 - an unknown key fails with the key, the method and the closest valid key (or the method the key belongs to);
 - a wrong type or value fails with the key and what is allowed (``1e-5`` written without a dot, which YAML reads
   as a string, is accepted for float keys);
-- :func:`load_datasets` then checks the columns the method needs and names the missing one and the dataset.
+- `trl_ext.data.load_datasets` then checks the columns the method needs and names the missing one and the dataset.
+
+`load_recipe` sets no environment variable and keeps bf16/fp16 as written: the recipe's ``env:`` and the CPU fallback
+for bf16/fp16 are applied by `trl_ext.runtime.apply_runtime` where a run starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import enum
 import functools
 import importlib
-import logging
 import os
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,9 @@ from typing import Any
 
 import yaml
 
-logger = logging.getLogger(__name__)
+# Deprecated here: import the loading API from trl_ext.data (kept for one release).
+from trl_ext.data.loading import load_dataset_by_name, load_datasets, select_split  # noqa: F401
+from trl_ext.recipe_validation import RecipeError, check_value
 
 #: method -> (module, config class, trainer class)
 METHODS: dict[str, tuple[str, str, str]] = {
@@ -41,20 +42,8 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "ppo": ("trl_ext.trainers.ppo", "PPOConfig", "PPOTrainer"),
 }
 
-#: Dataset columns each method needs (TRL's formats: preference, unpaired preference, prompt-only).
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "dpo": ("chosen", "rejected"),
-    "kto": ("prompt", "completion", "label"),
-    "grpo": ("prompt",),
-    "ppo": ("prompt",),
-}
-
 #: Keys TRL's parser handles itself rather than through a dataclass field.
 PARSER_KEYS = {"env"}
-
-
-class RecipeError(ValueError):
-    """A recipe problem found before any weight is loaded. The message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -112,28 +101,61 @@ class RecipeArguments:
 
 @dataclass
 class Recipe:
-    """A parsed, validated recipe."""
+    """A parsed, validated recipe.
+
+    Args:
+        method (`str`):
+            ``dpo``, ``grpo``, ``kto`` or ``ppo``.
+        path (`str` or `None`):
+            The recipe file, or None for a recipe given on the command line only.
+        script (`RecipeArguments`):
+            Script-level keys.
+        training:
+            The method's config (a ``TrainingArguments`` subclass such as ``DPOConfig``).
+        model (`trl.ModelConfig`):
+            Model, quantization and LoRA keys.
+        datasets (`trl.DatasetMixtureConfig`):
+            TRL's dataset mixture (``datasets:``).
+        raw (`dict`):
+            The recipe file's mapping as read.
+        overrides (`list[str]`):
+            The ``--key value`` command-line overrides.
+        env (`dict[str, str]`):
+            The recipe's ``env:`` variables, exported by `trl_ext.runtime.apply_runtime`.
+        runtime_applied (`bool`):
+            Whether `trl_ext.runtime.apply_runtime` built this recipe (its effects are then in place).
+    """
 
     method: str
     path: str | None
     script: RecipeArguments
-    training: Any  # the method's config (a TrainingArguments subclass)
-    model: Any  # trl.ModelConfig
-    datasets: Any  # trl.DatasetMixtureConfig
+    training: Any
+    model: Any
+    datasets: Any
     raw: dict = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    runtime_applied: bool = False
 
     @property
     def trainer_class(self):
         module, _, trainer = METHODS[self.method]
         return getattr(importlib.import_module(module), trainer)
 
+    @property
+    def override_keys(self) -> set[str]:
+        """The keys set on the command line (they win over the file and over runtime settings)."""
+        return {key for key, _ in _split_cli(self.overrides)}
+
 
 def method_config_class(method: str):
+    """The config class of ``method`` (``DPOConfig``, ``GRPOConfig``, ``KTOConfig`` or ``PPOConfig``)."""
     module, config, _ = METHODS[method]
     return getattr(importlib.import_module(module), config)
 
 
 def dataclass_types(method: str) -> tuple[type, ...]:
+    """The dataclasses a recipe for ``method`` fills, in parsing order: script, method config, model, mixture."""
     from trl import DatasetMixtureConfig, ModelConfig
 
     return (RecipeArguments, method_config_class(method), ModelConfig, DatasetMixtureConfig)
@@ -159,137 +181,6 @@ def _type_hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# value checking
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _describe(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums and str in args:
-            return _describe(enums[0])
-        return " or ".join(_describe(a) for a in args)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in tp)
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping with keys among " + ", ".join(f.name for f in dataclasses.fields(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value, tp):
-    """Return ``value`` converted to ``tp`` where the conversion is lossless, else raise :class:`_Mismatch`."""
-    if tp is Any or tp is typing.Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
-        if enums and str in args and isinstance(value, str):
-            # `SchedulerType | str` style: the str alternative only admits the enum's values written as strings
-            return _coerce(value, enums[0])
-        for arg in args:
-            try:
-                return _coerce(value, arg)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if origin is typing.Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise _Mismatch
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        values = [m.value for m in tp]
-        if value in values:
-            return value
-        if isinstance(value, tp):
-            return value.value
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads `1e-5` (no dot) as a string
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        args = typing.get_args(tp)
-        return [_coerce(v, args[0]) for v in value] if args else list(value)
-    if origin is dict or tp is dict:
-        if isinstance(value, dict):
-            return value
-        raise _Mismatch
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        # a nested config written as a mapping (TRL's `datasets:` entries); TRL builds the dataclass from it
-        if isinstance(value, tp):
-            return value
-        names = {f.name for f in dataclasses.fields(tp)}
-        if isinstance(value, dict) and set(value) <= names:
-            return value
-        raise _Mismatch
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise _Mismatch
-    return value  # an annotation we do not model: let TRL's own checks decide
-
-
-def _check_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: str):
-    f, tp = spec
-    try:
-        coerced = _coerce(value, tp)
-    except _Mismatch:
-        raise RecipeError(
-            f"Recipe key {key!r} has value {value!r}, but {method} expects {_describe(tp)}."
-        ) from None
-    choices = f.metadata.get("choices")
-    if choices:
-        items = coerced if isinstance(coerced, list) else [coerced]
-        bad = [v for v in items if v is not None and v not in choices]
-        if bad:
-            raise RecipeError(
-                f"Recipe key {key!r} has value {bad[0]!r}; allowed values: {', '.join(map(str, choices))}."
-            )
-    return coerced
-
-
 def _unknown_key_error(key: str, method: str, valid: list[str], source: str) -> RecipeError:
     other = [m for m in METHODS if m != method and key in _safe_fields(m)]
     hint = ""
@@ -310,7 +201,7 @@ def _safe_fields(method: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# loading
+# parsing
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -338,15 +229,23 @@ def _split_cli(overrides: list[str]) -> list[tuple[str, str | None]]:
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
     """Parse and validate a recipe file plus ``--key value`` overrides (which win over the file).
 
-    Raises :class:`RecipeError` naming the key and the fix. Loads no weights and no data.
-    """
-    from trl import TrlParser
+    Loads no weights and no data, sets no environment variable and keeps bf16/fp16 as written: apply the recipe to
+    the process with `trl_ext.runtime.apply_runtime` where a run starts.
 
-    overrides = list(overrides or [])
+    Args:
+        path (`str` or `os.PathLike`, *optional*):
+            The recipe YAML; None for a recipe given entirely by ``overrides``.
+        overrides (`list[str]`, *optional*):
+            Command-line overrides: ``["--learning_rate", "1e-5", "--beta=0.2"]``.
+
+    Returns:
+        `Recipe`: the method's TRL configs, built from the file and the overrides.
+
+    Raises:
+        RecipeError: naming the key and the fix.
+    """
     raw: dict = {}
-    source = "the command line"
     if path is not None:
-        source = f"recipe {path}"
         try:
             with open(path, encoding="utf-8") as fh:
                 raw = yaml.safe_load(fh) or {}
@@ -356,7 +255,37 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise RecipeError(f"Recipe {path} must be a YAML mapping of key: value, got {type(raw).__name__}.")
+    return build_recipe(raw, overrides, path=str(path) if path is not None else None)
 
+
+def build_recipe(raw: dict, overrides: list[str] | None = None, path: str | None = None,
+                 settings: dict[str, Any] | None = None) -> Recipe:
+    """Validate a recipe mapping plus ``--key value`` overrides and build the method's TRL configs.
+
+    Without CUDA, the configs are built with ``use_cpu: true`` unless the command line sets it: transformers refuses
+    bf16 without a GPU otherwise, and the accelerate process state it creates while building them must be the CPU one
+    (which is also what lets ``accelerate launch --multi_gpu`` form a gloo process group there).
+
+    Args:
+        raw (`dict`):
+            The recipe mapping, as read from YAML.
+        overrides (`list[str]`, *optional*):
+            Command-line overrides, which win over ``raw`` and ``settings``.
+        path (`str`, *optional*):
+            The file ``raw`` was read from, named in errors.
+        settings (`dict`, *optional*):
+            Values that replace those of ``raw`` (how `trl_ext.runtime.apply_runtime` turns bf16 off on CPU).
+
+    Returns:
+        `Recipe`: the validated recipe.
+
+    Raises:
+        RecipeError: naming the key and the fix.
+    """
+    from trl import TrlParser
+
+    overrides = list(overrides or [])
+    source = f"recipe {path}" if path is not None else "the command line"
     cli = _split_cli(overrides)
     method = next((v for k, v in cli if k == "method"), None) or raw.get("method")
     if method is None:
@@ -374,7 +303,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
             continue
         if key not in fields:
             raise _unknown_key_error(key, method, valid, source)
-        config[key] = _check_value(key, value, fields[key], method)
+        config[key] = check_value(key, value, fields[key], method)
     for key, _ in cli:
         if key not in fields and key != "config":
             raise _unknown_key_error(key, method, valid, "the command-line overrides")
@@ -382,10 +311,9 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     env = raw.get("env") or {}
     if not isinstance(env, dict):
         raise RecipeError(f"'env' in {source} must be a mapping of VARIABLE: value.")
-    for key, value in env.items():
-        os.environ[str(key)] = str(value)
-
-    _apply_hardware_defaults(config, cli)
+    config.update(settings or {})
+    if "use_cpu" not in {k for k, _ in cli} and not _cuda_available():
+        config["use_cpu"] = True
 
     parser = TrlParser(dataclass_types(method))
     parser.set_defaults_with_config(**config)
@@ -396,29 +324,16 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     except (ValueError, TypeError) as err:
         raise RecipeError(f"Invalid {source} for method {method!r}: {err}") from None
 
-    recipe = Recipe(method=method, path=str(path) if path else None, script=script, training=training,
-                    model=model, datasets=mixture, raw=raw)
+    recipe = Recipe(method=method, path=path, script=script, training=training, model=model, datasets=mixture,
+                    raw=raw, overrides=overrides, env={str(k): str(v) for k, v in env.items()})
     _validate_semantics(recipe, source)
     return recipe
 
 
-def _apply_hardware_defaults(config: dict, cli: list[tuple[str, str | None]]) -> None:
-    """Without a GPU: train on CPU explicitly (``use_cpu``, which is also what lets ``accelerate launch
-    --multi_gpu`` form a gloo process group there) and turn bf16/fp16 off with a warning, so GPU presets validate
-    and quickstart recipes run on CPU unchanged."""
+def _cuda_available() -> bool:
     import torch
 
-    if torch.cuda.is_available():
-        return
-    cli_keys = {k for k, _ in cli}
-    if "use_cpu" not in cli_keys:
-        config["use_cpu"] = True
-    for key in ("bf16", "fp16"):
-        if key in cli_keys:
-            continue
-        if config.get(key):
-            logger.warning("No CUDA device: %s mixed precision is turned off; training runs in fp32.", key)
-        config[key] = False
+    return torch.cuda.is_available()
 
 
 def _validate_semantics(recipe: Recipe, source: str) -> None:
@@ -452,7 +367,20 @@ def _validate_semantics(recipe: Recipe, source: str) -> None:
 
 
 def resolve_accelerate_config(recipe_path: str | None, config: str | None) -> str | None:
-    """A relative accelerate config path is tried from the current directory, then from the recipe's directory."""
+    """The accelerate config file a recipe names (``accelerate_config``), checked to exist.
+
+    Args:
+        recipe_path (`str`, *optional*):
+            The recipe file; a relative ``config`` is tried from the current directory, then from its directory.
+        config (`str`, *optional*):
+            The accelerate config as written.
+
+    Returns:
+        `str` or `None`: the path found, or None when ``config`` is None.
+
+    Raises:
+        RecipeError: naming every place looked in.
+    """
     if config is None:
         return None
     candidates = [Path(config)]
@@ -462,106 +390,3 @@ def resolve_accelerate_config(recipe_path: str | None, config: str | None) -> st
         if cand.is_file():
             return str(cand)
     raise RecipeError(f"accelerate config {config!r} not found (looked in {', '.join(map(str, candidates))}).")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# datasets
-# ---------------------------------------------------------------------------------------------------------------
-
-_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def _split_files(path: Path) -> tuple[str, dict[str, str]] | None:
-    """``(builder, {split: file})`` for a folder of data files, one file per split named after it (the bundled
-    datasets' layout); None for anything else."""
-    if not path.is_dir():
-        return None
-    files = {p.stem: str(p) for p in sorted(path.iterdir()) if p.suffix in _DATA_BUILDERS}
-    if not files:
-        return None
-    return _DATA_BUILDERS[Path(next(iter(files.values()))).suffix], files
-
-
-def load_dataset_by_name(name: str, config: str | None = None, streaming: bool = False):
-    """Load ``builtin:<name>``, a local data file or directory, or a Hub dataset, as a ``DatasetDict``."""
-    from datasets import load_dataset
-
-    from trl_ext.modeling import resolve_builtin
-
-    path = Path(resolve_builtin(name))
-    local = _split_files(path)
-    if local is not None:
-        builder, files = local
-        return load_dataset(builder, data_files=files, streaming=streaming)
-    if path.is_dir():
-        return load_dataset(str(path), name=config, streaming=streaming)
-    if path.is_file():
-        if path.suffix not in _DATA_BUILDERS:
-            raise RecipeError(f"Dataset file {name} must be one of {', '.join(_DATA_BUILDERS)}.")
-        return load_dataset(_DATA_BUILDERS[path.suffix], data_files={"train": str(path)}, streaming=streaming)
-    return load_dataset(name, name=config, streaming=streaming)
-
-
-def load_datasets(recipe: Recipe):
-    """``(train_dataset, eval_dataset_or_None)`` with the method's required columns checked."""
-    from trl import get_dataset
-
-    if recipe.datasets.datasets:
-        from trl_ext.modeling import resolve_builtin
-
-        label = ", ".join(d.path for d in recipe.datasets.datasets)
-        for ds in recipe.datasets.datasets:
-            local = _split_files(Path(resolve_builtin(ds.path))) if ds.data_files is None else None
-            if local is not None:
-                ds.path, ds.data_files = local
-        dataset = get_dataset(recipe.datasets)
-    else:
-        dataset = load_dataset_by_name(
-            recipe.script.dataset_name, recipe.script.dataset_config, recipe.script.dataset_streaming
-        )
-        label = recipe.script.dataset_name
-    train_split = recipe.script.dataset_train_split
-    train = select_split(dataset, train_split, label, "dataset_train_split")
-    check_columns(train, recipe.method, f"{label} (split {train_split!r})")
-    eval_ds = None
-    if str(getattr(recipe.training, "eval_strategy", "no")) not in ("no", "IntervalStrategy.NO"):
-        test_split = recipe.script.dataset_test_split
-        if _SPLIT_SLICE.match(test_split).group(1) not in dataset:
-            raise RecipeError(
-                f"eval_strategy is {recipe.training.eval_strategy!r} but dataset {label} has no split "
-                f"{test_split!r} (splits: {', '.join(dataset)}); set dataset_test_split or eval_strategy: no."
-            )
-        eval_ds = select_split(dataset, test_split, label, "dataset_test_split")
-        check_columns(eval_ds, recipe.method, f"{label} (split {test_split!r})")
-    return train, eval_ds
-
-
-#: ``train``, ``train[:32]``, ``train[10:20]``, ``train[-50:]``: a split, optionally sliced by row (``datasets``' syntax).
-_SPLIT_SLICE = re.compile(r"^([^\[\]]+?)(?:\[(-?\d*):(-?\d*)\])?$")
-
-
-def select_split(dataset, split: str, label: str, key: str):
-    """``dataset[split]``, where ``split`` may carry a row slice such as ``train[:32]``."""
-    match = _SPLIT_SLICE.match(split)
-    if match is None:
-        raise RecipeError(f"{key} {split!r} is not a split name or a sliced one such as 'train[:32]'.")
-    name, start, stop = match.groups()
-    if name not in dataset:
-        raise RecipeError(f"Dataset {label} has no split {name!r} (splits: {', '.join(dataset)}); set {key}.")
-    part = dataset[name]
-    if start is None:  # no slice
-        return part
-    rows = range(len(part))[slice(int(start) if start else None, int(stop) if stop else None)]
-    if len(rows) == 0:
-        raise RecipeError(f"{key} {split!r} selects no rows of {label} (split {name!r} has {len(part)}).")
-    return part.select(rows)
-
-
-def check_columns(dataset, method: str, label: str) -> None:
-    columns = list(dataset.column_names or [])
-    for col in REQUIRED_COLUMNS[method]:
-        if col not in columns:
-            raise RecipeError(
-                f"Dataset {label} has no column {col!r}, which method {method!r} needs "
-                f"(it needs {', '.join(REQUIRED_COLUMNS[method])}; found {', '.join(columns) or 'none'})."
-            )

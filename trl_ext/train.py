@@ -1,7 +1,7 @@
 """Training entry point: ``accelerate launch [--config_file X] -m trl_ext.train --config R.yaml [--key value ...]``.
 
 ``trl-ext train R.yaml [...]`` validates the recipe, then runs exactly this module through ``accelerate launch``
-(see :func:`launch_main`). Every process parses the same recipe; nothing heavy happens before validation passes.
+(see `launch_main`). Every process parses the same recipe; nothing heavy happens before validation passes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from trl_ext.recipe import Recipe, RecipeError, load_datasets, load_recipe, resolve_accelerate_config
+from trl_ext.data.loading import load_datasets
+from trl_ext.recipe import Recipe, RecipeError, load_recipe, resolve_accelerate_config
+from trl_ext.runtime import apply_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +61,13 @@ def check_gpu_memory(recipe: Recipe) -> None:
 
 
 def build_trainer(recipe: Recipe, callbacks: list | None = None):
-    """Load data, model and tokenizer as the recipe says and return the method's trainer, ready to ``train()``."""
+    """Load data, model and tokenizer as the recipe says and return the method's trainer, ready to ``train()``.
+
+    The recipe is first applied to the process (`apply_runtime`: its ``env:``, the CPU precision fallback).
+    """
     from trl_ext.modeling import load_model_and_tokenizer
 
+    recipe = apply_runtime(recipe)
     check_output_dir(recipe)
     check_gpu_memory(recipe)
     train_dataset, eval_dataset = load_datasets(recipe)
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         config = argv[i + 1]
         del argv[i : i + 2]
     try:
-        recipe = load_recipe(config, argv)
+        recipe = apply_runtime(load_recipe(config, argv))
         trainer = run(recipe)
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
@@ -135,14 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 # `trl-ext train`: the same module through `accelerate launch`
 # ---------------------------------------------------------------------------------------------------------------
 
-_DEFAULT_ACCELERATE_CONFIG = Path(
-    os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"), "accelerate", "default_config.yaml"
-)
-
-
 def accelerate_launch_args(recipe_path: str, overrides: list[str], accelerate_config: str | None,
                            num_processes: int | None) -> list[str]:
     """The ``accelerate launch`` argument list that runs this module on ``recipe_path``."""
+    from accelerate.commands.config import default_config_file
+
     args: list[str] = []
     if accelerate_config:
         args += ["--config_file", accelerate_config]
@@ -150,7 +153,7 @@ def accelerate_launch_args(recipe_path: str, overrides: list[str], accelerate_co
         args += ["--num_processes", str(num_processes)]
         if num_processes > 1 and not accelerate_config:
             args += ["--multi_gpu"]
-    if not accelerate_config and not _DEFAULT_ACCELERATE_CONFIG.is_file():
+    if not accelerate_config and not Path(default_config_file).is_file():
         # No config anywhere: say the single-machine defaults out loud instead of letting accelerate warn.
         if num_processes is None:
             args += ["--num_processes", "1"]
@@ -173,7 +176,8 @@ def launch_main(argv: list[str] | None = None) -> int:
                         help="number of processes (GPUs); >1 without a config launches multi-GPU DDP")
     args, overrides = parser.parse_known_args(argv)
     try:
-        recipe = load_recipe(args.recipe, overrides)  # fail here, once, before any process starts
+        # fail here, once, before any process starts; the processes inherit the recipe's env:
+        recipe = apply_runtime(load_recipe(args.recipe, overrides))
         check_output_dir(recipe)
         accelerate_config = resolve_accelerate_config(
             args.recipe, args.accelerate_config or recipe.script.accelerate_config

@@ -23,7 +23,8 @@ import json
 import random
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent
+from trl_ext.assets import DATA_DIR
+
 SEED = 1234
 
 TOWNS = [

@@ -18,7 +18,8 @@ import json
 import random
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent
+from trl_ext.assets import DATA_DIR
+
 SEED = 20240604
 TEST_FEATURES = (6, 7)  # per domain: the features only test rows name
 
@@ -195,7 +196,7 @@ def finalize(docs: list[dict], rows: dict[str, list[dict]]) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--out", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=DATA_DIR)
     args = parser.parse_args(argv)
     docs, rows = build(args.seed)
     stats = finalize(docs, rows)

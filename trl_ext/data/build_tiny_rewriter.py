@@ -22,9 +22,9 @@ import json
 import random
 from pathlib import Path
 
+from trl_ext.assets import DATA_DIR
 from trl_ext.data.build_assets import build_tokenizer, pretrain, save_model, tiny_qwen2
 
-DATA = Path(__file__).resolve().parent
 SEED = 4321
 VOCAB_SIZE = 3072
 STEPS = 500
@@ -36,14 +36,14 @@ def render(messages: list[dict]) -> str:
 
 
 def load_split(split: str) -> list[dict]:
-    with open(DATA / "query_rewrite" / f"{split}.jsonl", encoding="utf-8") as fh:
+    with open(DATA_DIR / "query_rewrite" / f"{split}.jsonl", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
 
 
 def training_texts() -> tuple[list[str], list[str]]:
     """(SFT conversations from the train split, corpus documents)."""
     rows = load_split("train")
-    with open(DATA / "query_rewrite_corpus" / "corpus.jsonl", encoding="utf-8") as fh:
+    with open(DATA_DIR / "query_rewrite_corpus" / "corpus.jsonl", encoding="utf-8") as fh:
         corpus = [json.loads(line)["text"] for line in fh]
     sft = [render(row["prompt"] + [{"role": "assistant", "content": f"<rewrite>{row['reference_rewrites'][0]}</rewrite>"}])
            for row in rows]
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--out", type=Path, default=DATA / "tiny-rewriter")
+    parser.add_argument("--out", type=Path, default=DATA_DIR / "tiny-rewriter")
     args = parser.parse_args(argv)
 
     sft, corpus = training_texts()

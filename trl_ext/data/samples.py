@@ -68,7 +68,7 @@ def load_token_samples(name: str, tokenizer, n: int, max_length: int, split: str
         `list[tuple[torch.Tensor, torch.Tensor]]`: `(input_ids, loss_mask)` per example, 1-D long and bool tensors;
         `loss_mask[t]` is true where token `t` is text to model (not prompt).
     """
-    from trl_ext.recipe import load_dataset_by_name, select_split
+    from trl_ext.data.loading import load_dataset_by_name, select_split
 
     dataset = load_dataset_by_name(name, config)
     split_name = split.split("[", 1)[0]  # `test[:32]` names the split `test`

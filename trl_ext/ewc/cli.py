@@ -30,6 +30,7 @@ def fisher_cli(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     from trl_ext.recipe import RecipeError, load_recipe
+    from trl_ext.runtime import apply_runtime
 
     output = Path(args.output)
     try:
@@ -37,7 +38,7 @@ def fisher_cli(argv: list[str] | None = None) -> int:
             raise RecipeError(f"--output {output} must end in .safetensors.")
         if output.exists() and not args.overwrite:
             raise RecipeError(f"--output {output} exists; pass --overwrite or choose another path.")
-        recipe = load_recipe(args.recipe, overrides)
+        recipe = apply_runtime(load_recipe(args.recipe, overrides))
         if not recipe.model.use_peft:
             raise RecipeError(f"{args.recipe} has use_peft: false; the EWC Fisher is over LoRA-adapted modules, so "
                               "set use_peft: true (and lora_target_modules).")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from trl_ext.ewc.fisher import FisherEstimate, adapted_modules, base_model_of, fisher_key_shapes
-from trl_ext.modeling import DATA_DIR
+from trl_ext.assets import DATA_DIR
 
 FORMAT = "trl-ext-ewc-fisher/1"
 

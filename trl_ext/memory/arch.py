@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "model_configs"
+from trl_ext.assets import DATA_DIR
+
+BUNDLED_CONFIGS = DATA_DIR / "model_configs"
 
 #: Names of the linear layers of one Llama/Qwen/Mistral-style decoder layer (what `all-linear` adapts).
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -109,7 +111,7 @@ def bundled_config_names() -> list[str]:
 
 def find_config(name_or_path: str) -> Path | None:
     """The `config.json` for a model name or path, or None. Never touches the network."""
-    from trl_ext.modeling import resolve_builtin
+    from trl_ext.assets import resolve_builtin
 
     try:
         path = Path(resolve_builtin(name_or_path))

@@ -69,7 +69,7 @@ def _expand_targets(targets) -> tuple[str, ...]:
 
 
 def _compute_bytes(recipe) -> int:
-    """16-bit unless the recipe asks for fp32: on a CPU-only machine load_recipe turns bf16/fp16 off, so the raw
+    """16-bit unless the recipe asks for fp32: on a CPU-only machine a run turns bf16/fp16 off, so the raw
     recipe keys decide what the run does on its GPU."""
     raw = recipe.raw or {}
     dtype = str(raw.get("dtype") or getattr(recipe.model, "dtype", None) or "auto")

@@ -15,7 +15,7 @@ PROBES = ("keyword_stuffing", "gold_copy", "answer_leak", "repeated_tokens", "em
 
 def load_rows(split: str, dataset: str = "builtin:query_rewrite") -> list[dict]:
     """Benchmark rows of `split` (a row slice such as `test[:20]` works) of any dataset a recipe can name."""
-    from trl_ext.recipe import load_dataset_by_name, select_split
+    from trl_ext.data.loading import load_dataset_by_name, select_split
 
     return list(select_split(load_dataset_by_name(dataset), split, dataset, "--split"))
 
@@ -83,7 +83,7 @@ def generate_rewrites(model_path: str, rows: list[dict], max_new_tokens: int = 6
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trl_ext.modeling import resolve_builtin
+    from trl_ext.assets import resolve_builtin
 
     path = resolve_builtin(model_path)
     if (Path(path) / "adapter_config.json").is_file():

@@ -106,7 +106,7 @@ class PPOCriticMixin:
     def _load_critic_model(self, args, peft_config):
         from transformers import AutoModel
 
-        from trl_ext.modeling import resolve_builtin
+        from trl_ext.assets import resolve_builtin
 
         actor = self.accelerator.unwrap_model(self.model)
         kwargs = {"dtype": actor.dtype}

@@ -78,7 +78,7 @@ def inspect_reward_adapter(path: str) -> tuple[dict, str]:
 
 
 def _same_model(a: str | None, b: str | None) -> bool:
-    from trl_ext.modeling import resolve_builtin
+    from trl_ext.assets import resolve_builtin
 
     if not a or not b:
         return False

@@ -16,7 +16,7 @@ from trl_ext.rewards.query_rewrite.text import tokenize
 def load_corpus(corpus) -> list[dict]:
     """A corpus as a list of `{"id", "text"}`: the list itself, a JSONL path, or `builtin:<asset>[/file.jsonl]`."""
     if isinstance(corpus, (str, os.PathLike)):
-        from trl_ext.modeling import resolve_builtin
+        from trl_ext.assets import resolve_builtin
 
         path = Path(resolve_builtin(str(corpus)))
         if path.is_dir():
