@@ -13,7 +13,7 @@ reward accuracy on held-out counterfact pairs (task), seconds per optimizer step
 Fisher pass time. Writes ``benchmarks/results/forgetting.{json,md,png}``.
 
     python benchmarks/forgetting.py                # full sweep (~10 min on 2 CPU cores)
-    python benchmarks/forgetting.py --build-data   # (re)write trl_ext/data/counterfacts (trl_ext.data.build_counterfacts)
+    python benchmarks/forgetting.py --build-data   # rewrite trl_ext/data/counterfacts (trl_ext.data.build_counterfacts)
 """
 
 from __future__ import annotations
@@ -41,12 +41,44 @@ RESULTS = REPO / "benchmarks" / "results"
 # ---------------------------------------------------------------------------------------------------------------
 
 BASE = [
-    "--method", "dpo", "--model_name_or_path", "builtin:tiny-chat", "--dataset_name", "builtin:counterfacts",
-    "--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.0",
-    "--lora_target_modules", "all-linear", "--beta", "0.1", "--lr_scheduler_type", "constant",
-    "--per_device_train_batch_size", "8", "--max_length", "128", "--gradient_checkpointing", "false",
-    "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--seed", "42",
-    "--eval_strategy", "steps", "--eval_steps", "100000",  # held-out pairs prepared by the trainer, scored at the end
+    "--method",
+    "dpo",
+    "--model_name_or_path",
+    "builtin:tiny-chat",
+    "--dataset_name",
+    "builtin:counterfacts",
+    "--use_peft",
+    "true",
+    "--lora_r",
+    "16",
+    "--lora_alpha",
+    "32",
+    "--lora_dropout",
+    "0.0",
+    "--lora_target_modules",
+    "all-linear",
+    "--beta",
+    "0.1",
+    "--lr_scheduler_type",
+    "constant",
+    "--per_device_train_batch_size",
+    "8",
+    "--max_length",
+    "128",
+    "--gradient_checkpointing",
+    "false",
+    "--logging_steps",
+    "10",
+    "--save_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--seed",
+    "42",
+    "--eval_strategy",
+    "steps",
+    "--eval_steps",
+    "100000",  # held-out pairs prepared by the trainer, scored at the end
 ]
 
 
@@ -80,8 +112,10 @@ def run_one(label: str, extra: list[str], steps: int, lr: float, anchor, out_roo
     from trl_ext.recipe import load_recipe
     from trl_ext.train import build_trainer
 
-    recipe = load_recipe(None, BASE + ["--max_steps", str(steps), "--learning_rate", str(lr),
-                                       "--output_dir", str(out_root / label)] + extra)
+    recipe = load_recipe(
+        None,
+        BASE + ["--max_steps", str(steps), "--learning_rate", str(lr), "--output_dir", str(out_root / label)] + extra,
+    )
     torch.manual_seed(42)
     timer = StepTimer()
     trainer = build_trainer(recipe, callbacks=[timer])
@@ -92,10 +126,16 @@ def run_one(label: str, extra: list[str], steps: int, lr: float, anchor, out_roo
     # task: DPO reward accuracy on held-out pairs (implicit reward of chosen > rejected)
     metrics = trainer.evaluate()
     logs = [h for h in trainer.state.log_history if "ewc/penalty" in h]
-    return {"label": label, "anchor_nll": nll, "reward_accuracy": metrics["eval_rewards/accuracies"],
-            "reward_margin": metrics["eval_rewards/margins"], "train_seconds": seconds,
-            "step_seconds": timer.median(), "final_penalty": logs[-1]["ewc/penalty"] if logs else 0.0,
-            "final_predicted_kl": logs[-1]["ewc/predicted_kl"] if logs else 0.0}
+    return {
+        "label": label,
+        "anchor_nll": nll,
+        "reward_accuracy": metrics["eval_rewards/accuracies"],
+        "reward_margin": metrics["eval_rewards/margins"],
+        "train_seconds": seconds,
+        "step_seconds": timer.median(),
+        "final_penalty": logs[-1]["ewc/penalty"] if logs else 0.0,
+        "final_predicted_kl": logs[-1]["ewc/predicted_kl"] if logs else 0.0,
+    }
 
 
 def main(argv=None) -> int:
@@ -107,8 +147,11 @@ def main(argv=None) -> int:
     parser.add_argument("--ewc-lambdas", type=float, nargs="+", default=[30.0, 100.0, 300.0, 1000.0, 3000.0])
     parser.add_argument("--l2-lambdas", type=float, nargs="+", default=[0.03, 0.1, 0.3, 1.0, 3.0])
     parser.add_argument("--out", default=str(RESULTS / "forgetting"))
-    parser.add_argument("--overhead-only", action="store_true",
-                        help="add the isolated penalty timing to an existing results JSON and rewrite the table")
+    parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="add the isolated penalty timing to an existing results JSON and rewrite the table",
+    )
     args = parser.parse_args(argv)
     if args.overhead_only:
         out = Path(args.out)
@@ -142,18 +185,24 @@ def main(argv=None) -> int:
     anchor._load(tokenizer)
     base_nll = anchor.evaluate(model)["forgetting/anchor_nll"]
     samples = load_token_samples("builtin:general_text", tokenizer, args.fisher_samples, 128, split="train", seed=0)
-    fisher = estimate_fisher(model, samples, mode="full", fisher_type="true", batch_size=8, seed=0,
-                             pad_token_id=tokenizer.pad_token_id)
+    fisher = estimate_fisher(
+        model, samples, mode="full", fisher_type="true", batch_size=8, seed=0, pad_token_id=tokenizer.pad_token_id
+    )
     fisher_path, ones_path = out_root / "fisher.safetensors", out_root / "ones.safetensors"
     save_fisher(fisher_path, fisher, model_identity(model))
     ones = FisherEstimate({k: torch.ones_like(v) for k, v in fisher.tensors.items()}, "full", "uniform", 0, 0)
     save_fisher(ones_path, ones, model_identity(model))
-    print(f"base NLL on A {base_nll:.4f}; Fisher pass {fisher.seconds:.1f}s, agreement {fisher.split_half_agreement:.3f}")
+    print(
+        f"base NLL on A {base_nll:.4f}; Fisher pass {fisher.seconds:.1f}s, agreement {fisher.split_half_agreement:.3f}"
+    )
 
     runs = [("none", [])]
-    runs += [(f"l2 {lam:g}", ["--ewc_lambda", str(lam), "--ewc_fisher_path", str(ones_path)]) for lam in args.l2_lambdas]
-    runs += [(f"ewc {lam:g}", ["--ewc_lambda", str(lam), "--ewc_fisher_path", str(fisher_path)])
-             for lam in args.ewc_lambdas]
+    runs += [
+        (f"l2 {lam:g}", ["--ewc_lambda", str(lam), "--ewc_fisher_path", str(ones_path)]) for lam in args.l2_lambdas
+    ]
+    runs += [
+        (f"ewc {lam:g}", ["--ewc_lambda", str(lam), "--ewc_fisher_path", str(fisher_path)]) for lam in args.ewc_lambdas
+    ]
     results = []
     for label, extra in runs:
         r = run_one(label.replace(" ", "-"), extra, args.steps, args.lr, anchor, out_root)
@@ -167,9 +216,16 @@ def main(argv=None) -> int:
         r["nll_increase_vs_none"] = r["nll_increase"] / ref["nll_increase"] if ref["nll_increase"] > 0 else None
         r["accuracy_vs_none"] = r["reward_accuracy"] / ref["reward_accuracy"] if ref["reward_accuracy"] else None
         r["step_time_ratio"] = r["step_seconds"] / ref["step_seconds"]
-    summary = {"base_anchor_nll": base_nll, "fisher_seconds": fisher.seconds, "fisher_samples": fisher.n_samples,
-               "fisher_tokens": fisher.n_tokens, "fisher_split_half_agreement": fisher.split_half_agreement,
-               "steps": args.steps, "learning_rate": args.lr, "runs": results}
+    summary = {
+        "base_anchor_nll": base_nll,
+        "fisher_seconds": fisher.seconds,
+        "fisher_samples": fisher.n_samples,
+        "fisher_tokens": fisher.n_tokens,
+        "fisher_split_half_agreement": fisher.split_half_agreement,
+        "steps": args.steps,
+        "learning_rate": args.lr,
+        "runs": results,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
@@ -209,9 +265,11 @@ def penalty_overhead(fisher_path: Path, repeats: int = 50) -> dict:
 
 def write_table(summary: dict, path: Path) -> None:
     lines = [
-        f"Base model NLL on held-out A: {summary['base_anchor_nll']:.4f}. Fisher pass: {summary['fisher_seconds']:.1f}s "
+        f"Base model NLL on held-out A: {summary['base_anchor_nll']:.4f}. "
+        f"Fisher pass: {summary['fisher_seconds']:.1f}s "
         f"({summary['fisher_samples']} sequences, {summary['fisher_tokens']} tokens, split-half agreement "
-        f"{summary['fisher_split_half_agreement']:.3f}). DPO: {summary['steps']} steps, lr {summary['learning_rate']:g}.",
+        f"{summary['fisher_split_half_agreement']:.3f}). "
+        f"DPO: {summary['steps']} steps, lr {summary['learning_rate']:g}.",
         "",
         "| run | NLL on A (held out) | NLL increase | increase vs none | reward acc. (held out) | acc. vs none "
         "| s/step | step-time ratio | final penalty |",
@@ -220,14 +278,19 @@ def write_table(summary: dict, path: Path) -> None:
     for r in summary["runs"]:
         inc = "" if r["nll_increase_vs_none"] is None else f"{r['nll_increase_vs_none']:.2f}"
         acc = "" if r["accuracy_vs_none"] is None else f"{r['accuracy_vs_none']:.2f}"
-        lines.append(f"| {r['label']} | {r['anchor_nll']:.4f} | {r['nll_increase']:+.4f} | {inc} | "
-                     f"{r['reward_accuracy']:.3f} | {acc} | {r['step_seconds']:.2f} | {r['step_time_ratio']:.2f} | "
-                     f"{r['final_penalty']:.4f} |")
+        lines.append(
+            f"| {r['label']} | {r['anchor_nll']:.4f} | {r['nll_increase']:+.4f} | {inc} | "
+            f"{r['reward_accuracy']:.3f} | {acc} | {r['step_seconds']:.2f} | {r['step_time_ratio']:.2f} | "
+            f"{r['final_penalty']:.4f} |"
+        )
     if "penalty_seconds" in summary:
-        lines += ["", f"EWC penalty value+gradient in isolation (full mode): {1000 * summary['penalty_seconds']:.2f} ms "
-                      f"per optimizer step = {100 * summary['penalty_overhead_vs_none_step']:.1f} % of the median "
-                      "unregularized step. The s/step column is wall time on a 2-core CPU shared with other jobs "
-                      "and is noisy; the isolated number is the overhead EWC adds."]
+        lines += [
+            "",
+            f"EWC penalty value+gradient in isolation (full mode): {1000 * summary['penalty_seconds']:.2f} ms "
+            f"per optimizer step = {100 * summary['penalty_overhead_vs_none_step']:.1f} % of the median "
+            "unregularized step. The s/step column is wall time on a 2-core CPU shared with other jobs "
+            "and is noisy; the isolated number is the overhead EWC adds.",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -243,8 +306,12 @@ def plot(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for kind, marker in (("ewc", "o-"), ("l2", "s--")):
         rs = [r for r in summary["runs"] if r["label"].startswith(kind)]
-        ax.plot([r["nll_increase"] for r in rs], [r["reward_accuracy"] for r in rs], marker,
-                label="EWC (true Fisher)" if kind == "ewc" else "uniform L2 (F = 1)")
+        ax.plot(
+            [r["nll_increase"] for r in rs],
+            [r["reward_accuracy"] for r in rs],
+            marker,
+            label="EWC (true Fisher)" if kind == "ewc" else "uniform L2 (F = 1)",
+        )
         for r in rs:
             ax.annotate(r["label"].split()[1], (r["nll_increase"], r["reward_accuracy"]), fontsize=7)
     none = summary["runs"][0]

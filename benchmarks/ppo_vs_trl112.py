@@ -78,8 +78,13 @@ class Recorder:
 def lora_config(task_type):
     from peft import LoraConfig
 
-    return LoraConfig(r=SETTINGS["lora_r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.0,
-                      target_modules="all-linear", task_type=task_type)
+    return LoraConfig(
+        r=SETTINGS["lora_r"],
+        lora_alpha=SETTINGS["lora_alpha"],
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type=task_type,
+    )
 
 
 def load_prompts(data_path: str) -> list[list[dict]]:
@@ -102,8 +107,16 @@ def weights_mib(*modules) -> float:
 
 def finish(side: str, rec: Recorder, seconds: float, out: str, weights: float, n_models: int) -> None:
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = dict(side=side, seconds=seconds, completion_tokens=rec.tokens, tokens_per_s=rec.tokens / seconds,
-                  peak_rss_mib=peak_kb / 1024, weights_mib=weights, base_models_held=n_models, scores=rec.scores)
+    result = dict(
+        side=side,
+        seconds=seconds,
+        completion_tokens=rec.tokens,
+        tokens_per_s=rec.tokens / seconds,
+        peak_rss_mib=peak_kb / 1024,
+        weights_mib=weights,
+        base_models_held=n_models,
+        scores=rec.scores,
+    )
     Path(out).write_text(json.dumps(result))
 
 
@@ -124,19 +137,39 @@ def run_ours(model_path: str, data_path: str, rollouts: int, out: str) -> None:
         return rec.record(completion_ids, texts, tok.eos_token_id)
 
     args = PPOConfig(
-        output_dir=str(Path(out).parent / "ours-run"), per_device_train_batch_size=s["batch"] // s["mini_batches"],
-        num_mini_batches=s["mini_batches"], num_ppo_epochs=s["ppo_epochs"],
-        max_steps=rollouts * s["ppo_epochs"] * s["mini_batches"], max_completion_length=s["max_new_tokens"],
-        temperature=s["temperature"], learning_rate=s["learning_rate"], lr_scheduler_type="constant",
-        kl_coef=s["kl_coef"], missing_eos_penalty=s["missing_eos_penalty"], epsilon=s["cliprange"],
-        cliprange_value=s["cliprange_value"], vf_coef=s["vf_coef"], gamma=s["gamma"], lam=s["lam"],
-        logging_steps=1, save_strategy="no", report_to="none", seed=s["seed"], use_cpu=True, bf16=False,
+        output_dir=str(Path(out).parent / "ours-run"),
+        per_device_train_batch_size=s["batch"] // s["mini_batches"],
+        num_mini_batches=s["mini_batches"],
+        num_ppo_epochs=s["ppo_epochs"],
+        max_steps=rollouts * s["ppo_epochs"] * s["mini_batches"],
+        max_completion_length=s["max_new_tokens"],
+        temperature=s["temperature"],
+        learning_rate=s["learning_rate"],
+        lr_scheduler_type="constant",
+        kl_coef=s["kl_coef"],
+        missing_eos_penalty=s["missing_eos_penalty"],
+        epsilon=s["cliprange"],
+        cliprange_value=s["cliprange_value"],
+        vf_coef=s["vf_coef"],
+        gamma=s["gamma"],
+        lam=s["lam"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=s["seed"],
+        use_cpu=True,
+        bf16=False,
         gradient_checkpointing=False,  # TRL 1.12's default; GRPOConfig's is True
     )
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    trainer = PPOTrainer(model=model, reward_funcs=[keyword_reward], args=args,
-                         train_dataset=Dataset.from_dict({"prompt": load_prompts(data_path)}),
-                         processing_class=tok, peft_config=lora_config("CAUSAL_LM"))
+    trainer = PPOTrainer(
+        model=model,
+        reward_funcs=[keyword_reward],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": load_prompts(data_path)}),
+        processing_class=tok,
+        peft_config=lora_config("CAUSAL_LM"),
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -178,17 +211,43 @@ def run_trl112(model_path: str, data_path: str, rollouts: int, out: str) -> None
 
     ppo_module.get_reward = get_reward
     args = PPOConfig(
-        output_dir=str(Path(out).parent / "trl112-run"), per_device_train_batch_size=s["batch"],
-        gradient_accumulation_steps=1, num_mini_batches=s["mini_batches"], num_ppo_epochs=s["ppo_epochs"],
-        total_episodes=rollouts * s["batch"], local_rollout_forward_batch_size=s["batch"],
-        response_length=s["max_new_tokens"], temperature=s["temperature"], learning_rate=s["learning_rate"],
-        lr_scheduler_type="constant", kl_coef=s["kl_coef"], missing_eos_penalty=s["missing_eos_penalty"],
-        stop_token="eos", cliprange=s["cliprange"], cliprange_value=s["cliprange_value"], vf_coef=s["vf_coef"],
-        gamma=s["gamma"], lam=s["lam"], num_sample_generations=0, logging_steps=1, save_strategy="no",
-        report_to="none", seed=s["seed"], use_cpu=True, bf16=False,
+        output_dir=str(Path(out).parent / "trl112-run"),
+        per_device_train_batch_size=s["batch"],
+        gradient_accumulation_steps=1,
+        num_mini_batches=s["mini_batches"],
+        num_ppo_epochs=s["ppo_epochs"],
+        total_episodes=rollouts * s["batch"],
+        local_rollout_forward_batch_size=s["batch"],
+        response_length=s["max_new_tokens"],
+        temperature=s["temperature"],
+        learning_rate=s["learning_rate"],
+        lr_scheduler_type="constant",
+        kl_coef=s["kl_coef"],
+        missing_eos_penalty=s["missing_eos_penalty"],
+        stop_token="eos",
+        cliprange=s["cliprange"],
+        cliprange_value=s["cliprange_value"],
+        vf_coef=s["vf_coef"],
+        gamma=s["gamma"],
+        lam=s["lam"],
+        num_sample_generations=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=s["seed"],
+        use_cpu=True,
+        bf16=False,
     )
-    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward_model,
-                         train_dataset=dataset, value_model=value_model, peft_config=lora_config("CAUSAL_LM"))
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tok,
+        model=policy,
+        ref_model=None,
+        reward_model=reward_model,
+        train_dataset=dataset,
+        value_model=value_model,
+        peft_config=lora_config("CAUSAL_LM"),
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -208,8 +267,14 @@ def ensure_venv(venv: Path) -> Path:
     import transformers
 
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pins = [f"torch=={torch.__version__.split('+')[0]}", "trl==1.12.*", f"transformers=={transformers.__version__}",
-            f"peft=={peft.__version__}", "accelerate", "datasets"]
+    pins = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        "trl==1.12.*",
+        f"transformers=={transformers.__version__}",
+        f"peft=={peft.__version__}",
+        "accelerate",
+        "datasets",
+    ]
     print(f"installing {' '.join(pins)} into {venv}", flush=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
     subprocess.run(probe, check=True)
@@ -217,10 +282,31 @@ def ensure_venv(venv: Path) -> Path:
 
 
 def run_child(python: str, side: str, args, out: Path) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), CUDA_VISIBLE_DEVICES="")
-    cmd = [python, __file__, "--child", side, "--model", args.model, "--data", args.data,
-           "--rollouts", str(args.rollouts), "--child-out", str(out), "--threads", str(args.threads)]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        CUDA_VISIBLE_DEVICES="",
+    )
+    cmd = [
+        python,
+        __file__,
+        "--child",
+        side,
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+        "--rollouts",
+        str(args.rollouts),
+        "--child-out",
+        str(out),
+        "--threads",
+        str(args.threads),
+    ]
     print(f"running {side} ...", flush=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -240,8 +326,13 @@ def report(ours: dict, theirs: dict, args) -> dict:
 
     k = max(1, len(ours["scores"]) // 3)
     summary = {
-        "settings": {**SETTINGS, "rollouts": args.rollouts, "threads": args.threads, "keyword": KEYWORD,
-                     "repeats": args.repeats},
+        "settings": {
+            **SETTINGS,
+            "rollouts": args.rollouts,
+            "threads": args.threads,
+            "keyword": KEYWORD,
+            "repeats": args.repeats,
+        },
         "trl_ext": ours,
         "trl_112": theirs,
         "tokens_per_s_ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
@@ -258,7 +349,7 @@ def write_markdown(summary: dict, path: Path) -> None:
     lines = [
         "# PPO: trl-ext vs TRL 1.12 `trl.experimental.ppo.PPOTrainer`",
         "",
-        "Same tiny model (`builtin:tiny-chat`), prompts, rule reward (mentions \"river\"), LoRA policy and PPO settings;",
+        'Same tiny model (`builtin:tiny-chat`), prompts, rule reward (mentions "river"), LoRA policy and PPO settings;',
         "CPU, one process per run, the two sides alternating on a shared machine; the run with the median tokens/s",
         "of each side is reported (all runs in the JSON). Timings are ratios measured in one session.",
         "trl-ext holds one base model (actor + critic adapters, value head, reference = adapters off); TRL 1.12 holds",
@@ -288,9 +379,14 @@ def write_markdown(summary: dict, path: Path) -> None:
         a = f"{o['scores'][i]:.3f}" if i < len(o["scores"]) else ""
         b = f"{t['scores'][i]:.3f}" if i < len(t["scores"]) else ""
         lines.append(f"| {i + 1} | {a} | {b} |")
-    lines += ["", "All runs (seconds, tokens/s): " + "; ".join(
-        f"{side}: " + ", ".join(f"{r['seconds']:.1f}s/{r['tokens_per_s']:.1f}" for r in rs)
-        for side, rs in summary["runs"].items())]
+    lines += [
+        "",
+        "All runs (seconds, tokens/s): "
+        + "; ".join(
+            f"{side}: " + ", ".join(f"{r['seconds']:.1f}s/{r['tokens_per_s']:.1f}" for r in rs)
+            for side, rs in summary["runs"].items()
+        ),
+    ]
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in summary["settings"].items()), ""]
     path.write_text("\n".join(lines))
 
@@ -299,8 +395,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rollouts", type=int, default=24, help="PPO rollouts (each of SETTINGS['batch'] completions)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per side, alternating; the median is reported")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for each side (1 avoids OpenMP stalls on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for each side (1 avoids OpenMP stalls on a shared machine)",
+    )
     parser.add_argument("--venv", default="/tmp/trl-ext-bench-trl112", help="virtualenv for TRL 1.12 (created once)")
     parser.add_argument("--out", default=str(HERE / "results"), help="directory for ppo_vs_trl112.{json,md}")
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -331,8 +431,9 @@ def main(argv=None) -> int:
         runs["ours"].append(run_child(sys.executable, "ours", args, work / f"ours-{i}.json"))
         runs["trl112"].append(run_child(str(python), "trl112", args, work / f"trl112-{i}.json"))
     summary = report(median_run(runs["ours"]), median_run(runs["trl112"]), args)
-    summary["runs"] = {side: [{k: r[k] for k in ("seconds", "tokens_per_s", "peak_rss_mib")} for r in rs]
-                       for side, rs in runs.items()}
+    summary["runs"] = {
+        side: [{k: r[k] for k in ("seconds", "tokens_per_s", "peak_rss_mib")} for r in rs] for side, rs in runs.items()
+    }
     (out / "ppo_vs_trl112.json").write_text(json.dumps(summary, indent=2))
     write_markdown(summary, out / "ppo_vs_trl112.md")
     print((out / "ppo_vs_trl112.md").read_text())

@@ -56,18 +56,24 @@ def main(argv=None) -> int:
     reward, completions, cols = make_batch(args.batch, args.corpus_size)
     build_s = time.perf_counter() - t0
     times = []
-    for i in range(args.repeats):
+    for _ in range(args.repeats):
         # a fresh instance per repeat would rebuild nothing (the index is shared); clear the query cache to time
         # the cold path of every call
         reward.scorer.index.scores.cache_clear()
         t = time.perf_counter()
         reward(prompts=None, completions=completions, **cols)
         times.append(time.perf_counter() - t)
-    result = {"batch": args.batch, "corpus_docs": len(reward.scorer.index.docs), "distinct_completions":
-              len({str(c) for c in completions}), "setup_s (index + jieba + data)": round(build_s, 3),
-              "seconds_per_batch_median": round(statistics.median(times), 4),
-              "seconds_per_batch_max": round(max(times), 4), "repeats": args.repeats,
-              "cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+    result = {
+        "batch": args.batch,
+        "corpus_docs": len(reward.scorer.index.docs),
+        "distinct_completions": len({str(c) for c in completions}),
+        "setup_s (index + jieba + data)": round(build_s, 3),
+        "seconds_per_batch_median": round(statistics.median(times), 4),
+        "seconds_per_batch_max": round(max(times), 4),
+        "repeats": args.repeats,
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

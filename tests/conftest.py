@@ -38,9 +38,21 @@ def free_port() -> int:
 
 def accelerate_launch(*args: str, num_processes: int = 1, timeout: float = 900) -> subprocess.CompletedProcess:
     """``accelerate launch`` with N CPU processes (gloo DDP when N > 1) running ``-m trl_ext.train ARGS``."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port())]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
     if num_processes > 1:
         launch += ["--multi_gpu"]
     return run_command([*launch, "-m", "trl_ext.train", *args], timeout=timeout)

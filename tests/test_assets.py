@@ -30,14 +30,25 @@ def test_names_without_the_builtin_prefix_are_returned_unchanged(name):
 
 def test_builtin_names_lists_bundled_models_and_datasets_only():
     names = builtin_names()
-    assert {"tiny-chat", "tiny-rewriter", "preferences", "kto", "prompts", "general_text", "counterfacts",
-            "query_rewrite", "query_rewrite_corpus"} <= set(names)
+    assert {
+        "tiny-chat",
+        "tiny-rewriter",
+        "preferences",
+        "kto",
+        "prompts",
+        "general_text",
+        "counterfacts",
+        "query_rewrite",
+        "query_rewrite_corpus",
+    } <= set(names)
     assert names == sorted(names)
     assert not [n for n in names if n.startswith("_")]
 
 
 def test_typo_raises_a_value_error_naming_the_closest_asset():
-    with pytest.raises(ValueError, match=r"Unknown bundled asset 'builtin:tiny_chat'\. Did you mean builtin:tiny-chat\?"):
+    with pytest.raises(
+        ValueError, match=r"Unknown bundled asset 'builtin:tiny_chat'\. Did you mean builtin:tiny-chat\?"
+    ):
         resolve_builtin("builtin:tiny_chat")
 
 
@@ -60,7 +71,9 @@ def test_unknown_asset_is_still_a_file_not_found_error_for_older_callers():
 
 def test_importing_assets_loads_neither_torch_nor_transformers():
     code = "import sys, trl_ext.assets; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 

@@ -60,12 +60,23 @@ def test_monitor_logs_forgetting_every_n_steps_in_a_trainer_without_ewc(tmp_path
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
 
     model, _, tok = _tiny_lora()
-    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, learning_rate=5e-3,
-                     report_to="none", save_strategy="no", logging_steps=100, max_length=64, bf16=False,
-                     use_cpu=True)
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=5e-3,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=100,
+        max_length=64,
+        bf16=False,
+        use_cpu=True,
+    )
     data = load_dataset_by_name("builtin:preferences")["train"].select(range(16))
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
-    monitor = ForgettingMonitorCallback("builtin:general_text", eval_steps=2, num_samples=8, max_length=64).attach(trainer)
+    monitor = ForgettingMonitorCallback("builtin:general_text", eval_steps=2, num_samples=8, max_length=64).attach(
+        trainer
+    )
     assert trainer.callback_handler.callbacks[1] is monitor  # before the reporting integrations
     trainer.train()
     logged = [h for h in trainer.state.log_history if "forgetting/anchor_nll_delta" in h]
@@ -73,7 +84,8 @@ def test_monitor_logs_forgetting_every_n_steps_in_a_trainer_without_ewc(tmp_path
     assert all(h["forgetting/kl_to_reference"] > 0 for h in logged)
     assert monitor.history[0]["forgetting/anchor_nll_delta"] == 0.0
     assert logged[-1]["forgetting/anchor_nll_delta"] == pytest.approx(
-        logged[-1]["forgetting/anchor_nll"] - monitor.baseline_nll)
+        logged[-1]["forgetting/anchor_nll"] - monitor.baseline_nll
+    )
 
 
 def test_every_trainer_attaches_the_monitor_from_its_config_without_ewc(tmp_path):
@@ -82,23 +94,41 @@ def test_every_trainer_attaches_the_monitor_from_its_config_without_ewc(tmp_path
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
 
     model, _, tok = _tiny_lora()
-    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, report_to="none",
-                     save_strategy="no", max_length=64, bf16=False, use_cpu=True, seed=3,
-                     forgetting_anchor_dataset="builtin:general_text", forgetting_anchor_split="train",
-                     forgetting_eval_steps=7, forgetting_eval_samples=5, forgetting_max_length=32)
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=1,
+        report_to="none",
+        save_strategy="no",
+        max_length=64,
+        bf16=False,
+        use_cpu=True,
+        seed=3,
+        forgetting_anchor_dataset="builtin:general_text",
+        forgetting_anchor_split="train",
+        forgetting_eval_steps=7,
+        forgetting_eval_samples=5,
+        forgetting_max_length=32,
+    )
     data = load_dataset_by_name("builtin:preferences")["train"].select(range(4))
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
     monitor = trainer.callback_handler.callbacks[1]
     assert isinstance(monitor, ForgettingMonitorCallback)
-    assert (monitor.anchor_dataset, monitor.split, monitor.eval_steps, monitor.num_samples, monitor.max_length,
-            monitor.seed) == ("builtin:general_text", "train", 7, 5, 32, 3)
+    assert (
+        monitor.anchor_dataset,
+        monitor.split,
+        monitor.eval_steps,
+        monitor.num_samples,
+        monitor.max_length,
+        monitor.seed,
+    ) == ("builtin:general_text", "train", 7, 5, 32, 3)
     assert trainer.ewc_penalty is None  # ewc_lambda is 0: the monitor runs without EWC
 
 
 def test_monitor_reads_exactly_the_rows_of_a_sliced_anchor_split():
     from trl_ext.callbacks import ForgettingMonitorCallback
-    from trl_ext.modeling import load_tokenizer
     from trl_ext.data.loading import load_dataset_by_name
+    from trl_ext.modeling import load_tokenizer
 
     tok = load_tokenizer(TINY_MODEL)
     test_rows = set(load_dataset_by_name("builtin:general_text")["test"].select(range(32))["text"])

@@ -54,8 +54,7 @@ def test_hook_fisher_equals_mean_squared_per_sample_autograd_gradients(tiny, sam
     from trl_ext.ewc.fisher import sequence_log_probs
 
     model, plain, tok = tiny
-    est = estimate_fisher(model, samples, fisher_type=fisher_type, batch_size=3, seed=7,
-                          pad_token_id=tok.pad_token_id)
+    est = estimate_fisher(model, samples, fisher_type=fisher_type, batch_size=3, seed=7, pad_token_id=tok.pad_token_id)
     assert model.training is True  # restored after the pass (which ran in eval mode)
 
     names = [f"model.layers.{i}.{sub}" for i in range(2) for sub in ("self_attn.q_proj", "mlp.down_proj")]
@@ -88,8 +87,9 @@ def test_kfac_factors_and_lora_params_ablation_warning(tiny, samples):
 
     model, _, tok = tiny
     full = estimate_fisher(model, samples, batch_size=3, seed=0, pad_token_id=tok.pad_token_id)
-    kfac = estimate_fisher(model, samples, mode="kfac", batch_size=3, seed=0, pad_token_id=tok.pad_token_id,
-                           dtype=torch.bfloat16)
+    kfac = estimate_fisher(
+        model, samples, mode="kfac", batch_size=3, seed=0, pad_token_id=tok.pad_token_id, dtype=torch.bfloat16
+    )
     name = "model.layers.0.self_attn.q_proj"
     out_f, in_f = full.tensors[name].shape
     assert kfac.tensors[f"{name}.kfac_out"].shape == (out_f,) and kfac.tensors[f"{name}.kfac_in"].shape == (in_f,)
@@ -193,10 +193,23 @@ def _first_step_grads(batch: int, ga: int, lam: float, fisher_path: str, tmp_pat
                 if p.requires_grad:
                     captured[n] = p.grad.detach().clone()
 
-    args = DPOConfig(output_dir=str(tmp_path / f"ga{ga}-{lam}"), per_device_train_batch_size=batch,
-                     gradient_accumulation_steps=ga, max_steps=1, learning_rate=1e-3, max_grad_norm=0.0,
-                     report_to="none", save_strategy="no", logging_steps=1, max_length=64, seed=5,
-                     bf16=False, use_cpu=True, ewc_lambda=lam, ewc_fisher_path=fisher_path if lam else None)
+    args = DPOConfig(
+        output_dir=str(tmp_path / f"ga{ga}-{lam}"),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=ga,
+        max_steps=1,
+        learning_rate=1e-3,
+        max_grad_norm=0.0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_length=64,
+        seed=5,
+        bf16=False,
+        use_cpu=True,
+        ewc_lambda=lam,
+        ewc_fisher_path=fisher_path if lam else None,
+    )
     data = load_dataset_by_name("builtin:preferences")["train"].select(range(8))
     trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, callbacks=[Capture()])
     trainer.train()
@@ -233,8 +246,14 @@ def test_ewc_gradient_is_the_same_for_gradient_accumulation_1_and_4(tmp_path):
 def test_fisher_file_round_trip_and_mismatch_errors(tiny, samples, tmp_path):
     from safetensors import safe_open
 
-    from trl_ext.ewc import FisherMismatchError, adapted_modules, estimate_fisher, load_fisher, model_identity, \
-        save_fisher
+    from trl_ext.ewc import (
+        FisherMismatchError,
+        adapted_modules,
+        estimate_fisher,
+        load_fisher,
+        model_identity,
+        save_fisher,
+    )
 
     model, _, tok = tiny
     modules = adapted_modules(model)
@@ -258,8 +277,11 @@ def test_fisher_file_round_trip_and_mismatch_errors(tiny, samples, tmp_path):
     with pytest.raises(FisherMismatchError, match=r"'full' Fisher but ewc_fisher_mode is 'kfac'"):
         load_fisher(path, model, modules, mode="kfac")
     attn_model, _, _ = tiny_lora(targets=["q_proj", "v_proj"])
-    with pytest.raises(FisherMismatchError, match=r"missing from the file: model.layers.0.self_attn.v_proj.*"
-                                                   r"not adapted here: model.layers.0.mlp.down_proj"):
+    with pytest.raises(
+        FisherMismatchError,
+        match=r"missing from the file: model.layers.0.self_attn.v_proj.*"
+        r"not adapted here: model.layers.0.mlp.down_proj",
+    ):
         load_fisher(path, attn_model, adapted_modules(attn_model))
     bad = copy.deepcopy(est)
     bad.tensors["model.layers.0.self_attn.q_proj"] = torch.ones(3, 3)
@@ -274,15 +296,16 @@ def test_fisher_file_is_refused_for_other_weights_at_the_same_path_and_accepted_
     from transformers import AutoConfig, AutoModelForCausalLM
     from trl import ModelConfig
 
+    from trl_ext.assets import resolve_builtin
     from trl_ext.ewc import FisherMismatchError, adapted_modules, load_fisher, model_identity, save_fisher
     from trl_ext.ewc.fisher import FisherEstimate
-    from trl_ext.assets import resolve_builtin
     from trl_ext.modeling import get_peft_config, load_model
 
     config = AutoConfig.from_pretrained(resolve_builtin(TINY_MODEL))
     path = tmp_path / "model"
-    args = ModelConfig(model_name_or_path=str(path), load_in_4bit=load_in_4bit, use_peft=True, lora_r=4,
-                       lora_target_modules=TARGETS)
+    args = ModelConfig(
+        model_name_or_path=str(path), load_in_4bit=load_in_4bit, use_peft=True, lora_r=4, lora_target_modules=TARGETS
+    )
 
     def checkpoint(seed: int):
         """A model of the tiny architecture with random weights drawn from `seed`, saved over `path` and loaded."""
@@ -295,8 +318,11 @@ def test_fisher_file_is_refused_for_other_weights_at_the_same_path_and_accepted_
     fisher_path = save_fisher(tmp_path / "f.safetensors", fisher, model_identity(model))
     other = checkpoint(1)
     assert model_identity(other)["base_model"] == model_identity(model)["base_model"] == str(path.resolve())
-    with pytest.raises(FisherMismatchError, match=rf"computed for other weights of '{path.resolve()}' \(weight "
-                                                  r"fingerprint [0-9a-f]{12}, this model's is [0-9a-f]{12}\)"):
+    with pytest.raises(
+        FisherMismatchError,
+        match=rf"computed for other weights of '{path.resolve()}' \(weight "
+        r"fingerprint [0-9a-f]{12}, this model's is [0-9a-f]{12}\)",
+    ):
         load_fisher(fisher_path, other, adapted_modules(other))
     same = checkpoint(0)
     loaded = load_fisher(fisher_path, same, adapted_modules(same))
@@ -341,9 +367,27 @@ def test_4bit_end_to_end_fisher_cli_then_training_with_the_file(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
     out = tmp_path / "run"
-    proc = run_command([sys.executable, "-m", "trl_ext.train", "--config", recipe, "--ewc_fisher_path", str(fisher),
-                        "--max_steps", "4", "--logging_steps", "2", "--forgetting_eval_steps", "2",
-                        "--forgetting_eval_samples", "8", "--output_dir", str(out)])
+    proc = run_command(
+        [
+            sys.executable,
+            "-m",
+            "trl_ext.train",
+            "--config",
+            recipe,
+            "--ewc_fisher_path",
+            str(fisher),
+            "--max_steps",
+            "4",
+            "--logging_steps",
+            "2",
+            "--forgetting_eval_steps",
+            "2",
+            "--forgetting_eval_samples",
+            "8",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
     steps = [h for h in logs if "ewc/penalty" in h]
@@ -354,18 +398,48 @@ def test_4bit_end_to_end_fisher_cli_then_training_with_the_file(tmp_path):
     assert all(h["forgetting/kl_to_reference"] > 0 for h in steps)
     assert all("forgetting/anchor_nll_delta" in h for h in steps)
 
-    bad = run_command([sys.executable, "-m", "trl_ext.train", "--config", recipe, "--ewc_fisher_path", str(fisher),
-                       "--lora_target_modules", "attention", "--max_steps", "1", "--output_dir", str(tmp_path / "b")])
+    bad = run_command(
+        [
+            sys.executable,
+            "-m",
+            "trl_ext.train",
+            "--config",
+            recipe,
+            "--ewc_fisher_path",
+            str(fisher),
+            "--lora_target_modules",
+            "attention",
+            "--max_steps",
+            "1",
+            "--output_dir",
+            str(tmp_path / "b"),
+        ]
+    )
     assert bad.returncode != 0 and "covers other target modules" in bad.stderr
 
 
 @pytest.mark.slow
 def test_ewc_under_grpo_grows_from_zero_and_pulls_back_when_the_task_gradient_vanishes(tmp_path):
     out = tmp_path / "grpo-ewc"
-    proc = trl_ext_cli("train", str(REPO / "recipes" / "quickstart" / "grpo.yaml"), "--output_dir", str(out),
-                       "--ewc_lambda", "100", "--ewc_fisher_dataset", "builtin:general_text",
-                       "--ewc_fisher_samples", "32", "--ewc_fisher_max_length", "64",
-                       "--logging_steps", "1", "--max_steps", "12", timeout=900)
+    proc = trl_ext_cli(
+        "train",
+        str(REPO / "recipes" / "quickstart" / "grpo.yaml"),
+        "--output_dir",
+        str(out),
+        "--ewc_lambda",
+        "100",
+        "--ewc_fisher_dataset",
+        "builtin:general_text",
+        "--ewc_fisher_samples",
+        "32",
+        "--ewc_fisher_max_length",
+        "64",
+        "--logging_steps",
+        "1",
+        "--max_steps",
+        "12",
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = [h for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "ewc/penalty" in h]
     assert len(logs) == 12

@@ -19,6 +19,7 @@ PACKAGE_DIR = Path(trl_ext.__file__).parent
 LAYERS = {
     "trl_ext.assets": (0, "ground"),
     "trl_ext.recipe": (0, "ground"),
+    "trl_ext.configs": (0, "ground"),
     "trl_ext.runtime": (0, "ground"),
     "trl_ext.data": (0, "ground"),
     "trl_ext.data.build": (4, "asset builders"),  # seeded scripts that make the bundled assets: run, not imported
@@ -46,8 +47,9 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(name: str) -> tuple[int, str]:
-    best = max((p for p in LAYERS if name == p or name.startswith(p + ".") or name.startswith(p + "_")), key=len,
-               default=None)
+    best = max(
+        (p for p in LAYERS if name == p or name.startswith(p + ".") or name.startswith(p + "_")), key=len, default=None
+    )
     if best is None:
         raise AssertionError(f"{name} has no layer: add it to LAYERS and to docs/architecture.md")
     return LAYERS[best]
@@ -70,8 +72,12 @@ def imports_of(path: Path) -> set[str]:
                 continue
             for alias in node.names:  # `from trl_ext.x import y` may name a submodule y
                 candidate = f"{base}.{alias.name}"
-                found.add(candidate if (PACKAGE_DIR.parent / candidate.replace(".", "/")).with_suffix(".py").exists()
-                          or (PACKAGE_DIR.parent / candidate.replace(".", "/")).is_dir() else base)
+                found.add(
+                    candidate
+                    if (PACKAGE_DIR.parent / candidate.replace(".", "/")).with_suffix(".py").exists()
+                    or (PACKAGE_DIR.parent / candidate.replace(".", "/")).is_dir()
+                    else base
+                )
     # strings in the lazy public-API table and the CLI command table are imports too
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("trl_ext."):
@@ -108,8 +114,9 @@ def test_no_import_cycles():
     graph = {n: {t for t in map(_resolve, deps) if t and t != n} for n, deps in GRAPH.items() if n != PUBLIC_FACE}
     # package __init__ files that only re-export their own submodules are not cycles with them
     for n in graph:
-        graph[n] = {t for t in graph[n] if t != PUBLIC_FACE and not (MODULES[t].name == "__init__.py"
-                                                                     and n.startswith(t + "."))}
+        graph[n] = {
+            t for t in graph[n] if t != PUBLIC_FACE and not (MODULES[t].name == "__init__.py" and n.startswith(t + "."))
+        }
     state, stack = {}, []
 
     def visit(n):
@@ -117,7 +124,7 @@ def test_no_import_cycles():
         stack.append(n)
         for t in sorted(graph.get(n, ())):
             if state.get(t) == 1:
-                cycle = stack[stack.index(t):] + [t]
+                cycle = stack[stack.index(t) :] + [t]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if t not in state:
                 visit(t)

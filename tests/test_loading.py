@@ -46,8 +46,12 @@ def test_missing_dataset_column_names_column_and_dataset(tmp_path):
 
 
 def test_missing_eval_split_is_named(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "dataset_name": "builtin:kto", "method": "kto",
-                                         "eval_strategy": "steps", "eval_steps": 5}))
+    recipe = load_recipe(
+        write(
+            tmp_path,
+            {**BASE, "dataset_name": "builtin:kto", "method": "kto", "eval_strategy": "steps", "eval_steps": 5},
+        )
+    )
     with pytest.raises(RecipeError, match=r"no split 'test' \(splits: train\)"):
         load_datasets(recipe)
 
@@ -65,18 +69,23 @@ def test_unknown_builtin_dataset_lists_the_available_ones(tmp_path):
         load_datasets(recipe)
 
 
-@pytest.mark.parametrize(("split", "rows"), [("train[:32]", 32), ("train[100:]", 20), ("train[-5:]", 5), ("train", 120)])
+@pytest.mark.parametrize(
+    ("split", "rows"), [("train[:32]", 32), ("train[100:]", 20), ("train[-5:]", 5), ("train", 120)]
+)
 def test_train_split_may_be_a_row_slice(tmp_path, split, rows):
     recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
     train, _ = load_datasets(recipe)
     assert len(train) == rows
 
 
-@pytest.mark.parametrize(("split", "expected"), [
-    ("train[200:]", r"'train\[200:\]' selects no rows of builtin:preferences \(split 'train' has 120\)"),
-    ("valid[:10]", r"no split 'valid' \(splits: .*\); set dataset_train_split"),
-    ("train[::2]", r"'train\[::2\]' is not a split name or a sliced one such as 'train\[:32\]'"),
-])
+@pytest.mark.parametrize(
+    ("split", "expected"),
+    [
+        ("train[200:]", r"'train\[200:\]' selects no rows of builtin:preferences \(split 'train' has 120\)"),
+        ("valid[:10]", r"no split 'valid' \(splits: .*\); set dataset_train_split"),
+        ("train[::2]", r"'train\[::2\]' is not a split name or a sliced one such as 'train\[:32\]'"),
+    ],
+)
 def test_bad_split_slice_is_named(tmp_path, split, expected):
     recipe = load_recipe(write(tmp_path, {**BASE, "dataset_train_split": split}))
     with pytest.raises(RecipeError, match=expected):
@@ -84,10 +93,14 @@ def test_bad_split_slice_is_named(tmp_path, split, expected):
 
 
 def test_malformed_eval_split_is_named_with_the_accepted_syntax(tmp_path):
-    recipe = load_recipe(write(tmp_path, {**BASE, "eval_strategy": "steps", "eval_steps": 5,
-                                         "dataset_test_split": "test[::2]"}))
-    with pytest.raises(RecipeError, match=r"dataset_test_split 'test\[::2\]' is not a split name or a sliced one "
-                                          r"such as 'train\[:32\]'"):
+    recipe = load_recipe(
+        write(tmp_path, {**BASE, "eval_strategy": "steps", "eval_steps": 5, "dataset_test_split": "test[::2]"})
+    )
+    with pytest.raises(
+        RecipeError,
+        match=r"dataset_test_split 'test\[::2\]' is not a split name or a sliced one "
+        r"such as 'train\[:32\]'",
+    ):
         load_datasets(recipe)
 
 
@@ -113,8 +126,10 @@ def test_loading_a_mixture_leaves_the_recipe_unchanged(tmp_path):
 def test_split_folder_maps_each_file_to_the_split_it_is_named_after(tmp_path):
     builder, files = split_data_files(DATA_DIR / "preferences")
     assert builder == "json"
-    assert files == {"test": str(DATA_DIR / "preferences" / "test.jsonl"),
-                     "train": str(DATA_DIR / "preferences" / "train.jsonl")}
+    assert files == {
+        "test": str(DATA_DIR / "preferences" / "test.jsonl"),
+        "train": str(DATA_DIR / "preferences" / "train.jsonl"),
+    }
     (tmp_path / "notes.txt").write_text("not data")
     assert split_data_files(tmp_path) is None
     assert split_data_files(DATA_DIR / "preferences" / "train.jsonl") is None
@@ -134,15 +149,20 @@ def test_a_file_of_another_format_is_refused_with_the_accepted_suffixes(tmp_path
         load_dataset_by_name(str(data))
 
 
-@pytest.mark.parametrize(("split", "expected"), [("train", list(range(10))), ("train[2:5]", [2, 3, 4]),
-                                                   ("train[-2:]", [8, 9]), ("train[:3]", [0, 1, 2])])
+@pytest.mark.parametrize(
+    ("split", "expected"),
+    [("train", list(range(10))), ("train[2:5]", [2, 3, 4]), ("train[-2:]", [8, 9]), ("train[:3]", [0, 1, 2])],
+)
 def test_select_split_applies_the_row_slice(split, expected):
     assert select_split(numbers(), split, "numbers", "key")["x"] == expected
 
 
 def test_check_columns_names_the_first_missing_column_and_what_was_found():
-    with pytest.raises(RecipeError, match=r"Dataset d has no column 'completion', which method 'kto' needs "
-                                          r"\(it needs prompt, completion, label; found prompt\)"):
+    with pytest.raises(
+        RecipeError,
+        match=r"Dataset d has no column 'completion', which method 'kto' needs "
+        r"\(it needs prompt, completion, label; found prompt\)",
+    ):
         check_columns(Dataset.from_dict({"prompt": ["p"]}), "kto", "d")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO
 
+from conftest import REPO
 from trl_ext.memcheck import memcheck_cli, synthetic_lengths, synthetic_rows, word_tokenizer
 from trl_ext.recipe import load_recipe
 
@@ -32,9 +32,11 @@ def test_dpo_synthetic_rows_fill_max_length_exactly():
 
 def test_grpo_synthetic_lengths_use_the_completion_limit(tmp_path):
     recipe = tmp_path / "g.yaml"
-    recipe.write_text("method: grpo\nmodel_name_or_path: Qwen/Qwen2.5-1.5B-Instruct\ndataset_name: builtin:prompts\n"
-                      "reward_funcs: [trl_ext.rewards.keyword.KeywordReward]\nmax_completion_length: 200\n"
-                      "output_dir: outputs/x\n")
+    recipe.write_text(
+        "method: grpo\nmodel_name_or_path: Qwen/Qwen2.5-1.5B-Instruct\ndataset_name: builtin:prompts\n"
+        "reward_funcs: [trl_ext.rewards.keyword.KeywordReward]\nmax_completion_length: 200\n"
+        "output_dir: outputs/x\n"
+    )
     lengths = synthetic_lengths(load_recipe(recipe), prompt_length=96)
     assert lengths == {"prompt": 96, "completion": 200}
     rows = synthetic_rows("kto", lengths, 4, vocab_size=500)

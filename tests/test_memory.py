@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 
-from trl_ext.memory import (GiB, check_recipe_memory, estimate_memory, estimate_settings, load_architecture,
-                            with_settings)
+from conftest import REPO, trl_ext_cli
+from trl_ext.memory import (
+    GiB,
+    check_recipe_memory,
+    estimate_memory,
+    estimate_settings,
+    load_architecture,
+    with_settings,
+)
 from trl_ext.memory.settings import MemorySettings
 from trl_ext.recipe import RecipeError, load_recipe
-
-from conftest import REPO, trl_ext_cli
 
 DPO_PRESET = REPO / "recipes" / "dpo" / "qwen2.5-7b-qlora.yaml"
 
@@ -93,8 +97,10 @@ def test_ewc_fisher_storage_and_pass_match_hand_computation(tmp_path):
     # Llama-3.1-8B, all-linear: q,o (4096x4096), k,v (1024x4096), gate,up (14336x4096), down (4096x14336)
     per_layer_full = 2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336
     per_layer_vectors = 2 * (4096 + 4096) + 2 * (1024 + 4096) + 3 * (14336 + 4096)  # out + in per module
-    base = (DPO_PRESET.read_text().replace("Qwen/Qwen2.5-7B-Instruct", "meta-llama/Llama-3.1-8B-Instruct")
-            + "\newc_lambda: 100.0\newc_fisher_dataset: builtin:general_text\n")
+    base = (
+        DPO_PRESET.read_text().replace("Qwen/Qwen2.5-7B-Instruct", "meta-llama/Llama-3.1-8B-Instruct")
+        + "\newc_lambda: 100.0\newc_fisher_dataset: builtin:general_text\n"
+    )
     kfac = estimate_memory(write(tmp_path, base + "ewc_fisher_mode: kfac\newc_fisher_dtype: bfloat16\n"))
     # factored diagonal: two vectors per module, stored in bf16
     assert kfac.component("EWC Fisher (K-FAC)").bytes == 32 * per_layer_vectors * 2
@@ -106,8 +112,9 @@ def test_ewc_fisher_storage_and_pass_match_hand_computation(tmp_path):
     assert not full.fits and kfac.peak_gib < full.peak_gib
     # a precomputed Fisher file means no pass at start
     (tmp_path / "f.safetensors").write_bytes(b"")
-    from_file = estimate_memory(write(tmp_path, base + f"ewc_fisher_mode: kfac\newc_fisher_path: {tmp_path / 'f.safetensors'}\n",
-                                      "f.yaml"))
+    from_file = estimate_memory(
+        write(tmp_path, base + f"ewc_fisher_mode: kfac\newc_fisher_path: {tmp_path / 'f.safetensors'}\n", "f.yaml")
+    )
     assert not any(c.name == "EWC Fisher pass" for c in from_file.components)
     # the penalty works in fp32 row chunks of at most 16 MiB (trl_ext.ewc.penalty), never a dense 14336x4096 product
     assert full.component("EWC penalty buffers").bytes == 3 * 16 * 2**20
@@ -115,8 +122,18 @@ def test_ewc_fisher_storage_and_pass_match_hand_computation(tmp_path):
 
 def test_llama8b_grpo_generation_and_full_logits_match_hand_computation():
     arch = load_architecture("meta-llama/Llama-3.1-8B-Instruct")
-    s = MemorySettings(method="grpo", model=arch.name, batch_size=2, grad_accum=4, generation_batch_size=8,
-                       num_generations=8, prompt_length=256, completion_length=512, beta=0.0, fused_logits=False)
+    s = MemorySettings(
+        method="grpo",
+        model=arch.name,
+        batch_size=2,
+        grad_accum=4,
+        generation_batch_size=8,
+        num_generations=8,
+        prompt_length=256,
+        completion_length=512,
+        beta=0.0,
+        fused_logits=False,
+    )
     est = estimate_settings(arch, s, 24e9)
     # KV cache: 2 (k, v) * 32 layers * 8 kv heads * 128 * 2 bytes per token, 8 sequences of 768 tokens
     assert est.component("generation KV cache").bytes == 2 * 32 * 1024 * 2 * 8 * 768
@@ -124,17 +141,22 @@ def test_llama8b_grpo_generation_and_full_logits_match_hand_computation():
     assert est.component("logits / log-probs").bytes == 2 * 512 * 128256 * 10
     assert "reference pass" not in [c.name for c in est.components]  # beta = 0: no reference model
     fused = with_settings(est, fused_logits=True)
-    assert fused.component("logits / log-probs").bytes == 1024 * 32768 * 2 + 1024 * 28 + 32768 * 4096 * 2 + 1024 * 4096 * 4
+    assert (
+        fused.component("logits / log-probs").bytes == 1024 * 32768 * 2 + 1024 * 28 + 32768 * 4096 * 2 + 1024 * 4096 * 4
+    )
     assert fused.peak_bytes < est.peak_bytes
 
 
 # ---------------------------------------------------------------------------------------------------- monotonicity
 
 
-@pytest.mark.parametrize("key,values", [
-    ("batch_size", [1, 2, 4, 8]),
-    ("max_length", [512, 1024, 2048]),
-])
+@pytest.mark.parametrize(
+    "key,values",
+    [
+        ("batch_size", [1, 2, 4, 8]),
+        ("max_length", [512, 1024, 2048]),
+    ],
+)
 def test_dpo_peak_grows_with_batch_and_length(key, values):
     base = estimate_memory(DPO_PRESET)
     peaks = [with_settings(base, **{key: v}).peak_bytes for v in values]
@@ -161,12 +183,17 @@ def test_precomputed_reference_and_checkpointing_lower_the_peak():
 
 
 def test_vllm_colocate_too_small_for_its_weight_copy_is_a_problem(tmp_path):
-    recipe = write(tmp_path, GRPO_RECIPE.replace("Qwen2.5-1.5B", "Qwen2.5-7B") + "use_vllm: true\n"
-                   "vllm_mode: colocate\nvllm_gpu_memory_utilization: 0.3\n")
+    recipe = write(
+        tmp_path,
+        GRPO_RECIPE.replace("Qwen2.5-1.5B", "Qwen2.5-7B") + "use_vllm: true\n"
+        "vllm_mode: colocate\nvllm_gpu_memory_utilization: 0.3\n",
+    )
     est = estimate_memory(recipe)
     vllm = est.component("vLLM colocate (own 16-bit weights + KV cache)")
     assert vllm.bytes == pytest.approx(0.3 * 24e9)
-    assert not est.fits and "raise the utilization" in est.problems[0] and "16-bit weights (14.2 GiB)" in est.problems[0]
+    assert (
+        not est.fits and "raise the utilization" in est.problems[0] and "16-bit weights (14.2 GiB)" in est.problems[0]
+    )
 
 
 def test_too_small_gpu_gets_concrete_suggestions():
@@ -191,8 +218,10 @@ def test_train_refuses_a_recipe_that_does_not_fit_a_small_gpu():
 def test_estimate_cli_prints_json_and_exit_code_follows_the_verdict():
     ok = trl_ext_cli("estimate", str(DPO_PRESET), "--json", timeout=120)
     assert ok.returncode == 0, ok.stderr
-    data = json.loads(ok.stdout[ok.stdout.index("{"):])
+    data = json.loads(ok.stdout[ok.stdout.index("{") :])
     assert data["fits"] is True and data["method"] == "dpo" and data["peak_gib"] < 20
-    assert {"base weights", "activations", "logits / log-probs", "reference pass"} <= {c["name"] for c in data["components"]}
+    assert {"base weights", "activations", "logits / log-probs", "reference pass"} <= {
+        c["name"] for c in data["components"]
+    }
     small = trl_ext_cli("estimate", str(DPO_PRESET), "--gpu-memory-gb", "10", timeout=120)
     assert small.returncode == 1 and "DOES NOT FIT" in small.stdout and "Suggestions" in small.stdout

@@ -47,8 +47,14 @@ def test_quantization_config_is_nf4_double_quant_with_cpu_compute_dtype():
 def test_configs_differ_from_trls_only_in_the_cpu_compute_dtype_and_the_target_presets():
     import trl
 
-    args = model_args(load_in_4bit=True, use_bnb_nested_quant=True, dtype="bfloat16", use_peft=True, lora_r=8,
-                      lora_target_modules=["attention"])
+    args = model_args(
+        load_in_4bit=True,
+        use_bnb_nested_quant=True,
+        dtype="bfloat16",
+        use_peft=True,
+        lora_r=8,
+        lora_target_modules=["attention"],
+    )
     ours, trls = get_quantization_config(args).to_dict(), trl.get_quantization_config(args).to_dict()
     assert (ours.pop("bnb_4bit_compute_dtype"), trls.pop("bnb_4bit_compute_dtype")) == ("float32", "bfloat16")
     assert ours == trls

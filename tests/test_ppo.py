@@ -11,8 +11,18 @@ from conftest import RECIPES, accelerate_launch, logged_values
 
 QUICKSTART = str(RECIPES / "quickstart" / "ppo.yaml")
 CLASSIC_METRICS = [
-    "objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward", "objective/scores",
-    "policy/approxkl", "policy/clipfrac", "loss/policy", "loss/value", "val/clipfrac", "val/mean", "val/var",
+    "objective/kl",
+    "objective/entropy",
+    "objective/non_score_reward",
+    "objective/rlhf_reward",
+    "objective/scores",
+    "policy/approxkl",
+    "policy/clipfrac",
+    "loss/policy",
+    "loss/value",
+    "val/clipfrac",
+    "val/mean",
+    "val/var",
 ]
 
 
@@ -59,7 +69,10 @@ def test_quickstart_recipe_validates_on_every_load_and_unknown_ppo_key_is_named(
     for _ in range(2):  # a second load in the same process validates the reward_kwargs mapping again
         recipe = load_recipe(QUICKSTART, ["--output_dir", str(tmp_path)])
         assert (recipe.method, recipe.training.critic, recipe.model.load_in_4bit, recipe.training.num_iterations) == (
-            "ppo", "adapter", True, 4
+            "ppo",
+            "adapter",
+            True,
+            4,
         )
         assert recipe.script.reward_kwargs == {"KeywordReward": {"keywords": ["river"]}}
     with pytest.raises(RecipeError, match="Did you mean 'kl_coef'"):
@@ -90,7 +103,12 @@ def test_grpo_private_methods_ppo_extends_keep_their_parameters_and_callers():
     assert parameters(grpo._generate_and_score_completions) == ["self", "inputs"]
     assert parameters(grpo._calculate_rewards) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
     assert parameters(grpo._get_per_token_logps_and_entropies)[:6] == [
-        "self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"
+        "self",
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
     ]
     assert parameters(trainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
     assert parameters(trainer._save) == ["self", "output_dir", "state_dict"]
@@ -119,8 +137,17 @@ def test_vllm_weight_sync_sends_the_actor_only(tmp_path, tiny_model_path, critic
     assert inspect.isgeneratorfunction(VLLMGeneration._iter_named_params)
     assert "self._iter_named_params()" in inspect.getsource(VLLMGeneration.sync_weights)
 
-    trainer = build(tmp_path / "run", "--load_in_4bit", "false", "--use_bnb_nested_quant", "false",
-                    "--critic", critic, "--critic_model_name_or_path", tiny_model_path)
+    trainer = build(
+        tmp_path / "run",
+        "--load_in_4bit",
+        "false",
+        "--use_bnb_nested_quant",
+        "false",
+        "--critic",
+        critic,
+        "--critic_model_name_or_path",
+        tiny_model_path,
+    )
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # non-zero actor and critic LoRA B: merging the critic's would move the sent weights
@@ -146,8 +173,17 @@ def test_vllm_weight_sync_sends_the_actor_only(tmp_path, tiny_model_path, critic
 
 
 def test_model_critic_gets_its_own_lora_on_the_actor_s_module_kinds(tmp_path, tiny_model_path):
-    trainer = build(tmp_path / "run", "--load_in_4bit", "false", "--use_bnb_nested_quant", "false",
-                    "--critic", "model", "--critic_model_name_or_path", tiny_model_path)
+    trainer = build(
+        tmp_path / "run",
+        "--load_in_4bit",
+        "false",
+        "--use_bnb_nested_quant",
+        "false",
+        "--critic",
+        "model",
+        "--critic_model_name_or_path",
+        tiny_model_path,
+    )
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     backbone = unwrapped.ppo_critic_backbone
     assert set(unwrapped.peft_config) == {"default"}
@@ -156,9 +192,11 @@ def test_model_critic_gets_its_own_lora_on_the_actor_s_module_kinds(tmp_path, ti
     def adapted_kinds(model):
         return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
 
-    assert adapted_kinds(backbone) == adapted_kinds(unwrapped) == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
-    }
+    assert (
+        adapted_kinds(backbone)
+        == adapted_kinds(unwrapped)
+        == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    )
     ids = torch.tensor([[5, 6, 7, 8, 9]], device=trainer.accelerator.device)
     values = trainer._critic_values(ids, torch.ones_like(ids), 3)
     assert values.shape == (1, 3) and values.dtype == torch.float32
@@ -235,8 +273,17 @@ def test_checkpoint_saves_critic_and_resume_restores_it_and_continues(tmp_path):
 
 @pytest.mark.slow
 def test_shared_critic_trains_a_value_head_on_the_actor_adapter(tmp_path):
-    trainer = build(tmp_path / "run", "--critic", "shared", "--max_steps", "2", "--num_ppo_epochs", "1",
-                    "--max_completion_length", "12")
+    trainer = build(
+        tmp_path / "run",
+        "--critic",
+        "shared",
+        "--max_steps",
+        "2",
+        "--num_ppo_epochs",
+        "1",
+        "--max_completion_length",
+        "12",
+    )
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     assert set(unwrapped.peft_config) == {"default"}
     before = unwrapped.ppo_value_head.summary.weight.detach().clone()
@@ -251,9 +298,22 @@ def test_shared_critic_trains_a_value_head_on_the_actor_adapter(tmp_path):
 def test_two_process_ddp_on_cpu_completes_and_saves_the_critic(tmp_path):
     out = tmp_path / "ddp"
     result = accelerate_launch(
-        "--config", QUICKSTART, "--output_dir", str(out), "--max_steps", "2", "--num_ppo_epochs", "1",
-        "--num_mini_batches", "1", "--per_device_train_batch_size", "4", "--max_completion_length", "12",
-        num_processes=2, timeout=600,
+        "--config",
+        QUICKSTART,
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--num_ppo_epochs",
+        "1",
+        "--num_mini_batches",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_completion_length",
+        "12",
+        num_processes=2,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert (out / "adapter_model.safetensors").is_file()
@@ -265,9 +325,23 @@ def test_two_process_ddp_on_cpu_completes_and_saves_the_critic(tmp_path):
 
 @pytest.mark.slow
 def test_ewc_penalty_applies_to_the_actor_adapter_under_ppo(tmp_path):
-    trainer = build(tmp_path / "run", "--ewc_lambda", "100", "--ewc_fisher_samples", "8",
-                    "--ewc_fisher_max_length", "64", "--max_steps", "3", "--num_ppo_epochs", "3",
-                    "--num_mini_batches", "1", "--max_completion_length", "12")
+    trainer = build(
+        tmp_path / "run",
+        "--ewc_lambda",
+        "100",
+        "--ewc_fisher_samples",
+        "8",
+        "--ewc_fisher_max_length",
+        "64",
+        "--max_steps",
+        "3",
+        "--num_ppo_epochs",
+        "3",
+        "--num_mini_batches",
+        "1",
+        "--max_completion_length",
+        "12",
+    )
     assert trainer.ewc_penalty is not None
     assert {m.adapter for m in trainer.ewc_penalty.modules} == {"default"}  # the critic adapter is not anchored
     trainer.train()

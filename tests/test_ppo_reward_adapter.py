@@ -33,8 +33,13 @@ def reward_adapter(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(_tiny_path(), num_labels=1, dtype=torch.float32)
-    config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.0,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    config = LoraConfig(
+        task_type="SEQ_CLS",
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     model = get_peft_model(base, config)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -66,8 +71,16 @@ def fp32_trainer(reward_adapter, tmp_path_factory):
     from trl_ext.train import build_trainer
 
     directory = tmp_path_factory.mktemp("ppo-rm")
-    recipe = recipe_copy(QUICKSTART, directory, reward_weights=[1.0, 0.5], reward_adapter_path=str(reward_adapter),
-                         load_in_4bit=False, use_bnb_nested_quant=False, bf16=False, output_dir=str(directory / "run"))
+    recipe = recipe_copy(
+        QUICKSTART,
+        directory,
+        reward_weights=[1.0, 0.5],
+        reward_adapter_path=str(reward_adapter),
+        load_in_4bit=False,
+        use_bnb_nested_quant=False,
+        bf16=False,
+        output_dir=str(directory / "run"),
+    )
     return build_trainer(load_recipe(recipe))
 
 
@@ -147,6 +160,7 @@ def test_reward_adapter_save_writes_what_trainer_save_writes_less_the_reward_ada
 # --------------------------------------------------------------------------------------------------- validation
 def test_reward_adapter_path_errors_name_the_problem_and_fix(reward_adapter, tmp_path):
     from safetensors.torch import load_file, save_file
+
     from trl_ext.recipe import RecipeError, load_recipe
     from trl_ext.trainers.ppo import PPOConfig, PPOTrainer
 
@@ -158,8 +172,9 @@ def test_reward_adapter_path_errors_name_the_problem_and_fix(reward_adapter, tmp
     with pytest.raises(RecipeError, match="nope does not exist"):  # a recipe reports it before any weights load
         load_recipe(QUICKSTART, ["--reward_adapter_path", str(tmp_path / "nope")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="is not a PEFT adapter directory: it lacks adapter_config.json and "
-                                         "adapter_model.safetensors"):
+    with pytest.raises(
+        ValueError, match="is not a PEFT adapter directory: it lacks adapter_config.json and adapter_model.safetensors"
+    ):
         config(tmp_path / "empty")
 
     headless = tmp_path / "headless"
@@ -178,8 +193,10 @@ def test_reward_adapter_path_errors_name_the_problem_and_fix(reward_adapter, tmp
     adapter_config = json.loads((other / "adapter_config.json").read_text())
     adapter_config["base_model_name_or_path"] = "Qwen/Qwen2.5-7B-Instruct"
     (other / "adapter_config.json").write_text(json.dumps(adapter_config))
-    message = (rf"trained on 'Qwen/Qwen2\.5-7B-Instruct', but the actor is '{_tiny_path()}': a LoRA adapter only fits "
-               "the base it was trained on")
+    message = (
+        rf"trained on 'Qwen/Qwen2\.5-7B-Instruct', but the actor is '{_tiny_path()}': a LoRA adapter only fits "
+        "the base it was trained on"
+    )
     with pytest.raises(ValueError, match=message):
         PPOTrainer(model=_tiny_path(), args=config(other), peft_config=LoraConfig())
 
@@ -192,11 +209,27 @@ def test_4bit_ppo_trains_with_the_reward_adapter_as_the_only_reward(reward_adapt
 
     # the recipe path itself: the adapter is the recipe's only reward (no reward_funcs, no reward model)
     recipe_path = recipe_copy(QUICKSTART, tmp_path, drop=("reward_funcs", "reward_kwargs"))
-    recipe = load_recipe(recipe_path, [
-        "--output_dir", str(tmp_path / "run"), "--logging_steps", "1", "--reward_adapter_path", str(reward_adapter),
-        "--max_steps", "2", "--num_ppo_epochs", "1", "--num_mini_batches", "1", "--per_device_train_batch_size", "4",
-        "--max_completion_length", "12",
-    ])
+    recipe = load_recipe(
+        recipe_path,
+        [
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--logging_steps",
+            "1",
+            "--reward_adapter_path",
+            str(reward_adapter),
+            "--max_steps",
+            "2",
+            "--num_ppo_epochs",
+            "1",
+            "--num_mini_batches",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_completion_length",
+            "12",
+        ],
+    )
     trainer = build_trainer(recipe)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     assert unwrapped.is_loaded_in_4bit and trainer.reward_func_names == [ADAPTER_NAME]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import RECIPES
 
+from conftest import RECIPES
 from trl_ext.memory import PRESET_TARGET_GIB, estimate_memory
 from trl_ext.recipe import load_recipe, resolve_accelerate_config
 

@@ -27,8 +27,9 @@ def test_unknown_name_raises_attribute_error_naming_it():
 
 def test_type_checking_imports_list_the_same_names_as_all():
     tree = ast.parse(inspect.getsource(trl_ext))
-    block = next(node for node in tree.body
-                 if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    block = next(
+        node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+    )
     imported = {(node.module, alias.name) for node in block.body for alias in node.names}
     assert imported == {(module, name) for name, module in trl_ext._EXPORTS.items()}
 

@@ -41,8 +41,11 @@ DOCS = [
 
 def call(reward, completions, **row):
     """Score completions that all belong to one row."""
-    return reward(prompts=[None] * len(completions), completions=completions,
-                  **{k: [v] * len(completions) for k, v in row.items()})
+    return reward(
+        prompts=[None] * len(completions),
+        completions=completions,
+        **{k: [v] * len(completions) for k, v in row.items()},
+    )
 
 
 def one(reward, completion, **row):
@@ -51,44 +54,63 @@ def one(reward, completion, **row):
 
 # --- tokenization, format gate ----------------------------------------------------------------------------------
 
+
 def test_tokenize_segments_chinese_and_lowercases_english_and_drops_stopwords():
     assert tokenize("云雀CRM客户画像的数据导出") == ["云雀", "crm", "客户", "画像", "数据", "导出"]
     assert tokenize("Reset the VPN password") == ["reset", "vpn", "password"]
     assert language("云雀CRM客户画像") == "zh" and language("reset VPN") == "en" and language("123") == ""
 
 
-@pytest.mark.parametrize("text, rewrite, reason", [
-    ("云雀CRM客户画像数据导出", "云雀CRM客户画像数据导出", "ok"),
-    ("<rewrite>云雀CRM客户画像数据导出</rewrite>", "云雀CRM客户画像数据导出", "ok"),
-    ('{"query": "云雀CRM客户画像数据导出"}', "云雀CRM客户画像数据导出", "ok"),
-    ("<think>想一想</think><rewrite>云雀CRM数据导出</rewrite>", "云雀CRM数据导出", "ok"),
-    ("<rewrite>云雀CRM</rewrite><rewrite>青鸟OA</rewrite>", None, "multiple_rewrites"),
-    ("<rewrite>云雀CRM数据导出", None, "malformed_tag"),
-    ("改写：<rewrite>云雀CRM数据导出</rewrite>", None, "text_outside_tag"),
-    ('{"query": "云雀CRM", "answer": "2420条"}', None, "malformed_json"),
-    ("云雀CRM数据导出\n青鸟OA流程设置", None, "multi_line"),
-    ("   ", None, "empty"),
-    ("<rewrite>？？</rewrite>", None, "empty"),
-    ("How to export CRM customer profile data", None, "wrong_language"),
-    ("答：在设置里点导出即可", None, "answer_not_query"),
-    ("您可以在页面右上角点击导出", None, "answer_not_query"),
-    ("云雀CRM" + "数据导出" * 60, None, "too_long"),
-])
+@pytest.mark.parametrize(
+    "text, rewrite, reason",
+    [
+        ("云雀CRM客户画像数据导出", "云雀CRM客户画像数据导出", "ok"),
+        ("<rewrite>云雀CRM客户画像数据导出</rewrite>", "云雀CRM客户画像数据导出", "ok"),
+        ('{"query": "云雀CRM客户画像数据导出"}', "云雀CRM客户画像数据导出", "ok"),
+        ("<think>想一想</think><rewrite>云雀CRM数据导出</rewrite>", "云雀CRM数据导出", "ok"),
+        ("<rewrite>云雀CRM</rewrite><rewrite>青鸟OA</rewrite>", None, "multiple_rewrites"),
+        ("<rewrite>云雀CRM数据导出", None, "malformed_tag"),
+        ("改写：<rewrite>云雀CRM数据导出</rewrite>", None, "text_outside_tag"),
+        ('{"query": "云雀CRM", "answer": "2420条"}', None, "malformed_json"),
+        ("云雀CRM数据导出\n青鸟OA流程设置", None, "multi_line"),
+        ("   ", None, "empty"),
+        ("<rewrite>？？</rewrite>", None, "empty"),
+        ("How to export CRM customer profile data", None, "wrong_language"),
+        ("答：在设置里点导出即可", None, "answer_not_query"),
+        ("您可以在页面右上角点击导出", None, "answer_not_query"),
+        ("云雀CRM" + "数据导出" * 60, None, "too_long"),
+    ],
+)
 def test_format_gate(text, rewrite, reason):
     assert check_format(text, "数据怎么导出？") == (rewrite, reason)
 
 
 def test_format_reward_is_one_for_a_valid_rewrite_and_zero_otherwise():
     reward = FormatReward(corpus=DOCS)
-    assert call(reward, ["<rewrite>云雀CRM数据导出</rewrite>", "第一行\n第二行", ""], query="数据怎么导出？") == [1.0, 0.0, 0.0]
+    assert call(reward, ["<rewrite>云雀CRM数据导出</rewrite>", "第一行\n第二行", ""], query="数据怎么导出？") == [
+        1.0,
+        0.0,
+        0.0,
+    ]
     assert reward.__name__ == "query_rewrite_format"
 
 
 # --- retrieval ------------------------------------------------------------------------------------------------
 
+
 def test_rank_tiers():
-    assert [rank_reward(r) for r in (1, 2, 3, 4, 5, 10, 11, 20, 21, 300)] == [1.0, 0.8, 0.7, 0.5, 0.5, 0.3, 0.1, 0.1,
-                                                                             0.0, 0.0]
+    assert [rank_reward(r) for r in (1, 2, 3, 4, 5, 10, 11, 20, 21, 300)] == [
+        1.0,
+        0.8,
+        0.7,
+        0.5,
+        0.5,
+        0.3,
+        0.1,
+        0.1,
+        0.0,
+        0.0,
+    ]
 
 
 def test_retrieval_components_with_a_tie_count_the_tied_document_above_the_gold_one():
@@ -138,6 +160,7 @@ def test_rows_without_gold_documents_are_not_scored_on_retrieval():
 
 
 # --- content components ---------------------------------------------------------------------------------------
+
 
 def test_slot_coverage_counts_slots_with_any_synonym():
     slots = {"系统": ["云雀CRM", "CRM"], "功能": "客户画像", "时间": ["月度", "每月"]}
@@ -200,12 +223,19 @@ def test_reference_f1():
 
 # --- composite ------------------------------------------------------------------------------------------------
 
+
 def test_composite_is_the_weighted_sum_and_invalid_format_gets_the_minimum():
-    row = dict(query="数据导出", gold_doc_ids=["d1"], required_slots={"功能": "客户画像"},
-               reference_rewrites=["云雀CRM客户画像数据导出"])
+    row = dict(
+        query="数据导出",
+        gold_doc_ids=["d1"],
+        required_slots={"功能": "客户画像"},
+        reference_rewrites=["云雀CRM客户画像数据导出"],
+    )
     reward = QueryRewriteReward(corpus=DOCS)
     # rank 1 (1.0) + ndcg .5 + recall .25 + mrr .25 + gain .5 * 0.2 + slots .5 + faithfulness .25 + ref_f1 .1
-    assert one(reward, "云雀CRM客户画像数据导出", **row) == pytest.approx(1 + .5 + .25 + .25 + .1 + .5 + .25 + .1)
+    assert one(reward, "云雀CRM客户画像数据导出", **row) == pytest.approx(
+        1 + 0.5 + 0.25 + 0.25 + 0.1 + 0.5 + 0.25 + 0.1
+    )
     assert reward.min_reward == -2.5  # -(length .5 + leakage 1 + hallucination .5) - gain .5
     assert one(reward, "第一行\n第二行", **row) == -2.5
     assert one(reward, "Export CRM data", **row) == -2.5
@@ -216,8 +246,14 @@ def test_composite_is_the_weighted_sum_and_invalid_format_gets_the_minimum():
 
 
 def test_plain_and_conversational_completions_score_the_same():
-    row = dict(query="数据导出", context="当前页面：云雀CRM > 客户画像", gold_doc_ids=["d1"], answer_terms=["2420条"],
-               required_slots={"功能": "客户画像"}, reference_rewrites=["云雀CRM客户画像数据导出"])
+    row = dict(
+        query="数据导出",
+        context="当前页面：云雀CRM > 客户画像",
+        gold_doc_ids=["d1"],
+        answer_terms=["2420条"],
+        required_slots={"功能": "客户画像"},
+        reference_rewrites=["云雀CRM客户画像数据导出"],
+    )
     texts = ["<rewrite>云雀CRM客户画像数据导出</rewrite>", "数据导出", "云雀CRM客户画像 2420条", "bad\nformat"]
     chats = [[{"role": "assistant", "content": t}] for t in texts]
     for cls in (QueryRewriteReward, RankReward, LeakagePenalty, SlotCoverageReward):
@@ -249,16 +285,24 @@ def test_scores_are_deterministic_and_memoised_within_a_call(monkeypatch):
 def test_component_means_are_logged_through_log_metric():
     logged = {}
     reward = QueryRewriteReward(corpus=DOCS)
-    reward(prompts=None, completions=["云雀CRM客户画像数据导出", "a\nb"], query=["数据导出"] * 2,
-           gold_doc_ids=[["d1"]] * 2, log_metric=lambda name, value: logged.setdefault(name, value))
+    reward(
+        prompts=None,
+        completions=["云雀CRM客户画像数据导出", "a\nb"],
+        query=["数据导出"] * 2,
+        gold_doc_ids=[["d1"]] * 2,
+        log_metric=lambda name, value: logged.setdefault(name, value),
+    )
     assert logged["query_rewrite/format"] == 0.5
     assert logged["query_rewrite/rank"] == 0.5  # 1.0 and the gated completion's worst value 0
     assert logged["query_rewrite/leakage"] == 0.5
     assert logged["query_rewrite/gain"] == pytest.approx((0.2 - 0.8) / 2)
-    assert {"query_rewrite/" + c for c in ("ndcg", "recall", "mrr", "faithfulness", "length", "hallucination")} <= set(logged)
+    assert {"query_rewrite/" + c for c in ("ndcg", "recall", "mrr", "faithfulness", "length", "hallucination")} <= set(
+        logged
+    )
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
+
 
 def test_bad_input_errors_name_the_problem():
     with pytest.raises(ValueError, match="'query' column"):
@@ -279,12 +323,22 @@ def test_bad_input_errors_name_the_problem():
 
 #: A benchmark row (train split, crm-0-export-q) and six completions: the reference, the original query, an answer
 #: (fails the format gate), a leaked answer term, an invented system name, an overlong rewrite.
-BENCHMARK_ROW = dict(query="能导出成表格吗？", context="当前页面：云雀CRM > 客户画像", gold_doc_ids=["crm-0-export"],
-                     required_slots={"系统": ["云雀CRM", "CRM"], "功能": ["客户画像"]}, answer_terms=["2420"],
-                     reference_rewrites=["云雀CRM客户画像的数据导出"])
-BENCHMARK_COMPLETIONS = ["<rewrite>云雀CRM客户画像的数据导出</rewrite>", "能导出成表格吗？", "答：点右上角的导出按钮",
-                         "云雀CRM客户画像表格导出 2420", "飞鱼CRM客户画像的数据导出",
-                         "云雀CRM客户画像的数据导出方法和全部字段说明以及权限配置和报错排查的操作指南"]
+BENCHMARK_ROW = dict(
+    query="能导出成表格吗？",
+    context="当前页面：云雀CRM > 客户画像",
+    gold_doc_ids=["crm-0-export"],
+    required_slots={"系统": ["云雀CRM", "CRM"], "功能": ["客户画像"]},
+    answer_terms=["2420"],
+    reference_rewrites=["云雀CRM客户画像的数据导出"],
+)
+BENCHMARK_COMPLETIONS = [
+    "<rewrite>云雀CRM客户画像的数据导出</rewrite>",
+    "能导出成表格吗？",
+    "答：点右上角的导出按钮",
+    "云雀CRM客户画像表格导出 2420",
+    "飞鱼CRM客户画像的数据导出",
+    "云雀CRM客户画像的数据导出方法和全部字段说明以及权限配置和报错排查的操作指南",
+]
 #: Scores of each class on those completions, recorded when the components were first released.
 RECORDED_SCORES = {
     "FormatReward": [1.0, 1.0, 0.0, 1.0, 1.0, 1.0],
@@ -299,15 +353,20 @@ RECORDED_SCORES = {
     "LengthPenalty": [0.0, 0.0, -1.0, 0.0, 0.0, -0.8888888888888888],
     "LeakagePenalty": [0.0, 0.0, -1.0, -1.0, 0.0, 0.0],
     "HallucinationPenalty": [0.0, 0.0, -1.0, 0.0, -0.16666666666666666, -0.11764705882352941],
-    "QueryRewriteReward": [3.1833333333333336, 0.2722222222222222, -2.5, 2.2435897435897436, 3.0833333333333335,
-                           1.4100775515572987],
+    "QueryRewriteReward": [
+        3.1833333333333336,
+        0.2722222222222222,
+        -2.5,
+        2.2435897435897436,
+        3.0833333333333335,
+        1.4100775515572987,
+    ],
 }
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED_SCORES))
 def test_each_reward_class_is_importable_by_name_pickles_and_keeps_its_recorded_scores(name):
-    from trl_ext.rewards import query_rewrite
-    from trl_ext.rewards import resolve_reward_func
+    from trl_ext.rewards import query_rewrite, resolve_reward_func
 
     cls = resolve_reward_func(f"trl_ext.rewards.query_rewrite.{name}")
     assert cls is getattr(query_rewrite, name) and cls.__name__ == name and cls.__doc__

@@ -10,8 +10,14 @@ import pytest
 from conftest import RECIPES, trl_ext_cli
 from trl_ext.data.build_query_rewrite import build, finalize
 from trl_ext.rewards.eval_rewrite import PROBES, load_rows, probe_variants
-from trl_ext.rewards.query_rewrite import (BUILTIN_CORPUS, COMPONENTS, QueryRewriteReward, check_format, load_corpus,
-                                           tokenize)
+from trl_ext.rewards.query_rewrite import (
+    BUILTIN_CORPUS,
+    COMPONENTS,
+    QueryRewriteReward,
+    check_format,
+    load_corpus,
+    tokenize,
+)
 
 COLUMNS = ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")
 
@@ -102,8 +108,9 @@ def test_already_clear_query_rewritten_as_itself_scores_well(reward, splits):
 def test_inventing_an_entity_for_an_unresolvable_query_scores_below_the_generic_rewrite(reward, splits):
     rows = [r for r in splits["test"] if r["category"] == "unresolvable"]
     for row in rows:
-        ref, invented, made_up = score_row(reward, row, [row["reference_rewrites"][0], "云雀CRM客户画像的数据导出",
-                                                         "飞鱼CRM订单中心的数据导出"])
+        ref, invented, made_up = score_row(
+            reward, row, [row["reference_rewrites"][0], "云雀CRM客户画像的数据导出", "飞鱼CRM订单中心的数据导出"]
+        )
         assert invented < ref and made_up < ref
 
 
@@ -118,8 +125,13 @@ def test_eval_rewrite_references_json():
 
 def test_eval_rewrite_table_from_a_rewrites_file(tmp_path, splits):
     path = tmp_path / "rewrites.jsonl"
-    path.write_text("".join(json.dumps({"id": r["id"], "rewrite": f"<rewrite>{r['query']}</rewrite>"},
-                                       ensure_ascii=False) + "\n" for r in splits["test"]), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "rewrite": f"<rewrite>{r['query']}</rewrite>"}, ensure_ascii=False) + "\n"
+            for r in splits["test"]
+        ),
+        encoding="utf-8",
+    )
     proc = trl_ext_cli("eval-rewrite", "--rewrites", str(path), "--split", "test", timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -150,8 +162,10 @@ def test_a_grpo_batch_scores_each_distinct_completion_once_and_retrieves_each_di
     out = reward(prompts=None, completions=completions, **cols)
     assert len(out) == 512 and all(isinstance(x, float) for x in out)
     # GRPO groups repeat completions: each distinct (row, completion) is scored once
-    distinct = {(q, c, str(g), completion[0]["content"])
-                for q, c, g, completion in zip(cols["query"], cols["context"], cols["gold_doc_ids"], completions)}
+    distinct = {
+        (q, c, str(g), completion[0]["content"])
+        for q, c, g, completion in zip(cols["query"], cols["context"], cols["gold_doc_ids"], completions)
+    }
     assert len(scored) == len(distinct) < 512
     # each distinct text (an original query, or a rewrite that passes the format gate) is retrieved once
     texts = set()
@@ -165,8 +179,9 @@ def test_a_grpo_batch_scores_each_distinct_completion_once_and_retrieves_each_di
 def test_quickstart_grpo_query_rewrite_recipe_learns_to_retrieve_and_logs_every_component(tmp_path):
     """The quickstart recipe, as shipped: GRPO on builtin:tiny-rewriter gets format-valid, varied rewrites and
     improves their retrieval."""
-    proc = trl_ext_cli("train", str(RECIPES / "quickstart" / "grpo-query-rewrite.yaml"), "--output_dir",
-                       str(tmp_path), timeout=900)
+    proc = trl_ext_cli(
+        "train", str(RECIPES / "quickstart" / "grpo-query-rewrite.yaml"), "--output_dir", str(tmp_path), timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     logs = [entry for entry in state["log_history"] if "reward" in entry]
@@ -189,8 +204,19 @@ def test_quickstart_grpo_query_rewrite_recipe_learns_to_retrieve_and_logs_every_
     assert mean("reward", last) > mean("reward", first) + 0.3
     assert mean("query_rewrite/rank", last) > mean("query_rewrite/rank", first) + 0.08
     # the trained adapter generates rewrites for eval-rewrite
-    proc = trl_ext_cli("eval-rewrite", "--model", str(tmp_path), "--split", "test", "--limit", "3",
-                       "--max-new-tokens", "24", "--json", timeout=600)
+    proc = trl_ext_cli(
+        "eval-rewrite",
+        "--model",
+        str(tmp_path),
+        "--split",
+        "test",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "24",
+        "--json",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["rows"] == 3 and 0.0 <= result["format_valid"] <= 1.0 and result["hack_probe_pass_rate"] == 1.0
@@ -201,8 +227,11 @@ RECORDED_COMPOSITE = {
     "crm-6-guide-q": {"reference": 2.85, "original": 2.2785714285714285, "gold_copy": 1.28125},
     "crm-7-guide-q": {"reference": 3.35, "original": 0.25, "gold_copy": 1.78125},
     "oa-6-export-q": {"reference": 2.85, "original": 2.85, "gold_copy": 1.2928571428571427},
-    "bi-6-region_month-q": {"reference": 3.019444444444445, "original": 0.9861990798256107,
-                            "gold_copy": 1.5223684210526316},
+    "bi-6-region_month-q": {
+        "reference": 3.019444444444445,
+        "original": 0.9861990798256107,
+        "gold_copy": 1.5223684210526316,
+    },
     "generic-guide-q0": {"reference": 2.6, "original": 0.25, "gold_copy": 1.057142857142857},
 }
 
@@ -213,6 +242,10 @@ def test_composite_scores_of_reference_rewrites_original_queries_and_gold_copies
     for row_id in RECORDED_COMPOSITE:
         row = rows[row_id]
         gold_copy = probe_variants(row, corpus[row["gold_doc_ids"][0]])["gold_copy"]
-        scores[row_id] = dict(zip(("reference", "original", "gold_copy"),
-                                  score_row(reward, row, [row["reference_rewrites"][0], row["query"], gold_copy])))
+        scores[row_id] = dict(
+            zip(
+                ("reference", "original", "gold_copy"),
+                score_row(reward, row, [row["reference_rewrites"][0], row["query"], gold_copy]),
+            )
+        )
     assert scores == RECORDED_COMPOSITE

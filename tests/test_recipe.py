@@ -43,7 +43,9 @@ def test_quickstart_recipe_parses_into_trl_configs():
 
 def test_cli_override_beats_yaml(tmp_path):
     path = write(tmp_path, {**BASE, "learning_rate": 1.0e-4, "beta": 0.1})
-    recipe = load_recipe(path, ["--learning_rate", "3e-6", "--beta=0.5", "--load_in_4bit", "true", "--use_peft", "true"])
+    recipe = load_recipe(
+        path, ["--learning_rate", "3e-6", "--beta=0.5", "--load_in_4bit", "true", "--use_peft", "true"]
+    )
     assert recipe.training.learning_rate == pytest.approx(3e-6)
     assert recipe.training.beta == pytest.approx(0.5)
     assert recipe.model.load_in_4bit is True
@@ -88,12 +90,14 @@ def test_wrong_type_or_value_names_key_and_what_is_allowed(tmp_path, key, value,
 def test_float_written_without_dot_is_accepted(tmp_path):
     # YAML 1.1 reads `1e-5` as a string; TRL would fail late. We accept it as the float it means.
     path = tmp_path / "r.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         method: dpo
         model_name_or_path: builtin:tiny-chat
         dataset_name: builtin:preferences
         learning_rate: 1e-5
-    """))
+    """)
+    )
     assert load_recipe(str(path)).training.learning_rate == pytest.approx(1e-5)
 
 
@@ -125,10 +129,17 @@ def test_online_method_without_reward_is_refused(tmp_path):
         load_recipe(write(tmp_path, {**mapping, "method": "ppo"}))
 
 
-def test_unimportable_reward_function_is_named(tmp_path):
+def test_unimportable_reward_function_is_named_before_anything_loads(tmp_path):
+    from trl_ext.train import preflight
+
     mapping = {**BASE, "method": "grpo", "dataset_name": "builtin:prompts", "reward_funcs": ["trl_ext.rewards.nope.X"]}
-    with pytest.raises(RecipeError, match=r"reward_funcs entry 'trl_ext.rewards.nope.X' .* cannot be loaded: No module named 'trl_ext.rewards.nope'"):
-        load_recipe(write(tmp_path, mapping))
+    recipe = load_recipe(write(tmp_path, mapping))  # keys and values are fine; the import is checked at launch
+    with pytest.raises(
+        RecipeError,
+        match=r"reward_funcs entry 'trl_ext.rewards.nope.X' .* cannot be loaded: "
+        r"No module named 'trl_ext.rewards.nope'",
+    ):
+        preflight(recipe)
 
 
 @without_gpu
@@ -198,8 +209,13 @@ def test_accelerate_configs_parse_with_accelerate():
     for name in ("single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2"):
         cfg = load_config_from_file(str(RECIPES / "accelerate" / f"{name}.yaml"))
         kinds[name] = str(cfg.distributed_type).split(".")[-1]
-    assert kinds == {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED",
-                     "fsdp2": "FSDP"}
+    assert kinds == {
+        "single_gpu": "NO",
+        "multi_gpu": "MULTI_GPU",
+        "zero2": "DEEPSPEED",
+        "zero3": "DEEPSPEED",
+        "fsdp2": "FSDP",
+    }
 
 
 def test_trl_ext_help_lists_subcommands():
@@ -213,9 +229,14 @@ def test_mapping_keys_still_validate_after_a_parser_was_built(tmp_path):
     # transformers' argument parser rewrites dataclass Field.type in place (dict | str | None -> str); validation of
     # the next recipe must not see that rewritten type.
     load_recipe(str(RECIPES / "quickstart" / "dpo.yaml"))
-    mapping = {**BASE, "method": "grpo", "dataset_name": "builtin:prompts",
-               "reward_funcs": ["trl_ext.rewards.keyword.KeywordReward"],
-               "reward_kwargs": {"KeywordReward": {"keywords": ["river"]}}, "model_init_kwargs": {"low_cpu_mem_usage": True}}
+    mapping = {
+        **BASE,
+        "method": "grpo",
+        "dataset_name": "builtin:prompts",
+        "reward_funcs": ["trl_ext.rewards.keyword.KeywordReward"],
+        "reward_kwargs": {"KeywordReward": {"keywords": ["river"]}},
+        "model_init_kwargs": {"low_cpu_mem_usage": True},
+    }
     for _ in range(2):
         recipe = load_recipe(write(tmp_path, mapping))
         assert recipe.script.reward_kwargs == {"KeywordReward": {"keywords": ["river"]}}
@@ -234,8 +255,20 @@ def test_launch_states_single_machine_defaults_only_without_accelerates_default_
     monkeypatch.setattr("accelerate.commands.config.default_config_file", str(default))
     tail = ["-m", "trl_ext.train", "--config", "r.yaml", "--beta", "0.2"]
     assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], None, None) == [
-        "--num_processes", "1", "--num_machines", "1", "--dynamo_backend", "no", *tail]
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        *tail,
+    ]
     default.write_text("compute_environment: LOCAL_MACHINE\n")
     assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], None, None) == tail
     assert accelerate_launch_args("r.yaml", ["--beta", "0.2"], "a.yaml", 2) == [
-        "--config_file", "a.yaml", "--num_processes", "2", *tail]
+        "--config_file",
+        "a.yaml",
+        "--num_processes",
+        "2",
+        *tail,
+    ]

@@ -25,8 +25,10 @@ def test_dpo_qlora_recipe_learns_the_preferences_and_its_adapter_reloads_exactly
     from trl_ext.modeling import load_model_and_tokenizer
 
     out = tmp_path / "dpo"
-    recipe = load_recipe(str(RECIPES / "quickstart" / "dpo.yaml"),
-                         ["--output_dir", str(out), "--logging_steps", "1", "--max_steps", "30"])
+    recipe = load_recipe(
+        str(RECIPES / "quickstart" / "dpo.yaml"),
+        ["--output_dir", str(out), "--logging_steps", "1", "--max_steps", "30"],
+    )
     trainer = run(recipe)
 
     logs = [h for h in log_history(out) if "rewards/margins" in h]
@@ -52,8 +54,9 @@ def test_dpo_qlora_recipe_learns_the_preferences_and_its_adapter_reloads_exactly
 
 def test_dpo_quickstart_completes_under_two_process_ddp(tmp_path):
     out = tmp_path / "ddp"
-    proc = accelerate_launch("--config", str(RECIPES / "quickstart" / "dpo.yaml"), "--output_dir", str(out),
-                             num_processes=2, timeout=900)
+    proc = accelerate_launch(
+        "--config", str(RECIPES / "quickstart" / "dpo.yaml"), "--output_dir", str(out), num_processes=2, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 40

@@ -39,15 +39,15 @@ def __getattr__(name):
 
 
 if TYPE_CHECKING:  # pragma: no cover -- the same names, for type checkers and IDEs (tests/test_public_api.py)
+    from trl_ext.callbacks import ForgettingMonitorCallback
+    from trl_ext.ewc import EWCArguments
+    from trl_ext.memory import estimate_memory
+    from trl_ext.merge import merge_adapter
+    from trl_ext.modeling import get_peft_config, get_quantization_config, load_model_and_tokenizer
+    from trl_ext.recipe import Recipe, RecipeError, load_recipe
+    from trl_ext.rewards import KeywordReward, load_reward_funcs
+    from trl_ext.rewards.query_rewrite import QueryRewriteReward
     from trl_ext.trainers.dpo import DPOConfig, DPOTrainer
     from trl_ext.trainers.grpo import GRPOConfig, GRPOTrainer
     from trl_ext.trainers.kto import KTOConfig, KTOTrainer
     from trl_ext.trainers.ppo import PPOConfig, PPOTrainer
-    from trl_ext.recipe import Recipe, RecipeError, load_recipe
-    from trl_ext.modeling import get_peft_config, get_quantization_config, load_model_and_tokenizer
-    from trl_ext.merge import merge_adapter
-    from trl_ext.ewc import EWCArguments
-    from trl_ext.callbacks import ForgettingMonitorCallback
-    from trl_ext.rewards import KeywordReward, load_reward_funcs
-    from trl_ext.rewards.query_rewrite import QueryRewriteReward
-    from trl_ext.memory import estimate_memory

@@ -52,8 +52,17 @@ class ForgettingMonitorCallback(TrainerCallback):
     ```
     """
 
-    def __init__(self, anchor_dataset: str, split: str = "test", eval_steps: int = 50, num_samples: int = 64,
-                 max_length: int = 256, batch_size: int = 8, reference_model=None, seed: int = 0):
+    def __init__(
+        self,
+        anchor_dataset: str,
+        split: str = "test",
+        eval_steps: int = 50,
+        num_samples: int = 64,
+        max_length: int = 256,
+        batch_size: int = 8,
+        reference_model=None,
+        seed: int = 0,
+    ):
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be a positive integer; got {eval_steps}.")
         self.anchor_dataset = anchor_dataset
@@ -89,9 +98,16 @@ class ForgettingMonitorCallback(TrainerCallback):
     def _load(self, tokenizer):
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.samples = load_token_samples(self.anchor_dataset, tokenizer, self.num_samples, self.max_length,
-                                          split=self.split, seed=self.seed, fallback_split="train",
-                                          split_key="forgetting_anchor_split")
+        self.samples = load_token_samples(
+            self.anchor_dataset,
+            tokenizer,
+            self.num_samples,
+            self.max_length,
+            split=self.split,
+            seed=self.seed,
+            fallback_split="train",
+            split_key="forgetting_anchor_split",
+        )
 
     def _reference(self, model):
         if self.reference_model is not None:
@@ -152,12 +168,19 @@ class ForgettingMonitorCallback(TrainerCallback):
                 raise ValueError("ForgettingMonitorCallback needs the trainer's tokenizer (processing_class).")
             self._load(processing_class)
             if self.reference_model is None and not hasattr(getattr(model, "module", model), "disable_adapter"):
-                logger.warning("ForgettingMonitorCallback: the model has no adapter to disable and no "
-                               "reference_model was given, so forgetting/kl_to_reference is not logged.")
+                logger.warning(
+                    "ForgettingMonitorCallback: the model has no adapter to disable and no "
+                    "reference_model was given, so forgetting/kl_to_reference is not logged."
+                )
         if self.baseline_nll is None:
             self.baseline_nll = self.evaluate(model)["forgetting/anchor_nll"]
-            self.history.append({"step": state.global_step, "forgetting/anchor_nll": self.baseline_nll,
-                                 "forgetting/anchor_nll_delta": 0.0})
+            self.history.append(
+                {
+                    "step": state.global_step,
+                    "forgetting/anchor_nll": self.baseline_nll,
+                    "forgetting/anchor_nll_delta": 0.0,
+                }
+            )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.eval_steps == 0:

@@ -12,7 +12,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("trl_ext.memory.cli:estimate_cli", "estimate a recipe's peak GPU memory, component by component"),
     "memcheck": ("trl_ext.memcheck:memcheck_cli", "measure a recipe's peak GPU memory with random weights (GPU)"),
     "fisher": ("trl_ext.ewc:fisher_cli", "precompute the EWC Fisher of a recipe's base model to a file"),
-    "eval-rewrite": ("trl_ext.rewards.eval_rewrite:eval_rewrite_cli", "score query rewrites on the retrieval benchmark"),
+    "eval-rewrite": (
+        "trl_ext.rewards.eval_rewrite:eval_rewrite_cli",
+        "score query rewrites on the retrieval benchmark",
+    ),
 }
 
 

@@ -53,8 +53,9 @@ def synthetic_rows(method: str, lengths: dict[str, int], n_rows: int, vocab_size
     for i in range(n_rows):
         prompt = text(lengths["prompt"])
         if method == "dpo":
-            rows.append({"prompt": prompt, "chosen": text(lengths["completion"]),
-                         "rejected": text(lengths["completion"])})
+            rows.append(
+                {"prompt": prompt, "chosen": text(lengths["completion"]), "rejected": text(lengths["completion"])}
+            )
         elif method == "kto":
             rows.append({"prompt": prompt, "completion": text(lengths["completion"]), "label": i % 2 == 0})
         else:
@@ -92,9 +93,14 @@ def _save_random_model(config: dict, out: Path, model_class: str = "causal") -> 
     torch.cuda.empty_cache()
 
 
-def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = None,
-             overrides: list[str] | None = None, workdir: str | None = None,
-             prompt_length: int | None = None) -> dict:
+def memcheck(
+    recipe_path: str,
+    steps: int = 5,
+    memory_cap_gb: float | None = None,
+    overrides: list[str] | None = None,
+    workdir: str | None = None,
+    prompt_length: int | None = None,
+) -> dict:
     """Run `steps` real training steps of the recipe on random weights and return the measured peaks.
 
     Args:
@@ -123,7 +129,8 @@ def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = Non
     if not torch.cuda.is_available():
         raise MemcheckUnavailable(
             "trl-ext memcheck measures real GPU memory and needs a CUDA GPU; none is visible here. "
-            "On CPU, use `trl-ext estimate RECIPE` for the predicted peak.")
+            "On CPU, use `trl-ext estimate RECIPE` for the predicted peak."
+        )
     if steps < 1:
         raise ValueError(f"--steps must be at least 1, got {steps}.")
     from trl_ext.memory import estimate_memory, load_architecture
@@ -148,9 +155,24 @@ def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = Non
     rows = synthetic_rows(recipe.method, lengths, max(64, 2 * steps * per_step), arch.vocab_size)
     data = work / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_overrides += ["--dataset_name", str(data), "--max_steps", str(steps), "--output_dir", str(work / "out"),
-                      "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
-                      "--skip_memory_check", "true"]
+    run_overrides += [
+        "--dataset_name",
+        str(data),
+        "--max_steps",
+        str(steps),
+        "--output_dir",
+        str(work / "out"),
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+        "--skip_memory_check",
+        "true",
+    ]
     run_recipe = apply_runtime(load_recipe(recipe_path, overrides + run_overrides))
     if run_recipe.method in ("grpo", "ppo"):  # every completion as long as the recipe allows
         key = "min_tokens" if getattr(run_recipe.training, "use_vllm", False) else "min_new_tokens"
@@ -165,8 +187,9 @@ def memcheck(recipe_path: str, steps: int = 5, memory_cap_gb: float | None = Non
     trainer.train()
     allocated = torch.cuda.max_memory_allocated()
     reserved = torch.cuda.max_memory_reserved()
-    estimate = estimate_memory(recipe, gpu_memory_bytes=(memory_cap_gb * GB) if memory_cap_gb else total,
-                               prompt_length=prompt_length)
+    estimate = estimate_memory(
+        recipe, gpu_memory_bytes=(memory_cap_gb * GB) if memory_cap_gb else total, prompt_length=prompt_length
+    )
     return {
         "recipe": str(recipe_path),
         "model": arch.name,
@@ -189,19 +212,38 @@ def memcheck_cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="trl-ext memcheck",
         description="Measure a recipe's peak GPU memory: random weights from its config, synthetic batches at "
-        "its maximum lengths, N real training steps (needs a CUDA GPU). Extra --key value pairs override recipe keys.")
+        "its maximum lengths, N real training steps (needs a CUDA GPU). Extra --key value pairs override recipe keys.",
+    )
     parser.add_argument("recipe", help="recipe YAML")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps to run (default 5)")
-    parser.add_argument("--memory-cap-gb", "--memory_cap_gb", dest="cap", type=float, default=None,
-                        help="cap this process at this many GB (10^9 bytes), e.g. 24 to emulate a 24 GB card")
-    parser.add_argument("--prompt-length", "--prompt_length", dest="prompt_length", type=int, default=None,
-                        help="GRPO/PPO prompt tokens (default: as trl-ext estimate)")
+    parser.add_argument(
+        "--memory-cap-gb",
+        "--memory_cap_gb",
+        dest="cap",
+        type=float,
+        default=None,
+        help="cap this process at this many GB (10^9 bytes), e.g. 24 to emulate a 24 GB card",
+    )
+    parser.add_argument(
+        "--prompt-length",
+        "--prompt_length",
+        dest="prompt_length",
+        type=int,
+        default=None,
+        help="GRPO/PPO prompt tokens (default: as trl-ext estimate)",
+    )
     parser.add_argument("--workdir", default=None, help="directory for the random model and data (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args, overrides = parser.parse_known_args(argv)
     try:
-        result = memcheck(args.recipe, steps=args.steps, memory_cap_gb=args.cap, overrides=overrides,
-                          workdir=args.workdir, prompt_length=args.prompt_length)
+        result = memcheck(
+            args.recipe,
+            steps=args.steps,
+            memory_cap_gb=args.cap,
+            overrides=overrides,
+            workdir=args.workdir,
+            prompt_length=args.prompt_length,
+        )
     except MemcheckUnavailable as err:
         print(f"trl-ext memcheck: {err}", file=sys.stderr)
         return 2
@@ -211,8 +253,10 @@ def memcheck_cli(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['recipe']}: {result['steps']} steps on {result['gpu']}"
-              + (f" capped at {args.cap:g} GB" if args.cap else "")
-              + f": max allocated {result['max_memory_allocated_gib']} GiB, max reserved "
-              f"{result['max_memory_reserved_gib']} GiB (estimated {result['estimated_peak_gib']} GiB)")
+        print(
+            f"{result['recipe']}: {result['steps']} steps on {result['gpu']}"
+            + (f" capped at {args.cap:g} GB" if args.cap else "")
+            + f": max allocated {result['max_memory_allocated_gib']} GiB, max reserved "
+            f"{result['max_memory_reserved_gib']} GiB (estimated {result['estimated_peak_gib']} GiB)"
+        )
     return 0

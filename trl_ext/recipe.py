@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import importlib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -34,12 +33,12 @@ import yaml
 from trl_ext.data.loading import load_dataset_by_name, load_datasets, select_split  # noqa: F401
 from trl_ext.recipe_validation import RecipeError, check_value
 
-#: method -> (module, config class, trainer class)
-METHODS: dict[str, tuple[str, str, str]] = {
-    "dpo": ("trl_ext.trainers.dpo", "DPOConfig", "DPOTrainer"),
-    "grpo": ("trl_ext.trainers.grpo", "GRPOConfig", "GRPOTrainer"),
-    "kto": ("trl_ext.trainers.kto", "KTOConfig", "KTOTrainer"),
-    "ppo": ("trl_ext.trainers.ppo", "PPOConfig", "PPOTrainer"),
+#: method -> its config class in `trl_ext.configs` (the trainers are looked up by the entry points, `trl_ext.train`)
+METHODS: dict[str, str] = {
+    "dpo": "DPOConfig",
+    "grpo": "GRPOConfig",
+    "kto": "KTOConfig",
+    "ppo": "PPOConfig",
 }
 
 #: Keys TRL's parser handles itself rather than through a dataclass field.
@@ -138,20 +137,16 @@ class Recipe:
     runtime_applied: bool = False
 
     @property
-    def trainer_class(self):
-        module, _, trainer = METHODS[self.method]
-        return getattr(importlib.import_module(module), trainer)
-
-    @property
     def override_keys(self) -> set[str]:
         """The keys set on the command line (they win over the file and over runtime settings)."""
         return {key for key, _ in _split_cli(self.overrides)}
 
 
 def method_config_class(method: str):
-    """The config class of ``method`` (``DPOConfig``, ``GRPOConfig``, ``KTOConfig`` or ``PPOConfig``)."""
-    module, config, _ = METHODS[method]
-    return getattr(importlib.import_module(module), config)
+    """The config class of `method` (`DPOConfig`, `GRPOConfig`, `KTOConfig` or `PPOConfig`)."""
+    import trl_ext.configs
+
+    return getattr(trl_ext.configs, METHODS[method])
 
 
 def dataclass_types(method: str) -> tuple[type, ...]:
@@ -176,7 +171,7 @@ def recipe_fields(method: str) -> dict[str, tuple[dataclasses.Field, Any]]:
     return fields
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -258,8 +253,9 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     return build_recipe(raw, overrides, path=str(path) if path is not None else None)
 
 
-def build_recipe(raw: dict, overrides: list[str] | None = None, path: str | None = None,
-                 settings: dict[str, Any] | None = None) -> Recipe:
+def build_recipe(
+    raw: dict, overrides: list[str] | None = None, path: str | None = None, settings: dict[str, Any] | None = None
+) -> Recipe:
     """Validate a recipe mapping plus ``--key value`` overrides and build the method's TRL configs.
 
     Without CUDA, the configs are built with ``use_cpu: true`` unless the command line sets it: transformers refuses
@@ -324,8 +320,17 @@ def build_recipe(raw: dict, overrides: list[str] | None = None, path: str | None
     except (ValueError, TypeError) as err:
         raise RecipeError(f"Invalid {source} for method {method!r}: {err}") from None
 
-    recipe = Recipe(method=method, path=path, script=script, training=training, model=model, datasets=mixture,
-                    raw=raw, overrides=overrides, env={str(k): str(v) for k, v in env.items()})
+    recipe = Recipe(
+        method=method,
+        path=path,
+        script=script,
+        training=training,
+        model=model,
+        datasets=mixture,
+        raw=raw,
+        overrides=overrides,
+        env={str(k): str(v) for k, v in env.items()},
+    )
     _validate_semantics(recipe, source)
     return recipe
 
@@ -349,21 +354,16 @@ def _validate_semantics(recipe: Recipe, source: str) -> None:
         )
     if not recipe.script.dataset_name and not recipe.datasets.datasets:
         raise RecipeError(f"{source} names no dataset; add `dataset_name:` (e.g. builtin:preferences) or `datasets:`.")
-    rewards = (recipe.script.reward_funcs, recipe.script.reward_model_name_or_path,
-               getattr(recipe.training, "reward_adapter_path", None))
+    rewards = (
+        recipe.script.reward_funcs,
+        recipe.script.reward_model_name_or_path,
+        getattr(recipe.training, "reward_adapter_path", None),
+    )
     if recipe.method in ("grpo", "ppo") and not any(rewards):
         raise RecipeError(
             f"{source} uses method {recipe.method!r} but names no reward: add `reward_funcs:` (import paths) "
             "and/or `reward_model_name_or_path:`" + (" or `reward_adapter_path:`." if recipe.method == "ppo" else ".")
         )
-    if recipe.script.reward_funcs:
-        from trl_ext.rewards import resolve_reward_func
-
-        for name in recipe.script.reward_funcs:
-            try:
-                resolve_reward_func(name)
-            except (ImportError, AttributeError, ValueError) as err:
-                raise RecipeError(f"reward_funcs entry {name!r} in {source} cannot be loaded: {err}") from None
 
 
 def resolve_accelerate_config(recipe_path: str | None, config: str | None) -> str | None:

@@ -17,6 +17,46 @@ from trl_ext.runtime import apply_runtime
 
 logger = logging.getLogger(__name__)
 
+#: method -> (module, trainer class). The recipe layer knows only the configs; trainers are looked up here, at the top.
+TRAINERS: dict[str, tuple[str, str]] = {
+    "dpo": ("trl_ext.trainers.dpo", "DPOTrainer"),
+    "grpo": ("trl_ext.trainers.grpo", "GRPOTrainer"),
+    "kto": ("trl_ext.trainers.kto", "KTOTrainer"),
+    "ppo": ("trl_ext.trainers.ppo", "PPOTrainer"),
+}
+
+
+def trainer_class(method: str):
+    """The trainer class of `method` (`trl_ext.trainers.<method>`)."""
+    import importlib
+
+    module, name = TRAINERS[method]
+    return getattr(importlib.import_module(module), name)
+
+
+def check_reward_funcs(recipe: Recipe) -> None:
+    """Refuse (RecipeError) a `reward_funcs` entry that cannot be imported, before anything loads.
+
+    Part of the checks that need the capabilities (the recipe layer below them only checks keys and values).
+    """
+    if not recipe.script.reward_funcs:
+        return
+    from trl_ext.rewards import resolve_reward_func
+
+    source = f"recipe {recipe.path}" if recipe.path else "the command line"
+    for name in recipe.script.reward_funcs:
+        try:
+            resolve_reward_func(name)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise RecipeError(f"reward_funcs entry {name!r} in {source} cannot be loaded: {err}") from None
+
+
+def preflight(recipe: Recipe) -> Recipe:
+    """Every check that runs before a process loads weights: rewards importable, output_dir safe to write."""
+    check_reward_funcs(recipe)
+    check_output_dir(recipe)
+    return recipe
+
 
 def _trainer_kwargs(recipe: Recipe) -> dict:
     """Arguments that differ between methods (reward functions for the online methods)."""
@@ -73,7 +113,7 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
     train_dataset, eval_dataset = load_datasets(recipe)
     method_kwargs = _trainer_kwargs(recipe)  # imports reward code (and builds indexes) before weights load
     model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training)
-    trainer = recipe.trainer_class(
+    trainer = trainer_class(recipe.method)(
         model=model,
         args=recipe.training,
         train_dataset=train_dataset,
@@ -123,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         del argv[i : i + 2]
     try:
         recipe = apply_runtime(load_recipe(config, argv))
+        check_reward_funcs(recipe)
         trainer = run(recipe)
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
@@ -141,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 # `trl-ext train`: the same module through `accelerate launch`
 # ---------------------------------------------------------------------------------------------------------------
 
-def accelerate_launch_args(recipe_path: str, overrides: list[str], accelerate_config: str | None,
-                           num_processes: int | None) -> list[str]:
+
+def accelerate_launch_args(
+    recipe_path: str, overrides: list[str], accelerate_config: str | None, num_processes: int | None
+) -> list[str]:
     """The ``accelerate launch`` argument list that runs this module on ``recipe_path``."""
     from accelerate.commands.config import default_config_file
 
@@ -170,15 +213,25 @@ def launch_main(argv: list[str] | None = None) -> int:
         "Extra --key value pairs override recipe keys.",
     )
     parser.add_argument("recipe", help="recipe YAML")
-    parser.add_argument("--accelerate_config", "--accelerate-config", dest="accelerate_config", default=None,
-                        help="accelerate config file (default: the recipe's accelerate_config key)")
-    parser.add_argument("--num_processes", "--num-processes", dest="num_processes", type=int, default=None,
-                        help="number of processes (GPUs); >1 without a config launches multi-GPU DDP")
+    parser.add_argument(
+        "--accelerate_config",
+        "--accelerate-config",
+        dest="accelerate_config",
+        default=None,
+        help="accelerate config file (default: the recipe's accelerate_config key)",
+    )
+    parser.add_argument(
+        "--num_processes",
+        "--num-processes",
+        dest="num_processes",
+        type=int,
+        default=None,
+        help="number of processes (GPUs); >1 without a config launches multi-GPU DDP",
+    )
     args, overrides = parser.parse_known_args(argv)
     try:
         # fail here, once, before any process starts; the processes inherit the recipe's env:
-        recipe = apply_runtime(load_recipe(args.recipe, overrides))
-        check_output_dir(recipe)
+        recipe = preflight(apply_runtime(load_recipe(args.recipe, overrides)))
         accelerate_config = resolve_accelerate_config(
             args.recipe, args.accelerate_config or recipe.script.accelerate_config
         )

@@ -28,9 +28,36 @@ from trl_ext.assets import DATA_DIR
 SEED = 1234
 
 TOWNS = [
-    "Velmar", "Ostrava", "Kelda", "Brindle", "Torvik", "Amsel", "Quorra", "Lindqvist", "Maren", "Pellow",
-    "Sarnath", "Ulmet", "Dovre", "Evesham", "Faroe", "Grantham", "Hollin", "Istra", "Jorvik", "Kestrel",
-    "Lomond", "Merrow", "Norwick", "Oban", "Penrith", "Quarry", "Rothes", "Selkirk", "Tarbet", "Unst",
+    "Velmar",
+    "Ostrava",
+    "Kelda",
+    "Brindle",
+    "Torvik",
+    "Amsel",
+    "Quorra",
+    "Lindqvist",
+    "Maren",
+    "Pellow",
+    "Sarnath",
+    "Ulmet",
+    "Dovre",
+    "Evesham",
+    "Faroe",
+    "Grantham",
+    "Hollin",
+    "Istra",
+    "Jorvik",
+    "Kestrel",
+    "Lomond",
+    "Merrow",
+    "Norwick",
+    "Oban",
+    "Penrith",
+    "Quarry",
+    "Rothes",
+    "Selkirk",
+    "Tarbet",
+    "Unst",
 ]
 RIVERS = ["Ashen", "Silver", "Cold", "Long", "Green", "Stone", "Bright", "Quiet", "Red", "Deep"]
 FOODS = ["bread", "cheese", "apples", "fish", "honey", "barley", "plums", "mushrooms", "salt", "tea"]
@@ -75,7 +102,8 @@ def _general_text(rng: random.Random, world) -> list[str]:
     for _ in range(300):
         t1, t2 = rng.sample(TOWNS, 2)
         lines.append(
-            f"The road from {t1} to {t2} follows the {world[t1]['river']} river and then the {world[t2]['river']} river."
+            f"The road from {t1} to {t2} follows the {world[t1]['river']} river "
+            f"and then the {world[t2]['river']} river."
         )
     rng.shuffle(lines)
     return lines
@@ -146,8 +174,17 @@ def build_tokenizer(texts: list[str], vocab_size: int = 2048):
     return fast
 
 
-def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, lr: float = 3e-3, batch_size: int = 32,
-             max_length: int = 96, warmup: int = 20) -> list[float]:
+def pretrain(
+    model,
+    tokenizer,
+    texts: list[str],
+    steps: int,
+    seed: int,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    max_length: int = 96,
+    warmup: int = 20,
+) -> list[float]:
     """Seeded causal-LM training on ``texts`` (random batches, linear warm-up then linear decay to 10%); returns the
     per-step losses. Shared by every bundled tiny model."""
     import torch
@@ -159,8 +196,9 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, lr: floa
     model.train()
     losses = []
     for _ in range(steps):
-        batch = tokenizer(rng.sample(texts, batch_size), return_tensors="pt", padding=True, truncation=True,
-                          max_length=max_length)
+        batch = tokenizer(
+            rng.sample(texts, batch_size), return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
@@ -173,8 +211,16 @@ def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, lr: floa
     return losses
 
 
-def tiny_qwen2(tokenizer, seed: int, hidden_size: int = 128, intermediate_size: int = 256, num_hidden_layers: int = 2,
-               num_attention_heads: int = 4, num_key_value_heads: int = 2, max_position_embeddings: int = 512):
+def tiny_qwen2(
+    tokenizer,
+    seed: int,
+    hidden_size: int = 128,
+    intermediate_size: int = 256,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    max_position_embeddings: int = 512,
+):
     """A freshly initialised (seeded) small Qwen2 causal LM with tied embeddings, sized to ``tokenizer``."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -232,9 +278,7 @@ def main(steps: int = 600) -> None:
 
     # Chat-formatted answers teach the tiny model its template; both good and bad answers appear so that DPO has
     # something to choose between.
-    chat_texts = [
-        CHAT_TEMPLATE_RENDER.format(q=q, a=a) for q, g, b in triples for a in (g, b)
-    ]
+    chat_texts = [CHAT_TEMPLATE_RENDER.format(q=q, a=a) for q, g, b in triples for a in (g, b)]
     tokenizer = build_tokenizer(general + chat_texts)
     out = DATA_DIR / "tiny-chat"
     out.mkdir(exist_ok=True)

@@ -37,6 +37,7 @@ def counterfact_pair(text: str, rng: random.Random) -> tuple[list[dict], str, st
     Returns:
         `tuple` or `None`: the question as chat messages, the counterfact and the sentence itself.
     """
+
     def user(content: str) -> list[dict]:
         return [{"role": "user", "content": content}]
 
@@ -53,8 +54,11 @@ def counterfact_pair(text: str, rng: random.Random) -> tuple[list[dict], str, st
         w1, w2 = r2, r1  # the rivers in the wrong order
         if w1 == r1:
             w1 = rng.choice([r for r in RIVERS if r != r1])
-        return (user(f"How does the road from {a} to {b} go?"),
-                f"The road from {a} to {b} follows the {w1} river and then the {w2} river.", text)
+        return (
+            user(f"How does the road from {a} to {b} go?"),
+            f"The road from {a} to {b} follows the {w1} river and then the {w2} river.",
+            text,
+        )
     return None
 
 
@@ -79,8 +83,14 @@ def build(seed: int = SEED, source: Path = DATA_DIR / "general_text" / "train.js
     others = [p for p in pairs if "road" not in p[1]]
     pairs = others + roads
     rng.shuffle(pairs)
-    rows = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-             "rejected": [{"role": "assistant", "content": rejected}]} for prompt, chosen, rejected in pairs]
+    rows = [
+        {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+        for prompt, chosen, rejected in pairs
+    ]
     return {"test": rows[:TEST_PAIRS], "train": rows[TEST_PAIRS:]}
 
 

@@ -45,8 +45,10 @@ def training_texts() -> tuple[list[str], list[str]]:
     rows = load_split("train")
     with open(DATA_DIR / "query_rewrite_corpus" / "corpus.jsonl", encoding="utf-8") as fh:
         corpus = [json.loads(line)["text"] for line in fh]
-    sft = [render(row["prompt"] + [{"role": "assistant", "content": f"<rewrite>{row['reference_rewrites'][0]}</rewrite>"}])
-           for row in rows]
+    sft = [
+        render(row["prompt"] + [{"role": "assistant", "content": f"<rewrite>{row['reference_rewrites'][0]}</rewrite>"}])
+        for row in rows
+    ]
     return sft, corpus
 
 
@@ -69,8 +71,10 @@ def main(argv=None) -> int:
     texts = sft * 2 + corpus
     random.Random(args.seed).shuffle(texts)
     losses = pretrain(model, tokenizer, texts, steps=args.steps, seed=args.seed, max_length=max(lengths) + 8)
-    print(f"tokens per conversation: max {max(lengths)}, mean {sum(lengths) / len(lengths):.0f}; "
-          f"training loss: first {losses[0]:.3f}, last {sum(losses[-10:]) / 10:.3f}")
+    print(
+        f"tokens per conversation: max {max(lengths)}, mean {sum(lengths) / len(lengths):.0f}; "
+        f"training loss: first {losses[0]:.3f}, last {sum(losses[-10:]) / 10:.3f}"
+    )
     save_model(model, tokenizer, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -31,14 +31,22 @@ def _split_example(example: dict, tokenizer) -> tuple[str, str]:
             full = _render(tokenizer, prompt + completion)
             if not full.startswith(prompt_text):
                 raise ValueError("The chat template renders the prompt differently inside the conversation.")
-            return prompt_text, full[len(prompt_text):]
+            return prompt_text, full[len(prompt_text) :]
         return prompt, completion
     raise ValueError(f"found columns {', '.join(example)}")
 
 
-def load_token_samples(name: str, tokenizer, n: int, max_length: int, split: str = "train",
-                       config: str | None = None, seed: int = 0, fallback_split: str | None = None,
-                       split_key: str = "the split") -> list[tuple[torch.Tensor, torch.Tensor]]:
+def load_token_samples(
+    name: str,
+    tokenizer,
+    n: int,
+    max_length: int,
+    split: str = "train",
+    config: str | None = None,
+    seed: int = 0,
+    fallback_split: str | None = None,
+    split_key: str = "the split",
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Up to `n` examples of dataset `name`, tokenized, with the mask of the tokens to model.
 
     Examples are drawn without replacement in a seeded order; a dataset smaller than `n` gives all its examples.
@@ -73,11 +81,15 @@ def load_token_samples(name: str, tokenizer, n: int, max_length: int, split: str
     dataset = load_dataset_by_name(name, config)
     split_name = split.split("[", 1)[0]  # `test[:32]` names the split `test`
     if fallback_split is not None and split_name not in dataset and fallback_split in dataset:
-        split = fallback_split + split[len(split_name):]  # the row slice, if any, carries over
+        split = fallback_split + split[len(split_name) :]  # the row slice, if any, carries over
     ds = select_split(dataset, split, name, split_key)
     columns = set(ds.column_names)
-    if not ({"text"} <= columns or {"messages"} <= columns or {"prompt", "completion"} <= columns
-            or {"prompt", "chosen"} <= columns):
+    if not (
+        {"text"} <= columns
+        or {"messages"} <= columns
+        or {"prompt", "completion"} <= columns
+        or {"prompt", "chosen"} <= columns
+    ):
         raise ValueError(
             f"Dataset {name} (split {split!r}) has columns {', '.join(sorted(columns))}; the Fisher and the "
             f"forgetting monitor need one of: {', '.join(TEXT_FORMATS)}."

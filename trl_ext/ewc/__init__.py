@@ -13,8 +13,8 @@
 The anchor text the Fisher is estimated on is loaded by `trl_ext.data.samples`, shared with the forgetting monitor.
 """
 
+from trl_ext.configs.ewc import EWCArguments
 from trl_ext.data.samples import load_token_samples  # deprecated path, kept for one release
-from trl_ext.ewc.args import EWCArguments
 from trl_ext.ewc.cli import fisher_cli
 from trl_ext.ewc.fisher import AdaptedModule, FisherEstimate, adapted_modules, estimate_fisher
 from trl_ext.ewc.io import FisherMismatchError, load_fisher, model_identity, read_fisher, save_fisher
@@ -22,7 +22,20 @@ from trl_ext.ewc.penalty import Anchor, EWCPenalty, FullWeightPenalty
 from trl_ext.ewc.trainer import EWCTrainerMixin
 
 __all__ = [
-    "AdaptedModule", "Anchor", "EWCArguments", "EWCPenalty", "EWCTrainerMixin", "FisherEstimate",
-    "FisherMismatchError", "FullWeightPenalty", "adapted_modules", "estimate_fisher", "fisher_cli",
-    "load_fisher", "load_token_samples", "model_identity", "read_fisher", "save_fisher",
+    "AdaptedModule",
+    "Anchor",
+    "EWCArguments",
+    "EWCPenalty",
+    "EWCTrainerMixin",
+    "FisherEstimate",
+    "FisherMismatchError",
+    "FullWeightPenalty",
+    "adapted_modules",
+    "estimate_fisher",
+    "fisher_cli",
+    "load_fisher",
+    "load_token_samples",
+    "model_identity",
+    "read_fisher",
+    "save_fisher",
 ]

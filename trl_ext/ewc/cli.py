@@ -40,8 +40,10 @@ def fisher_cli(argv: list[str] | None = None) -> int:
             raise RecipeError(f"--output {output} exists; pass --overwrite or choose another path.")
         recipe = apply_runtime(load_recipe(args.recipe, overrides))
         if not recipe.model.use_peft:
-            raise RecipeError(f"{args.recipe} has use_peft: false; the EWC Fisher is over LoRA-adapted modules, so "
-                              "set use_peft: true (and lora_target_modules).")
+            raise RecipeError(
+                f"{args.recipe} has use_peft: false; the EWC Fisher is over LoRA-adapted modules, so "
+                "set use_peft: true (and lora_target_modules)."
+            )
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
@@ -58,12 +60,21 @@ def fisher_cli(argv: list[str] | None = None) -> int:
     model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, config)
     samples = fisher_samples(config, tokenizer)
     model = get_peft_model(model, peft_config)
-    estimate = estimate_fisher(model, samples, mode=config.ewc_fisher_mode, fisher_type=config.ewc_fisher_type,
-                               batch_size=config.ewc_fisher_batch_size, seed=config.seed,
-                               pad_token_id=tokenizer.pad_token_id, dtype=getattr(torch, config.ewc_fisher_dtype))
+    estimate = estimate_fisher(
+        model,
+        samples,
+        mode=config.ewc_fisher_mode,
+        fisher_type=config.ewc_fisher_type,
+        batch_size=config.ewc_fisher_batch_size,
+        seed=config.seed,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=getattr(torch, config.ewc_fisher_dtype),
+    )
     save_fisher(output, estimate, model_identity(model), revision=recipe.model.model_revision)
     agreement = "n/a" if estimate.split_half_agreement is None else f"{estimate.split_half_agreement:.4f}"
-    print(f"Fisher ({estimate.mode}, {estimate.fisher_type}) of {len(estimate.tensors)} tensors from "
-          f"{estimate.n_samples} sequences / {estimate.n_tokens} tokens in {estimate.seconds:.1f}s; "
-          f"split-half agreement {agreement}; written to {output}")
+    print(
+        f"Fisher ({estimate.mode}, {estimate.fisher_type}) of {len(estimate.tensors)} tensors from "
+        f"{estimate.n_samples} sequences / {estimate.n_tokens} tokens in {estimate.seconds:.1f}s; "
+        f"split-half agreement {agreement}; written to {output}"
+    )
     return 0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from trl_ext.configs.ewc import DEFAULT_ANCHOR_DATASET
 from trl_ext.data.samples import collate, load_token_samples  # noqa: F401  (deprecated path, kept for one release)
-from trl_ext.ewc.args import DEFAULT_ANCHOR_DATASET
 
 
 def fisher_samples(config, tokenizer):
@@ -20,7 +20,13 @@ def fisher_samples(config, tokenizer):
         `list[tuple[torch.Tensor, torch.Tensor]]`: `(input_ids, loss_mask)` pairs, see
         `trl_ext.data.samples.load_token_samples`.
     """
-    return load_token_samples(config.ewc_fisher_dataset or DEFAULT_ANCHOR_DATASET, tokenizer,
-                              config.ewc_fisher_samples, config.ewc_fisher_max_length,
-                              split=config.ewc_fisher_split, config=config.ewc_fisher_dataset_config,
-                              seed=config.seed, split_key="ewc_fisher_split")
+    return load_token_samples(
+        config.ewc_fisher_dataset or DEFAULT_ANCHOR_DATASET,
+        tokenizer,
+        config.ewc_fisher_samples,
+        config.ewc_fisher_max_length,
+        split=config.ewc_fisher_split,
+        config=config.ewc_fisher_dataset_config,
+        seed=config.seed,
+        split_key="ewc_fisher_split",
+    )

@@ -161,8 +161,10 @@ def fisher_key_shapes(module: AdaptedModule, mode: str) -> dict[str, tuple[int, 
     if mode == "kfac":
         return {f"{module.name}.kfac_out": (out_features,), f"{module.name}.kfac_in": (in_features,)}
     if mode == "lora_params":
-        return {f"{module.name}.lora_A": tuple(module.lora_A.shape),
-                f"{module.name}.lora_B": tuple(module.lora_B.shape)}
+        return {
+            f"{module.name}.lora_A": tuple(module.lora_A.shape),
+            f"{module.name}.lora_B": tuple(module.lora_B.shape),
+        }
     raise ValueError(f"Unknown Fisher mode {mode!r}; use full, kfac or lora_params.")
 
 
@@ -193,10 +195,21 @@ def _all_reduce(tensors: list[torch.Tensor]) -> None:
             dist.broadcast(t, src=0)  # bit-identical on every rank
 
 
-def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "true", batch_size: int = 8,
-                    seed: int = 0, pad_token_id: int = 0, dtype: torch.dtype = torch.float32,
-                    process_index: int = 0, num_processes: int = 1, gradient_checkpointing_kwargs=None,
-                    modules: list[AdaptedModule] | None = None) -> FisherEstimate:
+def estimate_fisher(
+    model,
+    samples,
+    *,
+    mode: str = "full",
+    fisher_type: str = "true",
+    batch_size: int = 8,
+    seed: int = 0,
+    pad_token_id: int = 0,
+    dtype: torch.dtype = torch.float32,
+    process_index: int = 0,
+    num_processes: int = 1,
+    gradient_checkpointing_kwargs=None,
+    modules: list[AdaptedModule] | None = None,
+) -> FisherEstimate:
     """Diagonal Fisher of the base weight of every LoRA-adapted module of `model`, from `samples`.
 
     Samples are sharded over `num_processes` and the sums all-reduced, so every rank gets the same estimate. Even
@@ -244,8 +257,11 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
     # keys[name]: the module's Fisher keys; acc[half][key]: float32 sums; counts: see below
     keys = {m.name: list(fisher_key_shapes(m, mode)) for m in modules}
     acc: list[dict[str, torch.Tensor]] = [
-        {key: torch.zeros(shape, dtype=torch.float32, device=device)
-         for m in modules for key, shape in fisher_key_shapes(m, mode).items()}
+        {
+            key: torch.zeros(shape, dtype=torch.float32, device=device)
+            for m in modules
+            for key, shape in fisher_key_shapes(m, mode).items()
+        }
         for _half in (0, 1)
     ]
     # kfac input factors average over non-pad positions, everything else over modelled tokens
@@ -273,6 +289,7 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
             if isinstance(output, torch.Tensor) and output.requires_grad:
                 x = inputs[0].detach().float()
                 output.register_hook(lambda g: on_grad(name, x, g))
+
         return hook
 
     def embed_hook(module, inputs, output):
@@ -333,13 +350,20 @@ def estimate_fisher(model, samples, *, mode: str = "full", fisher_type: str = "t
         total = (acc[0][key] + acc[1][key]) / (total_positions if key in per_position else total_tokens)
         tensors[key] = total.to(dtype)
     agreement = dot / (n0 * n1) ** 0.5 if n0 > 0 and n1 > 0 else None
-    return FisherEstimate(tensors=tensors, mode=mode, fisher_type=fisher_type, n_samples=int(counts[:, 0].sum()),
-                          n_tokens=int(total_tokens), split_half_agreement=agreement,
-                          seconds=time.perf_counter() - start)
+    return FisherEstimate(
+        tensors=tensors,
+        mode=mode,
+        fisher_type=fisher_type,
+        n_samples=int(counts[:, 0].sum()),
+        n_tokens=int(total_tokens),
+        split_half_agreement=agreement,
+        seconds=time.perf_counter() - start,
+    )
 
 
-def fisher_quantiles(tensors: dict[str, torch.Tensor], mode: str, max_entries: int = 1_000_000,
-                     seed: int = 0) -> dict[str, float]:
+def fisher_quantiles(
+    tensors: dict[str, torch.Tensor], mode: str, max_entries: int = 1_000_000, seed: int = 0
+) -> dict[str, float]:
     """Summary statistics of the Fisher's entries for the start-of-run log.
 
     Args:
@@ -371,6 +395,11 @@ def fisher_quantiles(tensors: dict[str, torch.Tensor], mode: str, max_entries: i
     if allf.numel() > max_entries:
         allf = allf[torch.randint(0, allf.numel(), (max_entries,), generator=g)]
     q = torch.quantile(allf, torch.tensor([0.5, 0.9, 0.99]))
-    return {"ewc/fisher_q50": float(q[0]), "ewc/fisher_q90": float(q[1]), "ewc/fisher_q99": float(q[2]),
-            "ewc/fisher_max": float(allf.max()), "ewc/fisher_mean": float(allf.mean()),
-            "ewc/fisher_entries": float(total)}
+    return {
+        "ewc/fisher_q50": float(q[0]),
+        "ewc/fisher_q90": float(q[1]),
+        "ewc/fisher_q99": float(q[2]),
+        "ewc/fisher_max": float(allf.max()),
+        "ewc/fisher_mean": float(allf.mean()),
+        "ewc/fisher_entries": float(total),
+    }

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from trl_ext.ewc.fisher import FisherEstimate, adapted_modules, base_model_of, fisher_key_shapes
 from trl_ext.assets import DATA_DIR
+from trl_ext.ewc.fisher import FisherEstimate, adapted_modules, base_model_of, fisher_key_shapes
 
 FORMAT = "trl-ext-ewc-fisher/1"
 
@@ -59,12 +59,20 @@ def model_identity(model) -> dict[str, str]:
         weight = modules[index].layer.base_layer.weight
         storage.append(_storage(weight))
         digest.update(weight.data.contiguous().view(torch.uint8).cpu().numpy())
-    return {"base_model": name, "base_model_storage": ",".join(sorted(set(storage))),
-            "base_model_fingerprint": digest.hexdigest()}
+    return {
+        "base_model": name,
+        "base_model_storage": ",".join(sorted(set(storage))),
+        "base_model_fingerprint": digest.hexdigest(),
+    }
 
 
-def save_fisher(path: str | os.PathLike, estimate: FisherEstimate, identity: dict[str, str],
-                revision: str | None = None, extra: dict | None = None) -> str:
+def save_fisher(
+    path: str | os.PathLike,
+    estimate: FisherEstimate,
+    identity: dict[str, str],
+    revision: str | None = None,
+    extra: dict | None = None,
+) -> str:
     """Write a Fisher estimate to a safetensors file, with what `load_fisher` checks in its header.
 
     Args:
@@ -162,11 +170,15 @@ def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"adapted here but missing from the file: {', '.join(missing[:5])}"
-                         + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+            parts.append(
+                f"adapted here but missing from the file: {', '.join(missing[:5])}"
+                + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+            )
         if extra:
-            parts.append(f"in the file but not adapted here: {', '.join(extra[:5])}"
-                         + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else ""))
+            parts.append(
+                f"in the file but not adapted here: {', '.join(extra[:5])}"
+                + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
+            )
         raise FisherMismatchError(
             f"Fisher file {path} covers other target modules ({'; '.join(parts)}). Use the same "
             "lora_target_modules as the recipe the file was computed from, or recompute it."
@@ -178,18 +190,26 @@ def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate
                     f"Fisher file {path}: {key} has shape {tuple(tensors[key].shape)} but this model needs {shape} "
                     "(another model size or LoRA rank); recompute it with `trl-ext fisher`."
                 )
-    if meta.get("base_model_fingerprint") and meta.get("base_model_storage") == ident["base_model_storage"] and \
-            meta["base_model_fingerprint"] != ident["base_model_fingerprint"]:
+    if (
+        meta.get("base_model_fingerprint")
+        and meta.get("base_model_storage") == ident["base_model_storage"]
+        and meta["base_model_fingerprint"] != ident["base_model_fingerprint"]
+    ):
         raise FisherMismatchError(
             f"Fisher file {path} was computed for other weights of {meta['base_model'] or 'this architecture'!r} "
             f"(weight fingerprint {meta['base_model_fingerprint'][:12]}, this model's is "
             f"{ident['base_model_fingerprint'][:12]}): the model changed since; recompute it with `trl-ext fisher`."
         )
     agreement = meta.get("split_half_agreement")
-    return FisherEstimate(tensors=tensors, mode=file_mode, fisher_type=meta.get("fisher_type", "true"),
-                          n_samples=int(meta.get("n_samples", 0) or 0), n_tokens=int(meta.get("n_tokens", 0) or 0),
-                          split_half_agreement=float(agreement) if agreement else None,
-                          extra={"online_tasks": int(meta.get("online_tasks", 1) or 1), "metadata": meta})
+    return FisherEstimate(
+        tensors=tensors,
+        mode=file_mode,
+        fisher_type=meta.get("fisher_type", "true"),
+        n_samples=int(meta.get("n_samples", 0) or 0),
+        n_tokens=int(meta.get("n_tokens", 0) or 0),
+        split_half_agreement=float(agreement) if agreement else None,
+        extra={"online_tasks": int(meta.get("online_tasks", 1) or 1), "metadata": meta},
+    )
 
 
 def combine_online(old: FisherEstimate, new: FisherEstimate, gamma: float) -> FisherEstimate:
@@ -209,7 +229,13 @@ def combine_online(old: FisherEstimate, new: FisherEstimate, gamma: float) -> Fi
     if old.mode != new.mode:
         raise FisherMismatchError(f"Online EWC needs the same mode: previous Fisher is {old.mode!r}, new {new.mode!r}.")
     tensors = {k: (gamma * old.tensors[k].float().to(v.device) + v.float()).to(v.dtype) for k, v in new.tensors.items()}
-    return FisherEstimate(tensors=tensors, mode=new.mode, fisher_type=new.fisher_type,
-                          n_samples=old.n_samples + new.n_samples, n_tokens=old.n_tokens + new.n_tokens,
-                          split_half_agreement=new.split_half_agreement, seconds=new.seconds,
-                          extra={"online_tasks": old.extra.get("online_tasks", 1) + 1})
+    return FisherEstimate(
+        tensors=tensors,
+        mode=new.mode,
+        fisher_type=new.fisher_type,
+        n_samples=old.n_samples + new.n_samples,
+        n_tokens=old.n_tokens + new.n_tokens,
+        split_half_agreement=new.split_half_agreement,
+        seconds=new.seconds,
+        extra={"online_tasks": old.extra.get("online_tasks", 1) + 1},
+    )

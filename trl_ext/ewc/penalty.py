@@ -32,8 +32,9 @@ def _fisher_rows(fisher, r0: int, r1: int) -> torch.Tensor:
     return fisher[r0:r1].float()
 
 
-def module_penalty(A, B, scaling: float, fisher, anchor: Anchor | None = None, grads: bool = True,
-                   chunk_elements: int | None = None):
+def module_penalty(
+    A, B, scaling: float, fisher, anchor: Anchor | None = None, grads: bool = True, chunk_elements: int | None = None
+):
     """The quadratic form `sum F * D^2` of one module and its gradients, for `D = scaling * B @ A - delta_anchor`.
 
     Everything is computed in float32, row chunk by row chunk, so no dense (out, in) product outlives one chunk.
@@ -117,8 +118,14 @@ class EWCPenalty:
             Online EWC: the previous adapter's update per module; the anchor is the base model (zero) otherwise.
     """
 
-    def __init__(self, modules, fisher: dict[str, torch.Tensor], ewc_lambda: float, mode: str = "full",
-                 anchors: dict[str, Anchor] | None = None):
+    def __init__(
+        self,
+        modules,
+        fisher: dict[str, torch.Tensor],
+        ewc_lambda: float,
+        mode: str = "full",
+        anchors: dict[str, Anchor] | None = None,
+    ):
         self.modules = modules
         self.ewc_lambda = float(ewc_lambda)
         self.mode = mode
@@ -128,8 +135,9 @@ class EWCPenalty:
             tensors = tuple(fisher[key].to(m.lora_A.device) for key in fisher_key_shapes(m, mode))
             self.fisher[m.name] = tensors[0] if mode == "full" else tensors  # kfac: (out, in); lora_params: (A, B)
             if mode == "lora_params":
-                self.anchors[m.name] = Anchor(m.scaling, m.lora_A.detach().float().clone(),
-                                              m.lora_B.detach().float().clone())
+                self.anchors[m.name] = Anchor(
+                    m.scaling, m.lora_A.detach().float().clone(), m.lora_B.detach().float().clone()
+                )
 
     def loss(self) -> torch.Tensor:
         """The penalty as a differentiable float32 scalar (custom autograd, chunked)."""
@@ -138,11 +146,14 @@ class EWCPenalty:
             if self.mode == "lora_params":
                 fA, fB = self.fisher[m.name]
                 a = self.anchors[m.name]
-                total = total + 0.5 * ((fA.float() * (m.lora_A.float() - a.lora_A) ** 2).sum()
-                                       + (fB.float() * (m.lora_B.float() - a.lora_B) ** 2).sum())
+                total = total + 0.5 * (
+                    (fA.float() * (m.lora_A.float() - a.lora_A) ** 2).sum()
+                    + (fB.float() * (m.lora_B.float() - a.lora_B) ** 2).sum()
+                )
             else:
-                total = total + FullWeightPenalty.apply(m.lora_A, m.lora_B, m.scaling, self.fisher[m.name],
-                                                        self.anchors.get(m.name))
+                total = total + FullWeightPenalty.apply(
+                    m.lora_A, m.lora_B, m.scaling, self.fisher[m.name], self.anchors.get(m.name)
+                )
         return self.ewc_lambda * total
 
     @torch.no_grad()
@@ -163,8 +174,9 @@ class EWCPenalty:
                 quad += (fA.float() * dA * dA).sum() + (fB.float() * dB * dB).sum()
                 gA, gB = fA.float() * dA, fB.float() * dB
             else:
-                value, gA, gB = module_penalty(m.lora_A, m.lora_B, m.scaling, self.fisher[m.name],
-                                               self.anchors.get(m.name))
+                value, gA, gB = module_penalty(
+                    m.lora_A, m.lora_B, m.scaling, self.fisher[m.name], self.anchors.get(m.name)
+                )
                 quad += value
             grads[m.lora_A] = self.ewc_lambda * gA
             grads[m.lora_B] = self.ewc_lambda * gB

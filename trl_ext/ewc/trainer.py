@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import torch
 
-from trl_ext.ewc.args import EWCArguments
+from trl_ext.configs.ewc import EWCArguments
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +43,17 @@ class EWCTrainerMixin:
         from trl_ext.ewc.penalty import Anchor, EWCPenalty
 
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise ValueError("EWC runs under DDP or a single process; DeepSpeed ZeRO and FSDP shard the LoRA "
-                             "gradients it adds to. Use recipes/accelerate/multi_gpu.yaml or single_gpu.yaml.")
+            raise ValueError(
+                "EWC runs under DDP or a single process; DeepSpeed ZeRO and FSDP shard the LoRA "
+                "gradients it adds to. Use recipes/accelerate/multi_gpu.yaml or single_gpu.yaml."
+            )
         model = self.accelerator.unwrap_model(self.model)
         modules = adapted_modules(model)
         if not modules:
-            raise ValueError("ewc_lambda > 0 needs a LoRA adapter (EWC lives in the adapted modules' weight space); "
-                             "set use_peft: true.")
+            raise ValueError(
+                "ewc_lambda > 0 needs a LoRA adapter (EWC lives in the adapted modules' weight space); "
+                "set use_peft: true."
+            )
         anchors = None
         if config.ewc_anchor_adapter:
             anchors = self._load_anchor_adapter(model, modules, config.ewc_anchor_adapter, Anchor)
@@ -62,22 +66,33 @@ class EWCTrainerMixin:
             tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
             samples = fisher_samples(config, tokenizer)
             estimate = estimate_fisher(
-                model, samples, mode=config.ewc_fisher_mode, fisher_type=config.ewc_fisher_type,
-                batch_size=config.ewc_fisher_batch_size, seed=config.seed, pad_token_id=tokenizer.pad_token_id,
-                dtype=getattr(torch, config.ewc_fisher_dtype), process_index=self.accelerator.process_index,
+                model,
+                samples,
+                mode=config.ewc_fisher_mode,
+                fisher_type=config.ewc_fisher_type,
+                batch_size=config.ewc_fisher_batch_size,
+                seed=config.seed,
+                pad_token_id=tokenizer.pad_token_id,
+                dtype=getattr(torch, config.ewc_fisher_dtype),
+                process_index=self.accelerator.process_index,
                 num_processes=self.accelerator.num_processes,
-                gradient_checkpointing_kwargs=config.gradient_checkpointing_kwargs, modules=modules,
+                gradient_checkpointing_kwargs=config.gradient_checkpointing_kwargs,
+                modules=modules,
             )
             if config.ewc_fisher_path:  # online EWC: F = gamma * F_old + F_new
                 old = load_fisher(config.ewc_fisher_path, model, modules, mode=config.ewc_fisher_mode)
                 estimate = combine_online(old, estimate, config.ewc_gamma)
-            logger.info("EWC Fisher: %d sequences, %d tokens, %.1fs, split-half agreement %s",
-                        estimate.n_samples, estimate.n_tokens, estimate.seconds, estimate.split_half_agreement)
+            logger.info(
+                "EWC Fisher: %d sequences, %d tokens, %.1fs, split-half agreement %s",
+                estimate.n_samples,
+                estimate.n_tokens,
+                estimate.seconds,
+                estimate.split_half_agreement,
+            )
         self.ewc_fisher = estimate
         if config.ewc_save_fisher and self.accelerator.is_main_process:
             save_fisher(os.path.join(config.output_dir, FISHER_FILENAME), estimate, model_identity(model))
-        self.ewc_penalty = EWCPenalty(modules, estimate.tensors, config.ewc_lambda, mode=estimate.mode,
-                                      anchors=anchors)
+        self.ewc_penalty = EWCPenalty(modules, estimate.tensors, config.ewc_lambda, mode=estimate.mode, anchors=anchors)
         self._ewc_start_logs = fisher_quantiles(estimate.tensors, estimate.mode, seed=config.seed)
         self._ewc_start_logs["ewc/fisher_seconds"] = float(estimate.seconds)
         if estimate.split_half_agreement is not None:
@@ -93,10 +108,14 @@ class EWCTrainerMixin:
         result = set_peft_model_state_dict(model, weights)
         missing = [k for k in result.missing_keys if "lora_" in k]
         if missing or not weights:
-            raise ValueError(f"ewc_anchor_adapter {path} does not match this recipe's LoRA adapter (missing "
-                             f"{', '.join(missing[:3]) or 'all weights'}); use the same lora_r and lora_target_modules.")
-        return {m.name: Anchor(m.scaling, m.lora_A.detach().float().clone(), m.lora_B.detach().float().clone())
-                for m in modules}
+            raise ValueError(
+                f"ewc_anchor_adapter {path} does not match this recipe's LoRA adapter (missing "
+                f"{', '.join(missing[:3]) or 'all weights'}); use the same lora_r and lora_target_modules."
+            )
+        return {
+            m.name: Anchor(m.scaling, m.lora_A.detach().float().clone(), m.lora_B.detach().float().clone())
+            for m in modules
+        }
 
     # ----------------------------------------------------------------------------------------------------------
     def training_step(self, *args, **kwargs):

@@ -8,11 +8,25 @@ loading weights.
 
 from trl_ext.memory.arch import Architecture, architecture_from_config, find_config, load_architecture
 from trl_ext.memory.check import check_recipe_memory, estimate_memory
-from trl_ext.memory.estimator import GiB, Component, MemoryEstimate, estimate_settings, with_settings
+from trl_ext.memory.estimator import Component, GiB, MemoryEstimate, estimate_settings, with_settings
 from trl_ext.memory.report import PRESET_TARGET_GIB, estimate_to_dict, format_estimate
 from trl_ext.memory.settings import MemorySettings, settings_from_recipe
 
-__all__ = ["Architecture", "Component", "MemoryEstimate", "MemorySettings", "GiB", "PRESET_TARGET_GIB",
-           "architecture_from_config", "check_recipe_memory", "estimate_memory", "estimate_settings",
-           "estimate_to_dict", "find_config", "format_estimate", "load_architecture", "settings_from_recipe",
-           "with_settings"]
+__all__ = [
+    "Architecture",
+    "Component",
+    "MemoryEstimate",
+    "MemorySettings",
+    "GiB",
+    "PRESET_TARGET_GIB",
+    "architecture_from_config",
+    "check_recipe_memory",
+    "estimate_memory",
+    "estimate_settings",
+    "estimate_to_dict",
+    "find_config",
+    "format_estimate",
+    "load_architecture",
+    "settings_from_recipe",
+    "with_settings",
+]

@@ -83,11 +83,16 @@ def architecture_from_config(config: dict, name: str = "model") -> Architecture:
     """Build an `Architecture` from a `config.json` mapping (text config of multimodal models included)."""
     if "text_config" in config and "hidden_size" not in config:
         config = {**config["text_config"], "_name_or_path": config.get("_name_or_path", name)}
-    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                           "vocab_size") if k not in config]
+    missing = [
+        k
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        if k not in config
+    ]
     if missing:
-        raise ValueError(f"config.json of {name} lacks {', '.join(missing)}: the estimator supports decoder-only "
-                         "transformers (Llama, Qwen2, Mistral style).")
+        raise ValueError(
+            f"config.json of {name} lacks {', '.join(missing)}: the estimator supports decoder-only "
+            "transformers (Llama, Qwen2, Mistral style)."
+        )
     heads = int(config["num_attention_heads"])
     hidden = int(config["hidden_size"])
     return Architecture(

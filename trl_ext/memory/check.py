@@ -14,9 +14,15 @@ from trl_ext.recipe import Recipe, RecipeError, load_recipe
 logger = logging.getLogger(__name__)
 
 
-def estimate_memory(recipe, gpu_memory_gb: float = 24.0, *, gpu_memory_bytes: float | None = None,
-                    overrides: list[str] | None = None, prompt_length: int | None = None,
-                    full_logits: bool | None = None) -> MemoryEstimate:
+def estimate_memory(
+    recipe,
+    gpu_memory_gb: float = 24.0,
+    *,
+    gpu_memory_bytes: float | None = None,
+    overrides: list[str] | None = None,
+    prompt_length: int | None = None,
+    full_logits: bool | None = None,
+) -> MemoryEstimate:
     """Estimate a recipe's peak GPU memory on one GPU.
 
     Reads the model's `config.json` (local, bundled or cached; never downloaded). The formulas are documented in

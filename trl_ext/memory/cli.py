@@ -23,21 +23,44 @@ def estimate_cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="trl-ext estimate",
         description="Predict a recipe's peak GPU memory per component (no weights loaded, offline). "
-        "Extra --key value pairs override recipe keys.")
+        "Extra --key value pairs override recipe keys.",
+    )
     parser.add_argument("recipe", help="recipe YAML")
-    parser.add_argument("--gpu-memory-gb", "--gpu_memory_gb", dest="gpu", type=float, default=24.0,
-                        help="GPU memory in GB (10^9 bytes) to judge against (default 24)")
+    parser.add_argument(
+        "--gpu-memory-gb",
+        "--gpu_memory_gb",
+        dest="gpu",
+        type=float,
+        default=24.0,
+        help="GPU memory in GB (10^9 bytes) to judge against (default 24)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--prompt-length", "--prompt_length", dest="prompt_length", type=int, default=None,
-                        help="GRPO/PPO prompt tokens (default: from the recipe, else 512)")
-    parser.add_argument("--full-logits", "--full_logits", dest="full_logits", action="store_true",
-                        help="model a trainer that materializes the full (tokens, vocab) logits")
+    parser.add_argument(
+        "--prompt-length",
+        "--prompt_length",
+        dest="prompt_length",
+        type=int,
+        default=None,
+        help="GRPO/PPO prompt tokens (default: from the recipe, else 512)",
+    )
+    parser.add_argument(
+        "--full-logits",
+        "--full_logits",
+        dest="full_logits",
+        action="store_true",
+        help="model a trainer that materializes the full (tokens, vocab) logits",
+    )
     args, overrides = parser.parse_known_args(argv)
     if args.gpu <= 0:
         parser.error("--gpu-memory-gb must be positive, e.g. 24")
     try:
-        estimate = estimate_memory(args.recipe, gpu_memory_gb=args.gpu, overrides=overrides,
-                                   prompt_length=args.prompt_length, full_logits=args.full_logits or None)
+        estimate = estimate_memory(
+            args.recipe,
+            gpu_memory_gb=args.gpu,
+            overrides=overrides,
+            prompt_length=args.prompt_length,
+            full_logits=args.full_logits or None,
+        )
     except (RecipeError, FileNotFoundError, ValueError) as err:
         print(f"trl-ext: error: {err}", flush=True)
         return 2

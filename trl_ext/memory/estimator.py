@@ -52,12 +52,24 @@ from dataclasses import dataclass, field, replace
 
 from trl_ext.memory.arch import Architecture
 from trl_ext.memory.settings import MemorySettings
+from trl_ext.memory.terms import (  # noqa: F401  (re-exported: tests and callers use them from here)
+    FUSED_TOKEN_TILE,
+    FUSED_VOCAB_TILE,
+    activation_bytes,
+    activation_bytes_per_token_layer,
+    adapted_base_params,
+    base_weight_bytes,
+    logprob_bytes,
+    lora_params,
+    nf4_bytes_per_param,
+    no_grad_working_set,
+    optimizer_bytes_per_param,
+    sixteen_bit_weights,
+)
 
 GiB = 1024**3
 CUDA_CONTEXT_BYTES = int(0.5 * GiB)
 ALLOCATOR_SLACK = 0.05
-FUSED_TOKEN_TILE = 4096
-FUSED_VOCAB_TILE = 32768
 PHASES = ("train", "generation", "scoring", "precompute", "fisher")
 #: float32 elements per row chunk of the EWC penalty (trl_ext.ewc.penalty.CHUNK_ELEMENTS: 16 MiB).
 PENALTY_CHUNK_ELEMENTS = 1 << 22
@@ -112,101 +124,6 @@ class MemoryEstimate:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def nf4_bytes_per_param(double_quant: bool) -> float:
-    """0.5 byte + absmax overhead per weight (block size 64; second-level block 256 with double quantization)."""
-    return 0.5 + ((1 / 64 + 4 / (64 * 256)) if double_quant else 4 / 64)
-
-
-def lora_params(arch: Architecture, s: MemorySettings) -> int:
-    shapes = arch.linear_shapes()
-    return arch.num_layers * sum(s.lora_r * (shapes[n][0] + shapes[n][1]) for n in s.lora_targets)
-
-
-def adapted_base_params(arch: Architecture, s: MemorySettings) -> int:
-    shapes = arch.linear_shapes()
-    return arch.num_layers * sum(shapes[n][0] * shapes[n][1] for n in s.lora_targets)
-
-
-def optimizer_bytes_per_param(optim: str) -> float:
-    optim = optim.lower()
-    if "8bit" in optim:
-        return 2.0
-    if optim.startswith("sgd"):
-        return 0.0
-    if "adafactor" in optim:
-        return 0.5
-    return 8.0
-
-
-def activation_bytes_per_token_layer(arch: Architecture, s: MemorySettings, seq_len: int) -> float:
-    """Saved tensors of one decoder layer per token, without gradient checkpointing."""
-    b, h = s.compute_bytes, arch.hidden_size
-    per = 2 * 4 * h + b * (2 * h + 3 * arch.q_dim + 3 * arch.kv_dim + 4 * arch.intermediate_size)
-    if s.use_peft and s.lora_dropout > 0:
-        shapes = arch.linear_shapes()
-        per += sum(shapes[n][0] * (b + 1) for n in s.lora_targets)
-    if s.use_peft:
-        per += b * s.lora_r * len(s.lora_targets)
-    if s.attn_implementation == "eager":
-        per += arch.num_heads * seq_len * 2 * b
-    return per
-
-
-def activation_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_len: int) -> float:
-    tokens = sequences * seq_len
-    layer = activation_bytes_per_token_layer(arch, s, seq_len)
-    b, h = s.compute_bytes, arch.hidden_size
-    if s.gradient_checkpointing:
-        per_token = arch.num_layers * b * h + layer + 2 * b * h
-    else:
-        per_token = arch.num_layers * layer + 2 * b * h
-    return tokens * (per_token + 10 * h)  # + final norm (fp32 in, b out) and embedding output
-
-
-def no_grad_working_set(arch: Architecture, s: MemorySettings, tokens: int) -> float:
-    b = s.compute_bytes
-    return tokens * b * (2 * arch.hidden_size + arch.q_dim + 2 * arch.kv_dim + 3 * arch.intermediate_size)
-
-
-def logprob_bytes(arch: Architecture, s: MemorySettings, tokens: int, grad: bool) -> tuple[float, str]:
-    b, h, V = s.compute_bytes, arch.hidden_size, arch.vocab_size
-    if s.fused_logits:
-        tile = min(tokens, FUSED_TOKEN_TILE) * min(V, FUSED_VOCAB_TILE) * b
-        stats = tokens * 7 * 4
-        head_cast = min(V, FUSED_VOCAB_TILE) * h * b if s.kbit_prep and b < 4 else 0
-        grad_hidden = tokens * h * 4 if grad else 0
-        return tile + stats + head_cast + grad_hidden, (
-            f"fused LM head: tile min(T,4096)x{min(V, FUSED_VOCAB_TILE)}x{b} + T*7*4 stats"
-            + (" + head tile cast" if head_cast else "") + (" + fp32 dL/dhidden T*h*4" if grad else "")
-            + f", T={tokens}")
-    per = b + 4 + (4 if grad else 0)
-    return tokens * V * per, f"full logits T*V*({per}) with T={tokens}, V={V}"
-
-
-def base_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, float, str, str]:
-    """(linear weights, embeddings/head/norms, formula, formula)."""
-    if s.quantization in ("nf4", "fp4"):
-        bpp = nf4_bytes_per_param(s.double_quant)
-        lin = arch.linear_params * bpp
-        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x {bpp:.4f} B ({s.quantization}" + (
-            ", double quant)" if s.double_quant else ")")
-    elif s.quantization == "int8":
-        rows = arch.num_layers * sum(o for _, o in arch.linear_shapes().values())
-        lin = arch.linear_params * 1 + rows * 4
-        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x 1 B + fp32 row scales"
-    else:
-        lin = arch.linear_params * s.compute_bytes
-        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x {s.compute_bytes} B"
-    other = arch.embedding_params + arch.other_params
-    ob = 4 if s.kbit_prep else s.compute_bytes
-    other_f = f"{other / 1e9:.3f}B params x {ob} B" + (" (fp32 upcast by k-bit prep)" if s.kbit_prep else "")
-    return lin, other * ob, lin_f, other_f
-
-
-def sixteen_bit_weights(arch: Architecture) -> float:
-    return arch.total_params * 2.0
-
-
 def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
     comps: list[Component] = []
     lin, other, lin_f, other_f = base_weight_bytes(arch, s)
@@ -217,50 +134,97 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
     trainable = lora_params(arch, s) if s.use_peft else arch.total_params
     what = f"LoRA r={s.lora_r} on {len(s.lora_targets)} modules" if s.use_peft else "all parameters"
     if s.use_peft:
-        comps.append(Component("adapter weights", trainable * pb, "static", f"{trainable / 1e6:.1f}M ({what}) x {pb} B"))
+        comps.append(
+            Component("adapter weights", trainable * pb, "static", f"{trainable / 1e6:.1f}M ({what}) x {pb} B")
+        )
     comps.append(Component("gradients", trainable * pb, "static", f"{trainable / 1e6:.1f}M x {pb} B"))
-    comps.append(Component("optimizer states", trainable * ob, "static", f"{trainable / 1e6:.1f}M x {ob:g} B ({s.optim})"))
+    comps.append(
+        Component("optimizer states", trainable * ob, "static", f"{trainable / 1e6:.1f}M x {ob:g} B ({s.optim})")
+    )
     if s.method == "ppo":
         head = arch.hidden_size * (4 + 4 + 8)
         if s.critic_mode == "model":
             clin, cother, _, _ = base_weight_bytes(arch, s)
-            comps.append(Component("critic model (separate base)", clin + cother, "static",
-                                   "a second quantized base for the critic"))
+            comps.append(
+                Component(
+                    "critic model (separate base)", clin + cother, "static", "a second quantized base for the critic"
+                )
+            )
         ctrain = 0 if s.critic_mode == "shared" else (lora_params(arch, s) if s.use_peft else arch.total_params)
-        comps.append(Component("critic adapter + value head", ctrain * (2 * pb + ob) + head, "static",
-                               f"{ctrain / 1e6:.1f}M x ({pb}+{pb}+{ob:g}) B + value head h*(4+4+8)"))
+        comps.append(
+            Component(
+                "critic adapter + value head",
+                ctrain * (2 * pb + ob) + head,
+                "static",
+                f"{ctrain / 1e6:.1f}M x ({pb}+{pb}+{ob:g}) B + value head h*(4+4+8)",
+            )
+        )
     needs_ref = (s.method in ("dpo", "kto") and not s.precompute_ref) or (s.method in ("grpo", "ppo") and s.beta > 0)
     if needs_ref and not s.use_peft:
-        comps.append(Component("reference model copy", sixteen_bit_weights(arch), "static",
-                               "full fine-tuning keeps a 16-bit reference copy: params x 2 B"))
+        comps.append(
+            Component(
+                "reference model copy",
+                sixteen_bit_weights(arch),
+                "static",
+                "full fine-tuning keeps a 16-bit reference copy: params x 2 B",
+            )
+        )
     if s.reward_model:
         if reward_arch is not None:
-            comps.append(Component("reward model", sixteen_bit_weights(reward_arch), "static",
-                                   f"{reward_arch.total_params / 1e9:.2f}B params x 2 B (sequence classifier)"))
+            comps.append(
+                Component(
+                    "reward model",
+                    sixteen_bit_weights(reward_arch),
+                    "static",
+                    f"{reward_arch.total_params / 1e9:.2f}B params x 2 B (sequence classifier)",
+                )
+            )
         else:
-            problems.append(f"reward model {s.reward_model!r} has no config.json offline; its weights are not counted "
-                            "(download its config.json or use a bundled architecture).")
+            problems.append(
+                f"reward model {s.reward_model!r} has no config.json offline; its weights are not counted "
+                "(download its config.json or use a bundled architecture)."
+            )
     if s.ewc_lambda > 0:
         adapted = adapted_base_params(arch, s)
         fb = s.ewc_fisher_bytes
         if s.ewc_fisher_mode == "kfac":
             shapes = arch.linear_shapes()
             n = arch.num_layers * sum(shapes[m][0] + shapes[m][1] for m in s.lora_targets)
-            comps.append(Component("EWC Fisher (K-FAC)", n * fb, "static",
-                                   f"{n / 1e6:.2f}M = sum (out + in) per module x {fb} B (two vectors)"))
+            comps.append(
+                Component(
+                    "EWC Fisher (K-FAC)",
+                    n * fb,
+                    "static",
+                    f"{n / 1e6:.2f}M = sum (out + in) per module x {fb} B (two vectors)",
+                )
+            )
         elif s.ewc_fisher_mode == "lora_params":
             n = lora_params(arch, s)
-            comps.append(Component("EWC Fisher (LoRA params)", n * 8, "static", f"{n / 1e6:.1f}M x (4 Fisher + 4 anchor) B"))
+            comps.append(
+                Component("EWC Fisher (LoRA params)", n * 8, "static", f"{n / 1e6:.1f}M x (4 Fisher + 4 anchor) B")
+            )
         else:
             n = adapted
-            comps.append(Component("EWC Fisher (full weight space)", adapted * fb, "static",
-                                   f"{adapted / 1e9:.2f}B adapted base params x {fb} B (diagonal)"))
+            comps.append(
+                Component(
+                    "EWC Fisher (full weight space)",
+                    adapted * fb,
+                    "static",
+                    f"{adapted / 1e9:.2f}B adapted base params x {fb} B (diagonal)",
+                )
+            )
         if s.ewc_fisher_pass_tokens:
             acc = 2 * n * 4
             work = activation_bytes(arch, replace(s, gradient_checkpointing=False), 1, s.ewc_fisher_pass_tokens)
-            comps.append(Component("EWC Fisher pass", acc + work, "fisher",
-                                   f"2 fp32 accumulators (split halves) x {n / 1e6:.1f}M + forward/backward over "
-                                   f"{s.ewc_fisher_pass_tokens} tokens, no checkpointing, once at start"))
+            comps.append(
+                Component(
+                    "EWC Fisher pass",
+                    acc + work,
+                    "fisher",
+                    f"2 fp32 accumulators (split halves) x {n / 1e6:.1f}M + forward/backward over "
+                    f"{s.ewc_fisher_pass_tokens} tokens, no checkpointing, once at start",
+                )
+            )
     if s.method in ("grpo", "ppo") and s.use_vllm and s.vllm_mode == "colocate":
         reserved = s.vllm_gpu_memory_utilization * gpu_bytes
         weights = sixteen_bit_weights(arch)
@@ -270,12 +234,17 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
                 f"vLLM colocate gets vllm_gpu_memory_utilization {s.vllm_gpu_memory_utilization:g} x "
                 f"{gpu_bytes / GiB:.1f} GiB = {reserved / GiB:.1f} GiB, less than its 16-bit weights "
                 f"({weights / GiB:.1f} GiB) + ~1 GiB activations + one sequence of KV cache: raise the utilization, "
-                "use vllm_mode: server on another GPU, or generate with use_vllm: false.")
-        comps.append(Component("vLLM colocate (own 16-bit weights + KV cache)", reserved,
-                               "generation" if s.vllm_sleep else "static",
-                               f"gpu_memory_utilization {s.vllm_gpu_memory_utilization:g} x GPU; weights "
-                               f"{weights / GiB:.1f} GiB inside" + ("; released while training (sleep mode)"
-                                                                    if s.vllm_sleep else "")))
+                "use vllm_mode: server on another GPU, or generate with use_vllm: false."
+            )
+        comps.append(
+            Component(
+                "vLLM colocate (own 16-bit weights + KV cache)",
+                reserved,
+                "generation" if s.vllm_sleep else "static",
+                f"gpu_memory_utilization {s.vllm_gpu_memory_utilization:g} x GPU; weights "
+                f"{weights / GiB:.1f} GiB inside" + ("; released while training (sleep mode)" if s.vllm_sleep else ""),
+            )
+        )
     comps.append(Component("CUDA context + kernels", CUDA_CONTEXT_BYTES, "fixed", "fixed 0.5 GiB"))
     return comps
 
@@ -302,8 +271,14 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     shapes = arch.linear_shapes()
     if s.quantization != "none":
         biggest = max(i * o for i, o in shapes.values())
-        comps.append(Component("4-bit dequantization buffer", biggest * s.compute_bytes, "train",
-                               "largest linear dequantized to 16-bit during forward/backward"))
+        comps.append(
+            Component(
+                "4-bit dequantization buffer",
+                biggest * s.compute_bytes,
+                "train",
+                "largest linear dequantized to 16-bit during forward/backward",
+            )
+        )
     ref_tokens = seqs * seq_len
     ref_scored = scored
     ref = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
@@ -316,21 +291,45 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     if s.ewc_lambda > 0 and s.ewc_fisher_mode in ("full", "kfac"):
         biggest = max(i * o for n, (i, o) in shapes.items() if n in s.lora_targets)
         chunk = min(biggest, PENALTY_CHUNK_ELEMENTS) * 4
-        comps.append(Component("EWC penalty buffers", chunk * 3, "train",
-                               "one fp32 row chunk (<= 16 MiB) of s*B*A - delta, its square and gradient"))
+        comps.append(
+            Component(
+                "EWC penalty buffers",
+                chunk * 3,
+                "train",
+                "one fp32 row chunk (<= 16 MiB) of s*B*A - delta, its square and gradient",
+            )
+        )
     if s.method in ("grpo", "ppo"):
         G = s.generation_batch_size
         total_len = s.prompt_length + s.completion_length
         rollout = G * total_len * 8 * 2 + G * s.completion_length * 4 * 6
-        comps.append(Component("rollout buffers", rollout, "static",
-                               f"{G} completions: ids/masks int64, per-token log-probs/advantages fp32"))
+        comps.append(
+            Component(
+                "rollout buffers",
+                rollout,
+                "static",
+                f"{G} completions: ids/masks int64, per-token log-probs/advantages fp32",
+            )
+        )
         if not (s.use_vllm and s.vllm_mode in ("colocate", "server")):
             kv = 2 * arch.num_layers * arch.kv_dim * s.compute_bytes * G * total_len
-            comps.append(Component("generation KV cache", kv, "generation",
-                                   f"2*L*kv*{s.compute_bytes} B x {G} sequences x {total_len} tokens (HF generate)"))
+            comps.append(
+                Component(
+                    "generation KV cache",
+                    kv,
+                    "generation",
+                    f"2*L*kv*{s.compute_bytes} B x {G} sequences x {total_len} tokens (HF generate)",
+                )
+            )
             prefill = no_grad_working_set(arch, s, G * s.prompt_length) + G * arch.vocab_size * 4 * 3
-            comps.append(Component("generation prefill + sampling", prefill, "generation",
-                                   f"prefill of {G}x{s.prompt_length} tokens + fp32 sampling logits"))
+            comps.append(
+                Component(
+                    "generation prefill + sampling",
+                    prefill,
+                    "generation",
+                    f"prefill of {G}x{s.prompt_length} tokens + fp32 sampling logits",
+                )
+            )
         if s.beta > 0:
             comps.append(Component("reference pass", ref, "scoring", ref_f + ", per micro-batch after generation"))
         else:
@@ -339,8 +338,9 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     return comps
 
 
-def estimate_settings(arch: Architecture, s: MemorySettings, gpu_bytes: float,
-                      reward_arch: Architecture | None = None) -> MemoryEstimate:
+def estimate_settings(
+    arch: Architecture, s: MemorySettings, gpu_bytes: float, reward_arch: Architecture | None = None
+) -> MemoryEstimate:
     """The estimate for explicit settings (what `trl_ext.memory.estimate_memory` calls after reading a recipe)."""
     problems: list[str] = []
     comps = _static(arch, s, gpu_bytes, reward_arch, problems) + _dynamic(arch, s)
@@ -353,11 +353,18 @@ def estimate_settings(arch: Architecture, s: MemorySettings, gpu_bytes: float,
     slack = ALLOCATOR_SLACK * allocator
     comps.append(Component("allocator fragmentation", slack, "fixed", f"{ALLOCATOR_SLACK:.0%} of PyTorch-held memory"))
     peak = static + fixed + slack + per_phase[peak_phase]
-    return MemoryEstimate(settings=s, architecture=arch, gpu_bytes=gpu_bytes, components=comps,
-                          peak_phase=peak_phase, peak_bytes=peak, problems=problems, reward_architecture=reward_arch)
+    return MemoryEstimate(
+        settings=s,
+        architecture=arch,
+        gpu_bytes=gpu_bytes,
+        components=comps,
+        peak_phase=peak_phase,
+        peak_bytes=peak,
+        problems=problems,
+        reward_architecture=reward_arch,
+    )
 
 
 def with_settings(est: MemoryEstimate, **changes) -> MemoryEstimate:
     """Re-estimate with some settings changed (used for suggestions and monotonicity)."""
-    return estimate_settings(est.architecture, replace(est.settings, **changes), est.gpu_bytes,
-                             est.reward_architecture)
+    return estimate_settings(est.architecture, replace(est.settings, **changes), est.gpu_bytes, est.reward_architecture)

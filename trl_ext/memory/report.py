@@ -21,8 +21,12 @@ def suggest(est: MemoryEstimate) -> list[str]:
     if s.batch_size > 1:
         b = max(1, s.batch_size // 2)
         ga = s.grad_accum * s.batch_size // b
-        tries.append((f"per_device_train_batch_size: {b}, gradient_accumulation_steps: {ga} (same effective batch)",
-                      {"batch_size": b, "grad_accum": ga}))
+        tries.append(
+            (
+                f"per_device_train_batch_size: {b}, gradient_accumulation_steps: {ga} (same effective batch)",
+                {"batch_size": b, "grad_accum": ga},
+            )
+        )
     if s.method in ("dpo", "kto"):
         if not s.precompute_ref:
             tries.append(("precompute_ref_log_probs: true", {"precompute_ref": True}))
@@ -30,8 +34,9 @@ def suggest(est: MemoryEstimate) -> list[str]:
         if n < s.max_length:
             tries.append((f"max_length: {n}", {"max_length": n}))
     if not s.fused_logits:
-        tries.append(("chunked log-probs: TRL >= 1.16's fused LM head, or use_liger_kernel: true",
-                      {"fused_logits": True}))
+        tries.append(
+            ("chunked log-probs: TRL >= 1.16's fused LM head, or use_liger_kernel: true", {"fused_logits": True})
+        )
     if s.method in ("grpo", "ppo"):
         n = _round_len(s.completion_length * 3 // 4)
         if n < s.completion_length:
@@ -39,8 +44,12 @@ def suggest(est: MemoryEstimate) -> list[str]:
         if s.num_generations > 2:
             g = s.num_generations // 2
             gb = max(g, s.generation_batch_size // 2)
-            tries.append((f"num_generations: {g}, generation_batch_size: {gb}",
-                          {"num_generations": g, "generation_batch_size": gb}))
+            tries.append(
+                (
+                    f"num_generations: {g}, generation_batch_size: {gb}",
+                    {"num_generations": g, "generation_batch_size": gb},
+                )
+            )
         if s.use_vllm and s.vllm_mode == "colocate" and not s.vllm_sleep:
             tries.append(("vllm_enable_sleep_mode: true", {"vllm_sleep": True}))
     if "8bit" not in s.optim.lower():
@@ -103,8 +112,10 @@ def estimate_to_dict(est: MemoryEstimate) -> dict:
         "peak_gib": round(est.peak_gib, 3),
         "peak_phase": est.peak_phase,
         "fits": est.fits,
-        "components": [{"name": c.name, "phase": c.phase, "gib": round(c.gib, 4), "bytes": int(c.bytes),
-                        "formula": c.formula} for c in est.components],
+        "components": [
+            {"name": c.name, "phase": c.phase, "gib": round(c.gib, 4), "bytes": int(c.bytes), "formula": c.formula}
+            for c in est.components
+        ],
         "problems": est.problems,
         "suggestions": est.suggestions,
         "notes": list(est.settings.notes),
@@ -116,11 +127,15 @@ def memory_check_error(est: MemoryEstimate) -> str | None:
     if est.fits:
         return None
     biggest = ", ".join(f"{c.name} {c.gib:.1f} GiB" for c in est.biggest(3))
-    message = (f"This recipe is predicted to need {est.peak_gib:.1f} GiB of GPU memory but the GPU has "
-               f"{est.gpu_bytes / GiB:.1f} GiB. Biggest components: {biggest}.")
+    message = (
+        f"This recipe is predicted to need {est.peak_gib:.1f} GiB of GPU memory but the GPU has "
+        f"{est.gpu_bytes / GiB:.1f} GiB. Biggest components: {biggest}."
+    )
     if est.problems:
         message += " " + " ".join(est.problems)
     if est.suggestions:
         message += " Try: " + "; ".join(est.suggestions[:3]) + "."
-    return (message + " Run `trl-ext estimate` on the recipe for the breakdown, or pass --skip_memory_check true to "
-            "train anyway.")
+    return (
+        message + " Run `trl-ext estimate` on the recipe for the breakdown, or pass --skip_memory_check true to "
+        "train anyway."
+    )

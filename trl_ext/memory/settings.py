@@ -47,7 +47,9 @@ class MemorySettings:
     vllm_sleep: bool = False
     kto_kl: bool = True  # KTO's mismatched-pair KL term (loss_type kto)
     # PPO
-    critic_mode: str = "adapter"  # adapter (own LoRA + value head, same base) | shared (value head on the actor) | model
+    critic_mode: str = (
+        "adapter"  # adapter (own LoRA + value head, same base) | shared (value head on the actor) | model
+    )
     reward_model: str | None = None
     reward_adapter: bool = False
     # EWC
@@ -78,8 +80,7 @@ def _compute_bytes(recipe) -> int:
     return 2
 
 
-def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: bool | None = None
-                         ) -> MemorySettings:
+def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: bool | None = None) -> MemorySettings:
     """Everything memory depends on, read from a parsed recipe. `prompt_length`/`full_logits` override."""
     t, m, method = recipe.training, recipe.model, recipe.method
     notes: list[str] = []
@@ -162,7 +163,8 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         ewc_fisher_bytes=2 if str(getattr(t, "ewc_fisher_dtype", "float32")) in ("bfloat16", "float16") else 4,
         ewc_fisher_pass_tokens=(
             int(getattr(t, "ewc_fisher_batch_size", 8)) * int(getattr(t, "ewc_fisher_max_length", 512))
-            if getattr(t, "ewc_fisher_dataset", None) and not getattr(t, "ewc_fisher_path", None) else 0
+            if getattr(t, "ewc_fisher_dataset", None) and not getattr(t, "ewc_fisher_path", None)
+            else 0
         ),
         notes=tuple(notes),
     )

@@ -67,8 +67,10 @@ def probe_pass_rate(reward, rows: list[dict], doc_texts: dict[str, str]) -> tupl
         variants = probe_variants(row, doc_texts[row["gold_doc_ids"][0]])
         names = ["reference", *variants]
         texts = [row["reference_rewrites"][0], *variants.values()]
-        cols = {k: [row.get(k)] * len(texts) for k in
-                ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")}
+        cols = {
+            k: [row.get(k)] * len(texts)
+            for k in ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")
+        }
         scores = dict(zip(names, reward(prompts=None, completions=texts, **cols)))
         for p in PROBES:
             passed_and_total[p][0] += scores[p] < scores["reference"]
@@ -103,9 +105,10 @@ def generate_rewrites(model_path: str, rows: list[dict], max_new_tokens: int = 6
         texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in chunk]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            gen = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return out
 
 
@@ -120,12 +123,16 @@ def read_rewrites(path: str, rows: list[dict]) -> list[str]:
         by_id = {item["id"]: item.get("rewrite", item.get("completion")) for item in items}
         missing = [r["id"] for r in rows if r["id"] not in by_id]
         if missing:
-            raise ValueError(f"{path} has no rewrite for {len(missing)} row(s) of the split, e.g. {missing[:3]}; "
-                             "add them or evaluate the split the file was made for (--split).")
+            raise ValueError(
+                f"{path} has no rewrite for {len(missing)} row(s) of the split, e.g. {missing[:3]}; "
+                "add them or evaluate the split the file was made for (--split)."
+            )
         return [by_id[r["id"]] for r in rows]
     if len(items) != len(rows):
-        raise ValueError(f"{path} has {len(items)} rewrites without ids but the split has {len(rows)} rows; "
-                         "give one line per row in order, or add an 'id' to each line.")
+        raise ValueError(
+            f"{path} has {len(items)} rewrites without ids but the split has {len(rows)} rows; "
+            "give one line per row in order, or add an 'id' to each line."
+        )
     return [item.get("rewrite", item.get("completion")) for item in items]
 
 
@@ -163,8 +170,13 @@ def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
     valid = sum(check_format(w, r["query"])[0] is not None for r, w in scored)
     doc_texts = {d["id"]: d["text"] for d in index.docs}
     rate, per_probe = probe_pass_rate(reward, rows, doc_texts)
-    return {"rows": len(scored), "metrics": table, "format_valid": valid / max(len(scored), 1),
-            "hack_probe_pass_rate": rate, "hack_probes": per_probe}
+    return {
+        "rows": len(scored),
+        "metrics": table,
+        "format_valid": valid / max(len(scored), 1),
+        "hack_probe_pass_rate": rate,
+        "hack_probes": per_probe,
+    }
 
 
 def eval_rewrite_cli(argv: list[str]) -> int:
@@ -178,8 +190,14 @@ def eval_rewrite_cli(argv: list[str]) -> int:
     parser.add_argument("--dataset", default="builtin:query_rewrite", help="benchmark folder or JSONL file")
     parser.add_argument("--corpus", default=BUILTIN_CORPUS, help="corpus JSONL (default: the bundled one)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=64,
-                        help="generation length with --model (default: 64)")
+    parser.add_argument(
+        "--max-new-tokens",
+        "--max_new_tokens",
+        dest="max_new_tokens",
+        type=int,
+        default=64,
+        help="generation length with --model (default: 64)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     try:
@@ -202,6 +220,8 @@ def eval_rewrite_cli(argv: list[str]) -> int:
     print(f"{'':<10}{'MRR@10':>9}{'Recall@5':>10}{'NDCG@10':>9}")
     for name, m in result["metrics"].items():
         print(f"{name:<10}{m['MRR@10']:>9.3f}{m['Recall@5']:>10.3f}{m['NDCG@10']:>9.3f}")
-    print(f"hack-probe pass rate: {result['hack_probe_pass_rate']:.1%} "
-          f"({', '.join(f'{k} {v:.0%}' for k, v in result['hack_probes'].items())})")
+    print(
+        f"hack-probe pass rate: {result['hack_probe_pass_rate']:.1%} "
+        f"({', '.join(f'{k} {v:.0%}' for k, v in result['hack_probes'].items())})"
+    )
     return 0

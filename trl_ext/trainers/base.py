@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trl_ext.callbacks import ForgettingMonitorCallback
-from trl_ext.ewc.args import EWCArguments
+from trl_ext.configs.ewc import EWCArguments
 from trl_ext.modeling import align_adapter_dtype
 
 
@@ -22,9 +22,10 @@ class SharedTrainerMixin:
         config = self.args
         if isinstance(config, EWCArguments) and config.forgetting_anchor_dataset:
             ForgettingMonitorCallback(
-                config.forgetting_anchor_dataset, split=config.forgetting_anchor_split,
-                eval_steps=config.forgetting_eval_steps, num_samples=config.forgetting_eval_samples,
-                max_length=config.forgetting_max_length, seed=config.seed,
+                config.forgetting_anchor_dataset,
+                split=config.forgetting_anchor_split,
+                eval_steps=config.forgetting_eval_steps,
+                num_samples=config.forgetting_eval_samples,
+                max_length=config.forgetting_max_length,
+                seed=config.seed,
             ).attach(self)
-
-

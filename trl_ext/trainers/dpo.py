@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import trl
 
-from trl_ext.ewc.args import EWCArguments, document_ewc_fields
+from trl_ext.configs.methods import DPOConfig
 from trl_ext.ewc.trainer import EWCTrainerMixin
 from trl_ext.trainers.base import SharedTrainerMixin
 
-
-@document_ewc_fields
-@dataclass
-class DPOConfig(EWCArguments, trl.DPOConfig):
-    """TRL's `trl.DPOConfig`; every TRL field works unchanged, plus the EWC and forgetting-monitor keys
-    of `trl_ext.ewc.EWCArguments` (listed below)."""
+__all__ = ["DPOConfig", "DPOTrainer"]  # the config is re-exported next to its trainer, as in TRL
 
 
 class DPOTrainer(EWCTrainerMixin, SharedTrainerMixin, trl.DPOTrainer):

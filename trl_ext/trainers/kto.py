@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import trl
 
-from trl_ext.ewc.args import EWCArguments, document_ewc_fields
+from trl_ext.configs.methods import KTOConfig
 from trl_ext.ewc.trainer import EWCTrainerMixin
 from trl_ext.trainers.base import SharedTrainerMixin
 
-
-@document_ewc_fields
-@dataclass
-class KTOConfig(EWCArguments, trl.KTOConfig):
-    """TRL's `trl.KTOConfig`; every TRL field works unchanged, plus the EWC and forgetting-monitor keys
-    of `trl_ext.ewc.EWCArguments` (listed below)."""
+__all__ = ["KTOConfig", "KTOTrainer"]  # the config is re-exported next to its trainer, as in TRL
 
 
 class KTOTrainer(EWCTrainerMixin, SharedTrainerMixin, trl.KTOTrainer):

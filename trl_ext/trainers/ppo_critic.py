@@ -20,7 +20,6 @@ from torch import nn
 
 from trl_ext.modeling import align_adapter_dtype
 
-CRITIC_MODES = ("adapter", "shared", "model")
 CRITIC_DIR = "critic"
 VALUE_HEAD_FILE = "value_head.safetensors"
 STATE_FILE = "ppo_state.json"

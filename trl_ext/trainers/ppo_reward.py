@@ -13,7 +13,6 @@ adapter's `AutoModelForSequenceClassification` computes. It is one more reward f
 from __future__ import annotations
 
 import copy
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,59 +21,9 @@ import torch
 from torch import nn
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from trl_ext.configs.ppo import ADAPTER_WEIGHTS, inspect_reward_adapter
+
 REWARD_ADAPTER = "reward"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-HEAD_MODULES = ("score", "classifier")  # the classification head of AutoModelForSequenceClassification models
-
-
-def inspect_reward_adapter(path: str) -> tuple[dict, str]:
-    """Check that `path` is a LoRA sequence-classification adapter.
-
-    Reads `adapter_config.json` and the tensor names of `adapter_model.safetensors` only (no weights), so it runs
-    before any model loads.
-
-    Args:
-        path (`str`):
-            The adapter directory (`reward_adapter_path`).
-
-    Returns:
-        `tuple[dict, str]`: The adapter's config and the module name of its classification head.
-
-    Raises:
-        ValueError: Naming the problem and the fix (so a recipe reports it as a recipe error).
-    """
-    from safetensors import safe_open
-
-    directory = Path(path)
-    if not directory.exists():
-        raise ValueError(
-            f"reward_adapter_path {path} does not exist. Point it at the directory of a LoRA reward model trained on "
-            "the actor's base (TRL's RewardTrainer with a peft_config saves one), or remove reward_adapter_path."
-        )
-    missing = [name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (directory / name).is_file()]
-    if not directory.is_dir() or missing:
-        raise ValueError(
-            f"reward_adapter_path {path} is not a PEFT adapter directory: it lacks {' and '.join(missing) or 'files'}. "
-            f"Give the directory that PeftModel.save_pretrained wrote ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}); a full "
-            "reward model goes in reward_model_name_or_path instead."
-        )
-    config = json.loads((directory / ADAPTER_CONFIG).read_text())
-    if config.get("peft_type") != "LORA":
-        raise ValueError(
-            f"reward_adapter_path {path} is a {config.get('peft_type')} adapter; only LoRA adapters can share the "
-            "actor's base. Train the reward model with a LoraConfig."
-        )
-    with safe_open(str(directory / ADAPTER_WEIGHTS), framework="pt") as weights:
-        keys = set(weights.keys())
-    for head in HEAD_MODULES:
-        if f"base_model.model.{head}.weight" in keys:
-            return config, head
-    raise ValueError(
-        f"reward_adapter_path {path} has no score head (no base_model.model.score.weight in {ADAPTER_WEIGHTS}): it "
-        "is not a sequence-classification adapter. Train it with task_type SEQ_CLS (TRL's RewardTrainer with LoRA), "
-        "which saves the head through modules_to_save."
-    )
 
 
 def _same_model(a: str | None, b: str | None) -> bool:

@@ -22,12 +22,16 @@ def load_corpus(corpus) -> list[dict]:
         if path.is_dir():
             files = sorted(path.glob("*.jsonl"))
             if len(files) != 1:
-                raise ValueError(f"corpus directory {path} must hold exactly one .jsonl file, found {len(files)}; "
-                                 "pass the file path instead.")
+                raise ValueError(
+                    f"corpus directory {path} must hold exactly one .jsonl file, found {len(files)}; "
+                    "pass the file path instead."
+                )
             path = files[0]
         if not path.is_file():
-            raise FileNotFoundError(f"corpus file {path} does not exist; pass a JSONL file of {{'id', 'text'}} lines "
-                                    "or builtin:query_rewrite_corpus.")
+            raise FileNotFoundError(
+                f"corpus file {path} does not exist; pass a JSONL file of {{'id', 'text'}} lines "
+                "or builtin:query_rewrite_corpus."
+            )
         with open(path, encoding="utf-8") as fh:
             corpus = [json.loads(line) for line in fh if line.strip()]
     if not isinstance(corpus, (list, tuple)) or not corpus:
@@ -78,8 +82,9 @@ class BM25Index:
         ranks = []
         for doc_id in gold_ids:
             if doc_id not in self.position:
-                raise KeyError(f"gold document id {doc_id!r} is not in the corpus; check gold_doc_ids against the "
-                               "corpus ids.")
+                raise KeyError(
+                    f"gold document id {doc_id!r} is not in the corpus; check gold_doc_ids against the corpus ids."
+                )
             s = scores[self.position[doc_id]]
             ranks.append(len(scores) + 1 if s <= 0 else int((scores >= s).sum()))
         return ranks
@@ -96,8 +101,12 @@ class BM25Index:
         best = placed[0]
         dcg = sum(1.0 / math.log2(r + 1) for r in placed if r <= k_ndcg)
         idcg = sum(1.0 / math.log2(i + 2) for i in range(min(len(placed), k_ndcg)))
-        return {"rank": best, "recall": sum(r <= k_recall for r in placed) / len(placed),
-                "ndcg": dcg / idcg if idcg else 0.0, "mrr": 1.0 / best if best <= k_mrr else 0.0}
+        return {
+            "rank": best,
+            "recall": sum(r <= k_recall for r in placed) / len(placed),
+            "ndcg": dcg / idcg if idcg else 0.0,
+            "mrr": 1.0 / best if best <= k_mrr else 0.0,
+        }
 
 
 _INDEXES: dict = {}

@@ -8,9 +8,17 @@ from collections import defaultdict
 from trl_ext.rewards.query_rewrite.scorer import BUILTIN_CORPUS, COMPONENTS, PENALTIES, RewriteScorer
 
 DEFAULT_WEIGHTS = {
-    "rank": 1.0, "ndcg": 0.5, "recall": 0.25, "mrr": 0.25, "gain": 0.5,  # retrieval
-    "slots": 0.5, "faithfulness": 0.25, "reference_f1": 0.1,  # content
-    "length": 0.5, "leakage": 1.0, "hallucination": 0.5,  # penalties (subtracted)
+    "rank": 1.0,
+    "ndcg": 0.5,
+    "recall": 0.25,
+    "mrr": 0.25,
+    "gain": 0.5,  # retrieval
+    "slots": 0.5,
+    "faithfulness": 0.25,
+    "reference_f1": 0.1,  # content
+    "length": 0.5,
+    "leakage": 1.0,
+    "hallucination": 0.5,  # penalties (subtracted)
 }
 
 
@@ -44,14 +52,16 @@ class QueryRewriteReward:
     ```
     """
 
-    def __init__(self, corpus=BUILTIN_CORPUS, weights: dict | None = None, min_reward: float | None = None,
-                 **scorer_kwargs):
+    def __init__(
+        self, corpus=BUILTIN_CORPUS, weights: dict | None = None, min_reward: float | None = None, **scorer_kwargs
+    ):
         self.scorer = RewriteScorer(corpus, **scorer_kwargs)
         self.__name__ = "query_rewrite"
         unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
         if unknown:
-            raise ValueError(f"unknown QueryRewriteReward weight(s) {sorted(unknown)}; "
-                             f"valid: {sorted(DEFAULT_WEIGHTS)}")
+            raise ValueError(
+                f"unknown QueryRewriteReward weight(s) {sorted(unknown)}; valid: {sorted(DEFAULT_WEIGHTS)}"
+            )
         self.weights = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in (weights or {}).items()}}
         lowest = -sum(self.weights[p] for p in PENALTIES) - self.weights["gain"]
         self.min_reward = float(lowest if min_reward is None else min_reward)

@@ -16,14 +16,26 @@ BUILTIN_CORPUS = "builtin:query_rewrite_corpus/corpus.jsonl"
 #: Rank of the best gold document -> reward (rank-incentive shaping); worse ranks get 0.
 RANK_TIERS = ((1, 1.0), (2, 0.8), (3, 0.7), (5, 0.5), (10, 0.3), (20, 0.1))
 #: Generic words a rewrite may add without being counted as invented entities.
-REWRITE_VOCAB = frozenset("方法 步骤 指南 说明 如何 设置 配置 查询 查看 问题 原因 排查 流程 含义 系统 功能 指标 报表 分析 "
-                          "相关 文档 帮助 介绍 使用 定义 口径 维度 时间 数据 guide how setup configure settings".split())
+REWRITE_VOCAB = frozenset(
+    "方法 步骤 指南 说明 如何 设置 配置 查询 查看 问题 原因 排查 流程 含义 系统 功能 指标 报表 分析 "
+    "相关 文档 帮助 介绍 使用 定义 口径 维度 时间 数据 guide how setup configure settings".split()
+)
 
 #: Every component `RewriteScorer.score` computes, in logging order.
-COMPONENTS = ("rank", "ndcg", "recall", "mrr", "gain",  # retrieval
-              "slots", "faithfulness", "reference_f1",  # content
-              "length", "leakage", "hallucination",  # penalties
-              "format")
+COMPONENTS = (
+    "rank",
+    "ndcg",
+    "recall",
+    "mrr",
+    "gain",  # retrieval
+    "slots",
+    "faithfulness",
+    "reference_f1",  # content
+    "length",
+    "leakage",
+    "hallucination",  # penalties
+    "format",
+)
 #: Components that measure a fault in [0, 1]: rewards subtract them.
 PENALTIES = ("length", "leakage", "hallucination")
 
@@ -82,9 +94,11 @@ def rows_from_columns(completions: list, columns: dict) -> list[dict]:
     n = len(completions)
     per_completion = {k: v for k, v in columns.items() if isinstance(v, (list, tuple)) and len(v) == n}
     if "query" not in per_completion:
-        raise ValueError("query-rewrite rewards need a 'query' column (the original query) in the dataset; the "
-                         f"reward got columns {sorted(per_completion)}. See trl_ext.rewards.query_rewrite for the "
-                         "row schema.")
+        raise ValueError(
+            "query-rewrite rewards need a 'query' column (the original query) in the dataset; the "
+            f"reward got columns {sorted(per_completion)}. See trl_ext.rewards.query_rewrite for the "
+            "row schema."
+        )
     return [{k: v[i] for k, v in per_completion.items()} for i in range(n)]
 
 
@@ -120,9 +134,19 @@ class RewriteScorer:
             See `rank_reward`.
     """
 
-    def __init__(self, corpus=BUILTIN_CORPUS, k_recall: int = 5, k_ndcg: int = 10, k_mrr: int = 10,
-                 max_length_ratio: float = 2.0, min_length_allowance: int = 9, copy_ngram: int = 4,
-                 copy_budget: int = 4, max_chars: int = 200, rank_tiers=RANK_TIERS):
+    def __init__(
+        self,
+        corpus=BUILTIN_CORPUS,
+        k_recall: int = 5,
+        k_ndcg: int = 10,
+        k_mrr: int = 10,
+        max_length_ratio: float = 2.0,
+        min_length_allowance: int = 9,
+        copy_ngram: int = 4,
+        copy_budget: int = 4,
+        max_chars: int = 200,
+        rank_tiers=RANK_TIERS,
+    ):
         self.corpus = corpus
         self.k_recall, self.k_ndcg, self.k_mrr = k_recall, k_ndcg, k_mrr
         self.max_length_ratio, self.min_length_allowance = max_length_ratio, min_length_allowance
@@ -169,8 +193,10 @@ class RewriteScorer:
         """
         query = row.get("query")
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("each row needs a non-empty 'query' column (the original query); the dataset has "
-                             f"query={query!r}. See trl_ext.rewards.query_rewrite for the row schema.")
+            raise ValueError(
+                "each row needs a non-empty 'query' column (the original query); the dataset has "
+                f"query={query!r}. See trl_ext.rewards.query_rewrite for the row schema."
+            )
         rewrite, reason = check_format(completion_text(completion), query, self.max_chars)
         out: dict = {"format": 0.0 if rewrite is None else 1.0, "format_reason": reason}
         gold = _as_list(row.get("gold_doc_ids"))
@@ -192,15 +218,21 @@ class RewriteScorer:
 
         if gold:
             rewritten, original = self.retrieval(rewrite, gold), self.retrieval(query, gold)
-            out.update(rank=rewritten["rank_reward"], ndcg=rewritten["ndcg"], recall=rewritten["recall"],
-                       mrr=rewritten["mrr"], gain=rewritten["rank_reward"] - original["rank_reward"],
-                       gold_rank=rewritten["rank"] if math.isfinite(rewritten["rank"]) else None)
+            out.update(
+                rank=rewritten["rank_reward"],
+                ndcg=rewritten["ndcg"],
+                recall=rewritten["recall"],
+                mrr=rewritten["mrr"],
+                gain=rewritten["rank_reward"] - original["rank_reward"],
+                gold_rank=rewritten["rank"] if math.isfinite(rewritten["rank"]) else None,
+            )
         # slots: share of required slots stated (any synonym, case-insensitive substring)
         slots = self._slots(row)
         rewrite_lower = rewrite.lower()
         if slots:
-            out["slots"] = sum(any(s.lower() in rewrite_lower for s in synonyms)
-                               for synonyms in slots.values()) / len(slots)
+            out["slots"] = sum(any(s.lower() in rewrite_lower for s in synonyms) for synonyms in slots.values()) / len(
+                slots
+            )
         # faithfulness: share of the query's content words the rewrite keeps
         rewrite_vocab = set(rewrite_content) | set(tokenize(rewrite))
         query_words = set(query_content)
@@ -212,8 +244,11 @@ class RewriteScorer:
         allowed = max(self.max_length_ratio * len(query_content), self.min_length_allowance)
         out["length"] = min(1.0, max(0.0, (len(rewrite_content) - allowed) / allowed))
         # hallucination: share of content tokens found in neither query, context, corpus nor generic rewrite words
-        invented = [t for t in set(rewrite_content)
-                    if t not in source_tokens and t not in index.vocab and t not in REWRITE_VOCAB]
+        invented = [
+            t
+            for t in set(rewrite_content)
+            if t not in source_tokens and t not in index.vocab and t not in REWRITE_VOCAB
+        ]
         out["hallucination"] = len(invented) / max(len(set(rewrite_content)), 1)
         # leakage: answer terms, n-grams copied from gold documents, repetition
         source_text = (query + " " + context).lower()

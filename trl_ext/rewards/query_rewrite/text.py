@@ -28,8 +28,23 @@ VAGUE = frozenset(
     "thing stuff use work doing".split()
 )
 #: Phrases that mark an answer instead of a query.
-ANSWER_MARKERS = ("答：", "答:", "答案", "回答：", "您可以", "你可以", "首先", "步骤如下", "解决方法：", "answer:",
-                  "you can ", "you should ", "to do this", "here is", "here's")
+ANSWER_MARKERS = (
+    "答：",
+    "答:",
+    "答案",
+    "回答：",
+    "您可以",
+    "你可以",
+    "首先",
+    "步骤如下",
+    "解决方法：",
+    "answer:",
+    "you can ",
+    "you should ",
+    "to do this",
+    "here is",
+    "here's",
+)
 
 _JIEBA = None
 _JIEBA_LOCK = threading.Lock()

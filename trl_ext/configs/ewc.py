@@ -87,11 +87,15 @@ class EWCArguments:
     ewc_fisher_max_length: int = field(default=512, metadata={"help": "Longest sequence in the Fisher pass."})
     ewc_fisher_batch_size: int = field(default=8, metadata={"help": "Sequences per Fisher forward/backward."})
     ewc_fisher_type: str = field(
-        default="true", metadata={"help": "true (labels sampled from the model) or empirical.", "choices": list(FISHER_TYPES)}
+        default="true",
+        metadata={"help": "true (labels sampled from the model) or empirical.", "choices": list(FISHER_TYPES)},
     )
     ewc_fisher_mode: str = field(
-        default="full", metadata={"help": "full, kfac (factored, low memory) or lora_params (ablation).",
-                                  "choices": list(FISHER_MODES)}
+        default="full",
+        metadata={
+            "help": "full, kfac (factored, low memory) or lora_params (ablation).",
+            "choices": list(FISHER_MODES),
+        },
     )
     ewc_fisher_dtype: str = field(
         default="float32", metadata={"help": "Fisher storage dtype.", "choices": list(FISHER_DTYPES)}
@@ -130,8 +134,14 @@ def check_ewc_arguments(args) -> None:
         raise ValueError(f"ewc_fisher_mode must be one of {', '.join(FISHER_MODES)}; got {args.ewc_fisher_mode!r}.")
     if args.ewc_fisher_dtype not in FISHER_DTYPES:
         raise ValueError(f"ewc_fisher_dtype must be one of {', '.join(FISHER_DTYPES)}; got {args.ewc_fisher_dtype!r}.")
-    for key in ("ewc_fisher_samples", "ewc_fisher_max_length", "ewc_fisher_batch_size", "forgetting_eval_steps",
-                "forgetting_eval_samples", "forgetting_max_length"):
+    for key in (
+        "ewc_fisher_samples",
+        "ewc_fisher_max_length",
+        "ewc_fisher_batch_size",
+        "forgetting_eval_steps",
+        "forgetting_eval_samples",
+        "forgetting_max_length",
+    ):
         if getattr(args, key) < 1:
             raise ValueError(f"{key} must be a positive integer; got {getattr(args, key)}.")
     if args.ewc_gamma < 0:
@@ -161,6 +171,6 @@ def document_ewc_fields(cls):
     """Class decorator: append `EWCArguments`' documented fields (type and default) to a config's docstring,
     so `help(DPOConfig)` lists every EWC key next to TRL's."""
     doc = EWCArguments.__doc__ or ""
-    fields_doc = doc[doc.index("    Args:") + len("    Args:\n"):] if "    Args:" in doc else ""
+    fields_doc = doc[doc.index("    Args:") + len("    Args:\n") :] if "    Args:" in doc else ""
     cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n    Args:\n" + fields_doc
     return cls

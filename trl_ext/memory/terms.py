@@ -1,0 +1,110 @@
+"""Per-term byte counts of the memory model (weights, LoRA, optimizer, activations, log-probs), in bytes.
+
+`trl_ext.memory.estimator` composes these into components and phases; its module docstring documents the formulas.
+"""
+
+from __future__ import annotations
+
+from trl_ext.memory.arch import Architecture
+from trl_ext.memory.settings import MemorySettings
+
+FUSED_TOKEN_TILE = 4096
+FUSED_VOCAB_TILE = 32768
+
+
+def nf4_bytes_per_param(double_quant: bool) -> float:
+    """0.5 byte + absmax overhead per weight (block size 64; second-level block 256 with double quantization)."""
+    return 0.5 + ((1 / 64 + 4 / (64 * 256)) if double_quant else 4 / 64)
+
+
+def lora_params(arch: Architecture, s: MemorySettings) -> int:
+    shapes = arch.linear_shapes()
+    return arch.num_layers * sum(s.lora_r * (shapes[n][0] + shapes[n][1]) for n in s.lora_targets)
+
+
+def adapted_base_params(arch: Architecture, s: MemorySettings) -> int:
+    shapes = arch.linear_shapes()
+    return arch.num_layers * sum(shapes[n][0] * shapes[n][1] for n in s.lora_targets)
+
+
+def optimizer_bytes_per_param(optim: str) -> float:
+    optim = optim.lower()
+    if "8bit" in optim:
+        return 2.0
+    if optim.startswith("sgd"):
+        return 0.0
+    if "adafactor" in optim:
+        return 0.5
+    return 8.0
+
+
+def activation_bytes_per_token_layer(arch: Architecture, s: MemorySettings, seq_len: int) -> float:
+    """Saved tensors of one decoder layer per token, without gradient checkpointing."""
+    b, h = s.compute_bytes, arch.hidden_size
+    per = 2 * 4 * h + b * (2 * h + 3 * arch.q_dim + 3 * arch.kv_dim + 4 * arch.intermediate_size)
+    if s.use_peft and s.lora_dropout > 0:
+        shapes = arch.linear_shapes()
+        per += sum(shapes[n][0] * (b + 1) for n in s.lora_targets)
+    if s.use_peft:
+        per += b * s.lora_r * len(s.lora_targets)
+    if s.attn_implementation == "eager":
+        per += arch.num_heads * seq_len * 2 * b
+    return per
+
+
+def activation_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_len: int) -> float:
+    tokens = sequences * seq_len
+    layer = activation_bytes_per_token_layer(arch, s, seq_len)
+    b, h = s.compute_bytes, arch.hidden_size
+    if s.gradient_checkpointing:
+        per_token = arch.num_layers * b * h + layer + 2 * b * h
+    else:
+        per_token = arch.num_layers * layer + 2 * b * h
+    return tokens * (per_token + 10 * h)  # + final norm (fp32 in, b out) and embedding output
+
+
+def no_grad_working_set(arch: Architecture, s: MemorySettings, tokens: int) -> float:
+    b = s.compute_bytes
+    return tokens * b * (2 * arch.hidden_size + arch.q_dim + 2 * arch.kv_dim + 3 * arch.intermediate_size)
+
+
+def logprob_bytes(arch: Architecture, s: MemorySettings, tokens: int, grad: bool) -> tuple[float, str]:
+    b, h, V = s.compute_bytes, arch.hidden_size, arch.vocab_size
+    if s.fused_logits:
+        tile = min(tokens, FUSED_TOKEN_TILE) * min(V, FUSED_VOCAB_TILE) * b
+        stats = tokens * 7 * 4
+        head_cast = min(V, FUSED_VOCAB_TILE) * h * b if s.kbit_prep and b < 4 else 0
+        grad_hidden = tokens * h * 4 if grad else 0
+        return tile + stats + head_cast + grad_hidden, (
+            f"fused LM head: tile min(T,4096)x{min(V, FUSED_VOCAB_TILE)}x{b} + T*7*4 stats"
+            + (" + head tile cast" if head_cast else "")
+            + (" + fp32 dL/dhidden T*h*4" if grad else "")
+            + f", T={tokens}"
+        )
+    per = b + 4 + (4 if grad else 0)
+    return tokens * V * per, f"full logits T*V*({per}) with T={tokens}, V={V}"
+
+
+def base_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, float, str, str]:
+    """(linear weights, embeddings/head/norms, formula, formula)."""
+    if s.quantization in ("nf4", "fp4"):
+        bpp = nf4_bytes_per_param(s.double_quant)
+        lin = arch.linear_params * bpp
+        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x {bpp:.4f} B ({s.quantization}" + (
+            ", double quant)" if s.double_quant else ")"
+        )
+    elif s.quantization == "int8":
+        rows = arch.num_layers * sum(o for _, o in arch.linear_shapes().values())
+        lin = arch.linear_params * 1 + rows * 4
+        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x 1 B + fp32 row scales"
+    else:
+        lin = arch.linear_params * s.compute_bytes
+        lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x {s.compute_bytes} B"
+    other = arch.embedding_params + arch.other_params
+    ob = 4 if s.kbit_prep else s.compute_bytes
+    other_f = f"{other / 1e9:.3f}B params x {ob} B" + (" (fp32 upcast by k-bit prep)" if s.kbit_prep else "")
+    return lin, other * ob, lin_f, other_f
+
+
+def sixteen_bit_weights(arch: Architecture) -> float:
+    return arch.total_params * 2.0
