@@ -272,3 +272,19 @@ def test_launch_states_single_machine_defaults_only_without_accelerates_default_
         "2",
         *tail,
     ]
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(capsys):
+    from trl_ext.cli import main
+
+    assert main(["trian", "recipes/quickstart/dpo.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == "trl-ext: error: unknown command 'trian'. Did you mean 'train'? Commands: "
+        + ", ".join(__import__("trl_ext.cli", fromlist=["COMMANDS"]).COMMANDS)
+        + "."
+    )
+    assert main(["estimate", "does/not/exist.yaml"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trl-ext: error: ") and "does/not/exist.yaml" in lines[0]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-#: subcommand -> ("module:function", one-line help). Each function takes ``argv`` and returns an exit code.
+#: subcommand -> ("module:function", one-line help). Each function takes `argv` and returns an exit code.
+#: Convention: bad input is one line `trl-ext: error: <problem and fix>` on stderr and exit code 2.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trl_ext.train:launch_main", "validate a recipe and run it with accelerate launch"),
     "merge": ("trl_ext.merge:merge_cli", "merge a (Q)LoRA adapter into its base and save a plain model"),
@@ -34,10 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"trl-ext: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"trl-ext: error: unknown command {name!r}.{hint} Commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
+    from trl_ext.recipe_validation import RecipeError
+
     module, func = COMMANDS[name][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except RecipeError as err:  # bad input a subcommand did not report itself: one line, never a traceback
+        print(f"trl-ext: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

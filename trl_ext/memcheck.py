@@ -244,11 +244,8 @@ def memcheck_cli(argv: list[str] | None = None) -> int:
             workdir=args.workdir,
             prompt_length=args.prompt_length,
         )
-    except MemcheckUnavailable as err:
-        print(f"trl-ext memcheck: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"trl-ext memcheck: error: {err}", file=sys.stderr)
+    except (MemcheckUnavailable, ValueError) as err:
+        print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from trl_ext.memory.check import estimate_memory
 from trl_ext.memory.report import estimate_to_dict, format_estimate
@@ -62,7 +63,7 @@ def estimate_cli(argv: list[str] | None = None) -> int:
             full_logits=args.full_logits or None,
         )
     except (RecipeError, FileNotFoundError, ValueError) as err:
-        print(f"trl-ext: error: {err}", flush=True)
+        print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(estimate_to_dict(estimate), indent=2) if args.json else format_estimate(estimate))
     return 0 if estimate.fits else 1

@@ -210,7 +210,7 @@ def eval_rewrite_cli(argv: list[str]) -> int:
             rewrites = generate_rewrites(args.model, rows, max_new_tokens=args.max_new_tokens)
         result = evaluate(rows, rewrites, args.corpus)
     except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"trl-ext eval-rewrite: error: {err}", file=sys.stderr)
+        print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
     result["split"] = args.split
     if args.json:
