@@ -102,3 +102,14 @@ def test_counterfacts_prefer_a_wrong_fact_over_the_pretraining_sentence():
     for row in rows["train"] + rows["test"]:
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         assert rejected in sentences and chosen not in sentences
+
+
+@pytest.mark.parametrize("model", ["tiny-chat", "tiny-rewriter"])
+def test_the_builders_chatml_text_is_what_the_bundled_chat_template_renders(model):
+    from transformers import AutoTokenizer
+
+    from trl_ext.data.build_assets import render_chatml
+
+    tokenizer = AutoTokenizer.from_pretrained(DATA_DIR / model)
+    messages = [{"role": "user", "content": "Which river is Oakford on?"}, {"role": "assistant", "content": "The Ash."}]
+    assert render_chatml(messages) == tokenizer.apply_chat_template(messages, tokenize=False)

@@ -7,6 +7,33 @@ from dataclasses import dataclass, field
 
 FISHER_TYPES = ("true", "empirical")
 FISHER_MODES = ("full", "kfac", "lora_params")
+
+
+def fisher_tensor_shapes(mode: str, out_features: int, in_features: int, rank: int) -> dict[str, tuple[int, ...]]:
+    """The Fisher tensors one adapted linear module has in `mode`: key suffix -> shape. The one place each mode's
+    layout is written (the Fisher file keys, the penalty and the memory estimate all read it).
+
+    Args:
+        mode (`str`):
+            `full` (one tensor, the module's own key, shaped as its weight), `kfac` (two vectors, `.kfac_out` then
+            `.kfac_in`) or `lora_params` (`.lora_A` and `.lora_B`, shaped as the adapter's A and B).
+        out_features (`int`), in_features (`int`):
+            The base weight's shape.
+        rank (`int`):
+            The LoRA rank (used by `lora_params`).
+
+    Returns:
+        `dict[str, tuple[int, ...]]`: the shape of each tensor, keyed by the suffix appended to the module's name.
+    """
+    if mode == "full":
+        return {"": (out_features, in_features)}
+    if mode == "kfac":
+        return {".kfac_out": (out_features,), ".kfac_in": (in_features,)}
+    if mode == "lora_params":
+        return {".lora_A": (rank, in_features), ".lora_B": (out_features, rank)}
+    raise ValueError(f"Unknown Fisher mode {mode!r}; use {', '.join(FISHER_MODES)}.")
+
+
 FISHER_DTYPES = ("float32", "bfloat16")
 #: Dataset the Fisher is estimated on when the recipe names none (`ewc_fisher_dataset`).
 DEFAULT_ANCHOR_DATASET = "builtin:general_text"

@@ -149,6 +149,12 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 
+def render_chatml(messages: list[dict]) -> str:
+    """The text `CHAT_TEMPLATE` renders for `messages` (no generation prompt), for building training text before the
+    tokenizer exists. `tests/test_assets.py` checks it equals the bundled tokenizer's `apply_chat_template`."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
 def build_tokenizer(texts: list[str], vocab_size: int = 2048):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -278,7 +284,7 @@ def main(steps: int = 600) -> None:
 
     # Chat-formatted answers teach the tiny model its template; both good and bad answers appear so that DPO has
     # something to choose between.
-    chat_texts = [CHAT_TEMPLATE_RENDER.format(q=q, a=a) for q, g, b in triples for a in (g, b)]
+    chat_texts = [render_chatml(_user(q) + _assistant(a)) for q, g, b in triples for a in (g, b)]
     tokenizer = build_tokenizer(general + chat_texts)
     out = DATA_DIR / "tiny-chat"
     out.mkdir(exist_ok=True)
@@ -289,8 +295,6 @@ def main(steps: int = 600) -> None:
     save_model(model, tokenizer, out)
     print(f"wrote {out}")
 
-
-CHAT_TEMPLATE_RENDER = "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n"
 
 if __name__ == "__main__":
     main()

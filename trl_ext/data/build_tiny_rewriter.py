@@ -23,16 +23,11 @@ import random
 from pathlib import Path
 
 from trl_ext.assets import DATA_DIR
-from trl_ext.data.build_assets import build_tokenizer, pretrain, save_model, tiny_qwen2
+from trl_ext.data.build_assets import build_tokenizer, pretrain, render_chatml, save_model, tiny_qwen2
 
 SEED = 4321
 VOCAB_SIZE = 3072
 STEPS = 500
-
-
-def render(messages: list[dict]) -> str:
-    """The ChatML text the bundled chat template produces for ``messages`` (no generation prompt)."""
-    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
 
 def load_split(split: str) -> list[dict]:
@@ -46,7 +41,9 @@ def training_texts() -> tuple[list[str], list[str]]:
     with open(DATA_DIR / "query_rewrite_corpus" / "corpus.jsonl", encoding="utf-8") as fh:
         corpus = [json.loads(line)["text"] for line in fh]
     sft = [
-        render(row["prompt"] + [{"role": "assistant", "content": f"<rewrite>{row['reference_rewrites'][0]}</rewrite>"}])
+        render_chatml(
+            row["prompt"] + [{"role": "assistant", "content": f"<rewrite>{row['reference_rewrites'][0]}</rewrite>"}]
+        )
         for row in rows
     ]
     return sft, corpus

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trl_ext.configs.ewc import fisher_tensor_shapes
 from trl_ext.data.samples import collate
 from trl_ext.modeling import eval_mode
 
@@ -141,10 +142,7 @@ class FisherEstimate:
 def fisher_key_shapes(module: AdaptedModule, mode: str) -> dict[str, tuple[int, ...]]:
     """The Fisher tensors of one adapted module: their keys (as in the Fisher file) and shapes.
 
-    This is the one place the layout of each mode is written: `full` is one tensor `<module>` of shape
-    (out_features, in_features); `kfac` is two vectors `<module>.kfac_out` (out_features,) and `<module>.kfac_in`
-    (in_features,), in that order; `lora_params` is `<module>.lora_A` and `<module>.lora_B`, shaped as the adapter's
-    A and B.
+    The layout of each mode is `trl_ext.configs.ewc.fisher_tensor_shapes`; this names the tensors after the module.
 
     Args:
         module (`AdaptedModule`):
@@ -156,16 +154,8 @@ def fisher_key_shapes(module: AdaptedModule, mode: str) -> dict[str, tuple[int, 
         `dict[str, tuple[int, ...]]`: shape of each tensor, keyed by its name in the Fisher file.
     """
     out_features, in_features = module.shape
-    if mode == "full":
-        return {module.name: (out_features, in_features)}
-    if mode == "kfac":
-        return {f"{module.name}.kfac_out": (out_features,), f"{module.name}.kfac_in": (in_features,)}
-    if mode == "lora_params":
-        return {
-            f"{module.name}.lora_A": tuple(module.lora_A.shape),
-            f"{module.name}.lora_B": tuple(module.lora_B.shape),
-        }
-    raise ValueError(f"Unknown Fisher mode {mode!r}; use full, kfac or lora_params.")
+    shapes = fisher_tensor_shapes(mode, out_features, in_features, rank=module.lora_A.shape[0])
+    return {f"{module.name}{suffix}": shape for suffix, shape in shapes.items()}
 
 
 def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -48,8 +48,10 @@ The formulas (each component's `formula` repeats its own):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
+from trl_ext.configs.ewc import fisher_tensor_shapes
 from trl_ext.memory.arch import Architecture
 from trl_ext.memory.settings import MemorySettings
 from trl_ext.memory.terms import (  # noqa: F401  (re-exported: tests and callers use them from here)
@@ -185,34 +187,23 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
                 "(download its config.json or use a bundled architecture)."
             )
     if s.ewc_lambda > 0:
-        adapted = adapted_base_params(arch, s)
-        fb = s.ewc_fisher_bytes
-        if s.ewc_fisher_mode == "kfac":
-            shapes = arch.linear_shapes()
-            n = arch.num_layers * sum(shapes[m][0] + shapes[m][1] for m in s.lora_targets)
-            comps.append(
-                Component(
-                    "EWC Fisher (K-FAC)",
-                    n * fb,
-                    "static",
-                    f"{n / 1e6:.2f}M = sum (out + in) per module x {fb} B (two vectors)",
-                )
+        shapes = arch.linear_shapes()
+        fisher_elements = arch.num_layers * sum(
+            math.prod(shape)
+            for target in s.lora_targets
+            for shape in fisher_tensor_shapes(s.ewc_fisher_mode, *shapes[target][::-1], rank=s.lora_r).values()
+        )
+        label, per_element, what = {
+            "full": ("EWC Fisher (full weight space)", s.ewc_fisher_bytes, "adapted base params (diagonal)"),
+            "kfac": ("EWC Fisher (K-FAC)", s.ewc_fisher_bytes, "= sum (out + in) per module (two vectors)"),
+            "lora_params": ("EWC Fisher (LoRA params)", 8, "adapter params x (4 Fisher + 4 anchor)"),
+        }[s.ewc_fisher_mode]
+        comps.append(
+            Component(
+                label, fisher_elements * per_element, "static", f"{fisher_elements / 1e6:.2f}M {what} x {per_element} B"
             )
-        elif s.ewc_fisher_mode == "lora_params":
-            n = lora_params(arch, s)
-            comps.append(
-                Component("EWC Fisher (LoRA params)", n * 8, "static", f"{n / 1e6:.1f}M x (4 Fisher + 4 anchor) B")
-            )
-        else:
-            n = adapted
-            comps.append(
-                Component(
-                    "EWC Fisher (full weight space)",
-                    adapted * fb,
-                    "static",
-                    f"{adapted / 1e9:.2f}B adapted base params x {fb} B (diagonal)",
-                )
-            )
+        )
+        n = fisher_elements
         if s.ewc_fisher_pass_tokens:
             acc = 2 * n * 4
             work = activation_bytes(arch, replace(s, gradient_checkpointing=False), 1, s.ewc_fisher_pass_tokens)
