@@ -66,13 +66,18 @@ def test_dpo_quickstart_completes_under_two_process_ddp(tmp_path):
     assert (out / "adapter_model.safetensors").is_file()
 
 
-def test_grpo_quickstart_runs_through_trl_ext_train_and_logs_the_reward(tmp_path):
+def test_grpo_quickstart_learns_to_mention_the_rewarded_keyword(tmp_path):
     out = tmp_path / "grpo"
-    proc = trl_ext_cli("train", str(RECIPES / "quickstart" / "grpo.yaml"), "--output_dir", str(out), timeout=900)
+    # 60 steps instead of the quickstart's 20: the keyword reward's mean per 5-step window rose from about 0.11 (first
+    # four windows; 0.09-0.13 by seed) to 0.34, 0.38 and 0.41 (last four) for seeds 42, 7 and 123.
+    proc = trl_ext_cli(
+        "train", str(RECIPES / "quickstart" / "grpo.yaml"), "--output_dir", str(out), "--max_steps", "60", timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    logs = log_history(out)
-    rewards = [h["rewards/keyword_reward/mean"] for h in logs if "rewards/keyword_reward/mean" in h]
-    assert len(rewards) == 4 and all(0.0 <= r <= 1.0 for r in rewards)
+    rewards = [h["rewards/keyword_reward/mean"] for h in log_history(out) if "rewards/keyword_reward/mean" in h]
+    assert len(rewards) == 12 and all(0.0 <= r <= 1.0 for r in rewards)
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.1, rewards
     assert (out / "adapter_model.safetensors").is_file()
 
 
