@@ -48,28 +48,16 @@ def fisher_cli(argv: list[str] | None = None) -> int:
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
 
-    import torch
     from peft import get_peft_model
 
-    from trl_ext.ewc.data import fisher_samples
-    from trl_ext.ewc.fisher import estimate_fisher
+    from trl_ext.ewc.data import estimate_recipe_fisher
     from trl_ext.ewc.io import model_identity, save_fisher
     from trl_ext.modeling import load_model_and_tokenizer
 
     config = recipe.training
     model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, config)
-    samples = fisher_samples(config, tokenizer)
     model = get_peft_model(model, peft_config)
-    estimate = estimate_fisher(
-        model,
-        samples,
-        mode=config.ewc_fisher_mode,
-        fisher_type=config.ewc_fisher_type,
-        batch_size=config.ewc_fisher_batch_size,
-        seed=config.seed,
-        pad_token_id=tokenizer.pad_token_id,
-        dtype=getattr(torch, config.ewc_fisher_dtype),
-    )
+    estimate = estimate_recipe_fisher(model, config, tokenizer)
     save_fisher(output, estimate, model_identity(model), revision=recipe.model.model_revision)
     agreement = "n/a" if estimate.split_half_agreement is None else f"{estimate.split_half_agreement:.4f}"
     print(

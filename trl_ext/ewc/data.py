@@ -30,3 +30,37 @@ def fisher_samples(config, tokenizer):
         seed=config.seed,
         split_key="ewc_fisher_split",
     )
+
+
+def estimate_recipe_fisher(model, config, tokenizer, **kwargs):
+    """The Fisher a recipe asks for: `estimate_fisher` on `fisher_samples(config, tokenizer)` with the config's
+    `ewc_fisher_*` settings. Shared by the trainer (Fisher at start) and `trl-ext fisher`.
+
+    Args:
+        model (`PeftModel`):
+            The model with its LoRA adapters.
+        config:
+            The method's config (an `EWCArguments` subclass).
+        tokenizer:
+            The tokenizer (its pad token pads the Fisher batches).
+        **kwargs:
+            More arguments of `estimate_fisher` (process index and count, checkpointing, modules).
+
+    Returns:
+        `FisherEstimate`
+    """
+    import torch
+
+    from trl_ext.ewc.fisher import estimate_fisher
+
+    return estimate_fisher(
+        model,
+        fisher_samples(config, tokenizer),
+        mode=config.ewc_fisher_mode,
+        fisher_type=config.ewc_fisher_type,
+        batch_size=config.ewc_fisher_batch_size,
+        seed=config.seed,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=getattr(torch, config.ewc_fisher_dtype),
+        **kwargs,
+    )

@@ -6,8 +6,6 @@ import logging
 import os
 from collections import defaultdict
 
-import torch
-
 from trl_ext.configs.ewc import EWCArguments
 
 logger = logging.getLogger(__name__)
@@ -37,8 +35,8 @@ class EWCTrainerMixin:
 
     # ----------------------------------------------------------------------------------------------------------
     def _setup_ewc(self, config):
-        from trl_ext.ewc.data import fisher_samples
-        from trl_ext.ewc.fisher import adapted_modules, estimate_fisher, fisher_quantiles
+        from trl_ext.ewc.data import estimate_recipe_fisher
+        from trl_ext.ewc.fisher import adapted_modules, fisher_quantiles
         from trl_ext.ewc.io import combine_online, load_fisher, model_identity, save_fisher
         from trl_ext.ewc.penalty import Anchor, EWCPenalty
 
@@ -64,16 +62,10 @@ class EWCTrainerMixin:
         else:
             tokenizer = self.processing_class
             tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-            samples = fisher_samples(config, tokenizer)
-            estimate = estimate_fisher(
+            estimate = estimate_recipe_fisher(
                 model,
-                samples,
-                mode=config.ewc_fisher_mode,
-                fisher_type=config.ewc_fisher_type,
-                batch_size=config.ewc_fisher_batch_size,
-                seed=config.seed,
-                pad_token_id=tokenizer.pad_token_id,
-                dtype=getattr(torch, config.ewc_fisher_dtype),
+                config,
+                tokenizer,
                 process_index=self.accelerator.process_index,
                 num_processes=self.accelerator.num_processes,
                 gradient_checkpointing_kwargs=config.gradient_checkpointing_kwargs,
