@@ -81,3 +81,22 @@ def recipe_copy(recipe: str | Path, directory: Path, drop: tuple[str, ...] = (),
 def logged_values(trainer, key: str) -> list[float]:
     """Every value of `key` in `trainer.state.log_history`, in logging order."""
     return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+#: The smallest valid recipe: DPO on the bundled tiny model and preferences.
+MINIMAL_RECIPE = {
+    "method": "dpo",
+    "model_name_or_path": "builtin:tiny-chat",
+    "dataset_name": "builtin:preferences",
+    "output_dir": "unused",
+    "report_to": "none",
+}
+
+
+def write_recipe(tmp_path, mapping, name="r.yaml"):
+    """Write `mapping` as a recipe YAML under `tmp_path` and return its path."""
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(mapping))
+    return str(path)

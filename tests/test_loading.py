@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 from datasets import Dataset, DatasetDict
 
+from conftest import MINIMAL_RECIPE, write_recipe
 from trl_ext.assets import DATA_DIR
 from trl_ext.data import (
     check_columns,
@@ -16,19 +16,8 @@ from trl_ext.data import (
 )
 from trl_ext.recipe import RecipeError, load_recipe
 
-BASE = {
-    "method": "dpo",
-    "model_name_or_path": "builtin:tiny-chat",
-    "dataset_name": "builtin:preferences",
-    "output_dir": "unused",
-    "report_to": "none",
-}
-
-
-def write(tmp_path, mapping, name="r.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(mapping))
-    return str(path)
+BASE = MINIMAL_RECIPE
+write = write_recipe
 
 
 def numbers(n=10):

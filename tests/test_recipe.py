@@ -8,27 +8,15 @@ import textwrap
 
 import pytest
 import torch
-import yaml
 
-from conftest import RECIPES, trl_ext_cli
+from conftest import MINIMAL_RECIPE, RECIPES, trl_ext_cli, write_recipe
 from trl_ext.recipe import RecipeError, load_recipe
 from trl_ext.runtime import apply_runtime
 
 without_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU fallback of mixed precision")
 
-BASE = {
-    "method": "dpo",
-    "model_name_or_path": "builtin:tiny-chat",
-    "dataset_name": "builtin:preferences",
-    "output_dir": "unused",
-    "report_to": "none",
-}
-
-
-def write(tmp_path, mapping, name="r.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(mapping))
-    return str(path)
+BASE = MINIMAL_RECIPE
+write = write_recipe
 
 
 def test_quickstart_recipe_parses_into_trl_configs():
