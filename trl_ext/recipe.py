@@ -284,6 +284,11 @@ def build_recipe(
     source = f"recipe {path}" if path is not None else "the command line"
     cli = _split_cli(overrides)
     method = next((v for k, v in cli if k == "method"), None) or raw.get("method")
+    if "stages" in raw:
+        raise RecipeError(
+            f"{source} is a pipeline (it has stages:); run it with `trl-ext train {path}` (add --stage NAME to run "
+            "one stage), or run a stage's own recipe, <output_dir>/<stage>/stage_recipe.yaml."
+        )
     if method is None:
         raise RecipeError(f"{source} has no 'method' key; add `method: dpo` (or grpo, kto, ppo).")
     if method not in METHODS:
