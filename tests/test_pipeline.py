@@ -197,3 +197,31 @@ def test_estimate_reports_the_peak_of_every_stage(tmp_path, capsys):
     peaks = {r[0]: float(r[2]) for r in rows}
     assert 0 < peaks["dpo"] < 24 and peaks["ppo"] > peaks["kto"]
     assert f"pipeline peak: {max(peaks.values()):.2f} GiB (stage 'ppo')" in out
+
+
+def test_a_stage_predicted_not_to_fit_the_gpu_stops_the_pipeline_before_the_first_stage(
+    tmp_path, launcher, monkeypatch, capsys
+):
+    import trl_ext.train
+
+    def check_gpu_memory(recipe):
+        if recipe.method == "ppo":
+            raise RecipeError("This recipe is predicted to need 30.0 GiB of GPU memory but the GPU has 24.0 GiB.")
+
+    monkeypatch.setattr(trl_ext.train, "check_gpu_memory", check_gpu_memory)
+    path = write_pipeline(tmp_path, [DPO, KTO, PPO])
+    assert pipeline_cli.train_cli([str(path)]) == 2
+    assert "trl-ext: error: stage 'ppo': This recipe is predicted to need 30.0 GiB" in capsys.readouterr().err
+    assert launcher.launched == []
+
+
+def test_a_complete_stage_whose_keys_changed_is_skipped_with_a_warning(tmp_path, launcher, capsys):
+    path = write_pipeline(tmp_path, [DPO, KTO])
+    assert pipeline_cli.train_cli([str(path)]) == 0
+    capsys.readouterr()
+    assert pipeline_cli.train_cli([str(path)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert pipeline_cli.train_cli([str(path), "--beta", "0.3"]) == 0
+    err = capsys.readouterr().err
+    assert "stage 'dpo' ran with other keys" in err and "--stage dpo" in err
+    assert [name for name, _ in launcher.launched] == ["dpo", "kto"]

@@ -103,9 +103,18 @@ class Stage:
         path.write_text(header + yaml.safe_dump(self.raw, sort_keys=False), encoding="utf-8")
         return path
 
+    def recipe_changed(self) -> bool:
+        """Whether a complete stage's recorded recipe differs from the one it would run now."""
+        try:
+            recorded = json.loads((self.output_dir / STAGE_COMPLETE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        now = json.loads(json.dumps({"recipe": self.raw, "overrides": self.overrides}))
+        return {k: recorded.get(k) for k in now} != now
+
     def mark_complete(self) -> None:
         """Record that the stage finished: a re-run of the pipeline skips it."""
-        marker = {"stage": self.name, "method": self.method, "recipe": self.raw}
+        marker = {"stage": self.name, "method": self.method, "recipe": self.raw, "overrides": self.overrides}
         (self.output_dir / STAGE_COMPLETE_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from trl_ext.pipeline import Pipeline, Stage, is_pipeline, load_pipeline
+from trl_ext.pipeline import STAGE_COMPLETE_FILE, Pipeline, Stage, is_pipeline, load_pipeline
 from trl_ext.recipe import RecipeError, resolve_accelerate_config
 
 
@@ -137,9 +137,16 @@ def run_stages(
         label = f"stage {stage.name!r} ({stage.method}, {stage.index + 1} of {len(pipeline.stages)})"
         if stage.complete and not explicit:
             print(f"trl-ext: {label} is complete, skipped: {stage.output_dir}", flush=True)
+            if stage.recipe_changed():
+                print(
+                    f"trl-ext: warning: stage {stage.name!r} ran with other keys than the pipeline now gives it; "
+                    f"run it again with --stage {stage.name} (then the stages after it), or delete {stage.output_dir}.",
+                    file=sys.stderr,
+                    flush=True,
+                )
             continue
         if explicit and stage.complete:
-            (stage.output_dir / "stage_complete.json").unlink()
+            (stage.output_dir / STAGE_COMPLETE_FILE).unlink()
         overrides = stage_launch_overrides(stage)
         checkpoint = stage.last_checkpoint()
         resuming = f", resuming from {checkpoint.name}" if "--resume_from_checkpoint" in overrides else ""
