@@ -177,14 +177,13 @@ def estimate_cli(argv: list[str] | None = None) -> int:
     from trl_ext.memory.cli import estimate_cli as recipe_estimate_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    path = next((a for a in argv if not a.startswith("-")), None)
-    if path is None or not is_pipeline(path):
-        return recipe_estimate_cli(argv)
-    parser = argparse.ArgumentParser(prog="trl-ext estimate", description="Predict a pipeline's peak GPU memory.")
-    parser.add_argument("recipe")
+    parser = argparse.ArgumentParser(prog="trl-ext estimate", add_help=False)
+    parser.add_argument("recipe", nargs="?")
     parser.add_argument("--gpu-memory-gb", "--gpu_memory_gb", dest="gpu", type=float, default=24.0)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true")
     args, overrides = parser.parse_known_args(argv)
+    if args.recipe is None or not is_pipeline(args.recipe) or args.gpu <= 0 or {"-h", "--help"} & set(argv):
+        return recipe_estimate_cli(argv)  # a plain recipe, help, or an error that command reports
     try:
         estimates = estimate_pipeline(load_pipeline(args.recipe, overrides), args.gpu)
     except (RecipeError, FileNotFoundError, ValueError) as err:
