@@ -125,6 +125,21 @@ def test_a_reference_resolves_to_the_earlier_stage_output(tmp_path):
     assert kto.raw["ewc_anchor_adapter"] == kto.recipe.training.ewc_anchor_adapter == str(tmp_path / "out" / "dpo")
 
 
+def test_ppo_takes_its_policy_and_its_reward_model_from_earlier_stages(tmp_path):
+    sft = {"name": "sft", "method": "sft", "dataset_name": "builtin:instructions", "max_length": 64}
+    reward = {"name": "reward", "method": "reward", "dataset_name": "builtin:preferences", "max_length": 64}
+    ppo = {k: v for k, v in PPO.items() if not k.startswith("reward_")}
+    path = write_pipeline(tmp_path, [sft, reward, {**ppo, "sft_adapter_path": "sft", "reward_adapter_path": "reward"}])
+    pipeline = load_pipeline(path)
+    ppo_stage = pipeline.stage("ppo")
+    assert ppo_stage.recipe.training.sft_adapter_path == str(tmp_path / "out" / "sft")
+    assert ppo_stage.recipe.training.reward_adapter_path == str(tmp_path / "out" / "reward")
+    assert pipeline.dependencies(ppo_stage) == pipeline.stages[:2]
+    path = write_pipeline(tmp_path, [sft, reward, {**ppo, "sft_adapter_path": "reward"}])
+    with pytest.raises(RecipeError, match=r"stage 'ppo'.*stage 'reward' trains a reward model, not a policy"):
+        load_pipeline(path)
+
+
 def test_ewc_anchors_each_stage_at_the_previous_policy_and_chains_the_fisher(tmp_path):
     ewc = {"ewc_lambda": 0.5, "ewc_fisher_samples": 4}
     path = write_pipeline(tmp_path, [{**DPO, **ewc}, KTO, {**PPO, **ewc}, {**DPO, "name": "dpo2", **ewc}])

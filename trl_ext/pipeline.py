@@ -264,15 +264,12 @@ def _build_stage(i, entry, shared, root, cli, earlier, names, path) -> Stage:
 
     references = _references(merged, own, where, earlier, names, name)
     resolved = {key: _resolve(key, ref, root) for key, ref in references.items()}
-    # Validate with the references left out: their outputs do not exist until the earlier stages have run.
+    # The references are set after validation: their outputs do not exist until the earlier stages have run.
     checked = {k: v for k, v in merged.items() if k not in resolved}
     try:
-        recipe = build_recipe(checked, overrides, path=path)
+        recipe = build_recipe(checked, overrides, path=path, deferred=resolved)
     except RecipeError as err:
         raise RecipeError(f"{where}: {err}") from None
-    for key in resolved:
-        if key not in fields:
-            raise RecipeError(f"{where}: unknown key {key!r} for method {method!r}.")
     ewc_refs, ewc_values = _online_ewc(recipe, merged, references, earlier, where)
     references.update(ewc_refs)
     resolved.update(ewc_values)

@@ -256,7 +256,11 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def build_recipe(
-    raw: dict, overrides: list[str] | None = None, path: str | None = None, settings: dict[str, Any] | None = None
+    raw: dict,
+    overrides: list[str] | None = None,
+    path: str | None = None,
+    settings: dict[str, Any] | None = None,
+    deferred: dict[str, Any] | None = None,
 ) -> Recipe:
     """Validate a recipe mapping plus ``--key value`` overrides and build the method's TRL configs.
 
@@ -273,6 +277,10 @@ def build_recipe(
             The file ``raw`` was read from, named in errors.
         settings (`dict`, *optional*):
             Values that replace those of ``raw`` (how `trl_ext.runtime.apply_runtime` turns bf16 off on CPU).
+        deferred (`dict`, *optional*):
+            Keys whose values do not exist yet (a pipeline stage's reference to an earlier stage's output): checked to
+            be keys of the method, set on the configs after they are built (so their own file checks run only when
+            the stage loads its recipe), and counted by the checks across keys (PPO's reward).
 
     Returns:
         `Recipe`: the validated recipe.
@@ -307,6 +315,9 @@ def build_recipe(
         if key not in fields:
             raise _unknown_key_error(key, method, valid, source)
         config[key] = check_value(key, value, fields[key], method)
+    for key in deferred or {}:
+        if key not in fields:
+            raise _unknown_key_error(key, method, valid, source)
     for key, _ in cli:
         if key not in fields and key != "config":
             raise _unknown_key_error(key, method, valid, "the command-line overrides")
@@ -338,6 +349,9 @@ def build_recipe(
         overrides=overrides,
         env={str(k): str(v) for k, v in env.items()},
     )
+    for key, value in (deferred or {}).items():
+        owner = next(c for c in (script, training, model, mixture) if key in {f.name for f in dataclasses.fields(c)})
+        setattr(owner, key, value)
     _validate_semantics(recipe, source)
     return recipe
 
