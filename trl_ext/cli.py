@@ -8,9 +8,9 @@ import sys
 #: subcommand -> ("module:function", one-line help). Each function takes `argv` and returns an exit code.
 #: Convention: bad input is one line `trl-ext: error: <problem and fix>` on stderr and exit code 2.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("trl_ext.train:launch_main", "validate a recipe and run it with accelerate launch"),
+    "train": ("trl_ext.pipeline_cli:train_cli", "validate a recipe (or pipeline) and run it with accelerate launch"),
     "merge": ("trl_ext.merge:merge_cli", "merge a (Q)LoRA adapter into its base and save a plain model"),
-    "estimate": ("trl_ext.memory.cli:estimate_cli", "estimate a recipe's peak GPU memory, component by component"),
+    "estimate": ("trl_ext.pipeline_cli:estimate_cli", "estimate a recipe's (or each stage's) peak GPU memory"),
     "memcheck": ("trl_ext.memcheck:memcheck_cli", "measure a recipe's peak GPU memory with random weights (GPU)"),
     "fisher": ("trl_ext.ewc:fisher_cli", "precompute the EWC Fisher of a recipe's base model to a file"),
     "eval-rewrite": (

@@ -39,6 +39,8 @@ METHODS: dict[str, str] = {
     "grpo": "GRPOConfig",
     "kto": "KTOConfig",
     "ppo": "PPOConfig",
+    "sft": "SFTConfig",
+    "reward": "RewardConfig",
 }
 
 #: Keys TRL's parser handles itself rather than through a dataclass field.
@@ -51,7 +53,7 @@ class RecipeArguments:
 
     Args:
         method (`str`):
-            Training method: ``dpo``, ``grpo``, ``kto`` or ``ppo``.
+            Training method: ``dpo``, ``grpo``, ``kto``, ``ppo``, ``sft`` or ``reward``.
         dataset_name (`str`, *optional*):
             Dataset to load: ``builtin:<name>`` for a bundled one, a local file or directory (JSON/JSONL/CSV/Parquet),
             or a Hub dataset id. Ignored if ``datasets`` (TRL's mixture) is given.
@@ -80,7 +82,7 @@ class RecipeArguments:
             memory, before loading weights. Set true to train anyway.
     """
 
-    method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto or ppo."})
+    method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto, ppo, sft or reward."})
     dataset_name: str | None = field(default=None, metadata={"help": "builtin:<name>, a local path or a Hub id."})
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
@@ -254,7 +256,11 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def build_recipe(
-    raw: dict, overrides: list[str] | None = None, path: str | None = None, settings: dict[str, Any] | None = None
+    raw: dict,
+    overrides: list[str] | None = None,
+    path: str | None = None,
+    settings: dict[str, Any] | None = None,
+    deferred: dict[str, Any] | None = None,
 ) -> Recipe:
     """Validate a recipe mapping plus ``--key value`` overrides and build the method's TRL configs.
 
@@ -271,6 +277,10 @@ def build_recipe(
             The file ``raw`` was read from, named in errors.
         settings (`dict`, *optional*):
             Values that replace those of ``raw`` (how `trl_ext.runtime.apply_runtime` turns bf16 off on CPU).
+        deferred (`dict`, *optional*):
+            Keys whose values do not exist yet (a pipeline stage's reference to an earlier stage's output): checked to
+            be keys of the method, set on the configs after they are built (so their own file checks run only when
+            the stage loads its recipe), and counted by the checks across keys (PPO's reward).
 
     Returns:
         `Recipe`: the validated recipe.
@@ -284,6 +294,11 @@ def build_recipe(
     source = f"recipe {path}" if path is not None else "the command line"
     cli = _split_cli(overrides)
     method = next((v for k, v in cli if k == "method"), None) or raw.get("method")
+    if "stages" in raw:
+        raise RecipeError(
+            f"{source} is a pipeline (it has stages:); run it with `trl-ext train {path}` (add --stage NAME to run "
+            "one stage), or run a stage's own recipe, <output_dir>/<stage>/stage_recipe.yaml."
+        )
     if method is None:
         raise RecipeError(f"{source} has no 'method' key; add `method: dpo` (or grpo, kto, ppo).")
     if method not in METHODS:
@@ -300,6 +315,9 @@ def build_recipe(
         if key not in fields:
             raise _unknown_key_error(key, method, valid, source)
         config[key] = check_value(key, value, fields[key], method)
+    for key in deferred or {}:
+        if key not in fields:
+            raise _unknown_key_error(key, method, valid, source)
     for key, _ in cli:
         if key not in fields and key != "config":
             raise _unknown_key_error(key, method, valid, "the command-line overrides")
@@ -331,6 +349,9 @@ def build_recipe(
         overrides=overrides,
         env={str(k): str(v) for k, v in env.items()},
     )
+    for key, value in (deferred or {}).items():
+        owner = next(c for c in (script, training, model, mixture) if key in {f.name for f in dataclasses.fields(c)})
+        setattr(owner, key, value)
     _validate_semantics(recipe, source)
     return recipe
 
