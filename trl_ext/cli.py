@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    from trl_ext.runtime import quiet_known_warnings
+
+    quiet_known_warnings()
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         import difflib

@@ -22,6 +22,10 @@ class _Mismatch(Exception):
     pass
 
 
+class ValueRangeError(RecipeError):
+    """A value of the right type outside its key's range (`VALUE_RANGES`)."""
+
+
 def describe_type(annotation) -> str:
     """What a type annotation allows, in words for an error message.
 
@@ -111,6 +115,8 @@ def _coerce(value, tp):
             return value
         raise _Mismatch
     if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str):  # TRL's own configs take one string for a list (`loss_type: sigmoid`)
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise _Mismatch
         args = typing.get_args(tp)
@@ -151,7 +157,8 @@ def check_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: st
         The converted value (``"1e-5"`` becomes ``1e-05`` for a float key, ``"yes"`` becomes ``True``).
 
     Raises:
-        RecipeError: the value does not fit the field's type or is not among the field's ``choices``.
+        RecipeError: the value does not fit the field's type, is not among the field's ``choices`` or lies outside
+            its range in `VALUE_RANGES`.
     """
     f, tp = spec
     try:
@@ -168,4 +175,239 @@ def check_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: st
             raise RecipeError(
                 f"Recipe key {key!r} has value {bad[0]!r}; allowed values: {', '.join(map(str, choices))}."
             )
+    check_range(key, coerced)
     return coerced
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# value ranges
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric recipe key allows: ``low``/``high`` bounds (None: unbounded), each open or closed.
+
+    Args:
+        low (`float`, *optional*):
+            Lower bound.
+        high (`float`, *optional*):
+            Upper bound.
+        low_open (`bool`, *optional*, defaults to `False`):
+            Whether ``low`` itself is excluded.
+        high_open (`bool`, *optional*, defaults to `False`):
+            Whether ``high`` itself is excluded.
+        also (`tuple`, *optional*):
+            Values allowed outside the bounds (``max_steps: -1``).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+
+    def __contains__(self, value) -> bool:
+        if value in self.also:
+            return True
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        text = " and ".join(parts)
+        return text + "".join(f" (or {v:g})" for v in self.also)
+
+
+_POSITIVE = Range(0, low_open=True)
+_NON_NEGATIVE = Range(0)
+_AT_LEAST_ONE = Range(1)
+_UNIT = Range(0, 1)
+
+#: The value range of every numeric key that has one (the key is checked where the method has it). One table, so
+#: a new constraint is one line.
+VALUE_RANGES: dict[str, Range] = {
+    # LoRA / model
+    "lora_r": _AT_LEAST_ONE,
+    "lora_alpha": _POSITIVE,
+    "lora_dropout": Range(0, 1, high_open=True),
+    # optimisation
+    "learning_rate": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "max_grad_norm": _NON_NEGATIVE,
+    "warmup_steps": _NON_NEGATIVE,
+    "adam_beta1": Range(0, 1, high_open=True),
+    "adam_beta2": Range(0, 1, high_open=True),
+    "adam_epsilon": _NON_NEGATIVE,
+    "num_train_epochs": _NON_NEGATIVE,
+    "max_steps": Range(1, also=(-1,)),
+    "per_device_train_batch_size": _AT_LEAST_ONE,
+    "per_device_eval_batch_size": _AT_LEAST_ONE,
+    "gradient_accumulation_steps": _AT_LEAST_ONE,
+    "logging_steps": _POSITIVE,
+    "save_steps": _POSITIVE,
+    "eval_steps": _POSITIVE,
+    "save_total_limit": _AT_LEAST_ONE,
+    "seed": _NON_NEGATIVE,
+    "dataloader_num_workers": _NON_NEGATIVE,
+    # lengths and generation
+    "max_length": _AT_LEAST_ONE,
+    "max_prompt_length": _AT_LEAST_ONE,
+    "max_completion_length": _AT_LEAST_ONE,
+    "num_generations": _AT_LEAST_ONE,
+    "generation_batch_size": _AT_LEAST_ONE,
+    "steps_per_generation": _AT_LEAST_ONE,
+    "num_iterations": _AT_LEAST_ONE,
+    "temperature": _POSITIVE,
+    "top_p": Range(0, 1, low_open=True),
+    "top_k": _NON_NEGATIVE,
+    # preference and RL losses
+    "beta": _NON_NEGATIVE,
+    "label_smoothing": Range(0, 0.5),
+    "epsilon": _POSITIVE,
+    "desirable_weight": _POSITIVE,
+    "undesirable_weight": _POSITIVE,
+    "kl_coef": _NON_NEGATIVE,
+    "gamma": _UNIT,
+    "lam": _UNIT,
+    "vf_coef": _NON_NEGATIVE,
+    "cliprange_value": _POSITIVE,
+    "num_ppo_epochs": _AT_LEAST_ONE,
+    "num_mini_batches": _AT_LEAST_ONE,
+    # EWC and the forgetting monitor
+    "ewc_lambda": _NON_NEGATIVE,
+    "ewc_gamma": _UNIT,
+    "ewc_fisher_samples": _AT_LEAST_ONE,
+    "ewc_fisher_max_length": _AT_LEAST_ONE,
+    "ewc_fisher_batch_size": _AT_LEAST_ONE,
+    "forgetting_eval_steps": _AT_LEAST_ONE,
+    "forgetting_eval_samples": _AT_LEAST_ONE,
+    "forgetting_max_length": _AT_LEAST_ONE,
+}
+
+
+def check_range(key: str, value) -> None:
+    """Raise a `RecipeError` when a numeric ``value`` of ``key`` lies outside `VALUE_RANGES` (NaN included).
+
+    Args:
+        key (`str`):
+            The recipe key.
+        value:
+            Its (type-checked) value; None and non-numbers are left to the type check.
+    """
+    allowed = VALUE_RANGES.get(key)
+    if allowed is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if value != value or value not in allowed:  # value != value: NaN
+        raise ValueRangeError(f"Recipe key {key!r} has value {value!r}, but it must be {allowed.describe()}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# renamed keys and command-line values
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Keys users copy from older TRL/transformers configs or alignment-handbook recipes -> the key that replaced them
+#: (with what changed, where more than the name did).
+RENAMED_KEYS: dict[str, tuple[str, str]] = {
+    "torch_dtype": ("dtype", ""),
+    "dataset_mixture": ("datasets", " (TRL's mixture: a list of {path: ..., split: ...} mappings)"),
+    "dataset_mixer": ("datasets", " (TRL's mixture: a list of {path: ..., split: ...} mappings)"),
+    "max_seq_length": ("max_length", ""),
+    "max_prompt_length": ("max_length", " (TRL 1.x truncates the prompt and completion together)"),
+    "warmup_ratio": ("warmup_steps", " (transformers 5 merged them: a value below 1 is a fraction of the steps)"),
+    "evaluation_strategy": ("eval_strategy", ""),
+    "no_cuda": ("use_cpu", ""),
+}
+
+
+def renamed_key_hint(key: str, valid) -> str | None:
+    """The "renamed" hint for an unknown ``key`` whose replacement is among ``valid``, or None."""
+    new, note = RENAMED_KEYS.get(key, (None, ""))
+    if new is None or new not in valid:
+        return None
+    return f" It was renamed: use {new!r}{note}."
+
+
+def _non_none(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args
+    return [tp]
+
+
+def is_bool_field(tp) -> bool:
+    """Whether a field annotation is ``bool`` or ``bool | None``."""
+    return _non_none(tp) == [bool]
+
+
+def is_list_field(tp) -> bool:
+    """Whether a field annotation admits a list (``list[str]``, ``list[str] | None``, ``str | list[str]``)."""
+    return any(typing.get_origin(a) in (list, tuple) or a in (list, tuple) for a in _non_none(tp))
+
+
+def coerce_cli_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: str):
+    """A command-line override's value (a string, a list of strings for ``--key a b``, or None for ``--key``),
+    converted to its field's type as `check_value` does for YAML values.
+
+    A string is first tried as written, then read as YAML (``5`` -> int, ``[a, b]`` -> list, ``{...}`` -> mapping),
+    so ``--max_steps 5`` and ``--output_dir 123`` both mean what they say.
+
+    Args:
+        key (`str`):
+            The recipe key (without ``--``).
+        value (`str`, `list[str]` or `None`):
+            What followed ``--key`` on the command line.
+        spec (`tuple[dataclasses.Field, Any]`):
+            The field and its type annotation.
+        method (`str`):
+            The recipe's method, named in errors.
+
+    Returns:
+        The converted value.
+
+    Raises:
+        RecipeError: naming the flag, the value and what the key expects.
+    """
+    import yaml
+
+    _, tp = spec
+    if value is None:
+        if is_bool_field(tp):
+            return True
+        raise RecipeError(f"--{key} needs a value: --{key} VALUE.")
+    if isinstance(value, list):
+        if not is_list_field(tp):
+            raise RecipeError(f"--{key} takes one value, got {len(value)}: {' '.join(value)}.")
+        return [coerce_cli_value(key, v, (spec[0], _list_item_type(tp)), method) for v in value]
+    try:
+        return check_value(key, value, spec, method)
+    except ValueRangeError:
+        raise
+    except RecipeError as first:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        if parsed is None or isinstance(parsed, str):
+            raise RecipeError(f"--{key} {value}: {_tail(first)}") from None
+    return check_value(key, parsed, spec, method)
+
+
+def _list_item_type(tp):
+    for arg in _non_none(tp):
+        if typing.get_origin(arg) in (list, tuple):
+            args = typing.get_args(arg)
+            return args[0] if args else Any
+    return Any
+
+
+def _tail(err: RecipeError) -> str:
+    """``"Recipe key 'x' has value 'y', but dpo expects float."`` -> ``"dpo expects float."``."""
+    text = str(err)
+    return text.split(", but ", 1)[1] if ", but " in text else text

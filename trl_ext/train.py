@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trl_ext.data.loading import load_datasets
 from trl_ext.recipe import Recipe, RecipeError, load_recipe, resolve_accelerate_config
-from trl_ext.runtime import apply_runtime
+from trl_ext.runtime import apply_runtime, quiet_known_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ def run(recipe: Recipe):
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_known_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     config = None
     if "--config" in argv:
