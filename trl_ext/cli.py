@@ -9,6 +9,7 @@ import sys
 #: Convention: bad input is one line `trl-ext: error: <problem and fix>` on stderr and exit code 2.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trl_ext.train:launch_main", "validate a recipe and run it with accelerate launch"),
+    "check": ("trl_ext.check:check_cli", "dry run: validate a recipe, its model, data and output_dir; nothing loads"),
     "merge": ("trl_ext.merge:merge_cli", "merge a (Q)LoRA adapter into its base and save a plain model"),
     "estimate": ("trl_ext.memory.cli:estimate_cli", "estimate a recipe's peak GPU memory, component by component"),
     "memcheck": ("trl_ext.memcheck:memcheck_cli", "measure a recipe's peak GPU memory with random weights (GPU)"),

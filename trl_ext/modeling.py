@@ -204,6 +204,10 @@ def load_model(model_args, training_args=None, model_class=None):
     elif torch.cuda.is_available() and "device_map" not in kwargs:
         kwargs["device_map"] = device_map_for_process()
     model = model_class.from_pretrained(resolve_builtin(model_args.model_name_or_path), **kwargs)
+    if str(model_args.model_name_or_path).startswith(BUILTIN_PREFIX):
+        # PEFT writes the instance's `name_or_path` as the adapter's `base_model_name_or_path`: record the portable
+        # `builtin:` name, not this machine's path (`config._name_or_path` keeps the path, which loaders read).
+        model.name_or_path = model_args.model_name_or_path
     if quantization_config is not None:
         from peft import prepare_model_for_kbit_training
 
