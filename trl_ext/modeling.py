@@ -204,10 +204,6 @@ def load_model(model_args, training_args=None, model_class=None):
     elif torch.cuda.is_available() and "device_map" not in kwargs:
         kwargs["device_map"] = device_map_for_process()
     model = model_class.from_pretrained(resolve_builtin(model_args.model_name_or_path), **kwargs)
-    if str(model_args.model_name_or_path).startswith(BUILTIN_PREFIX):
-        # PEFT writes the instance's `name_or_path` as the adapter's `base_model_name_or_path`: record the portable
-        # `builtin:` name, not this machine's path (`config._name_or_path` keeps the path, which loaders read).
-        model.name_or_path = model_args.model_name_or_path
     if quantization_config is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -241,6 +237,36 @@ def load_model_and_tokenizer(model_args, training_args=None, model_class=None):
     )
     model = load_model(model_args, training_args, model_class=model_class)
     return model, tokenizer, get_peft_config(model_args)
+
+
+def record_builtin_base(adapter_dir: str, model_name_or_path: str) -> bool:
+    """Make a saved adapter name its bundled base as ``builtin:<name>`` instead of this machine's path.
+
+    PEFT records the loaded folder as ``base_model_name_or_path``; rewritten after saving, because while PEFT saves
+    it looks the base up by that name (a ``builtin:`` name would send it to the Hub). `trl_ext.merge` and
+    ``trl-ext eval-rewrite`` resolve the name.
+
+    Args:
+        adapter_dir (`str`):
+            The folder the adapter was saved to.
+        model_name_or_path (`str`):
+            The recipe's model; nothing changes unless it is a ``builtin:`` name.
+
+    Returns:
+        `bool`: whether ``adapter_config.json`` was rewritten.
+    """
+    import json
+    from pathlib import Path
+
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not str(model_name_or_path).startswith(BUILTIN_PREFIX) or not config_file.is_file():
+        return False
+    config = json.loads(config_file.read_text())
+    if config.get("base_model_name_or_path") != resolve_builtin(model_name_or_path):
+        return False
+    config["base_model_name_or_path"] = model_name_or_path
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return True
 
 
 def align_adapter_dtype(model) -> int:

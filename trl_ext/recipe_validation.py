@@ -257,7 +257,6 @@ VALUE_RANGES: dict[str, Range] = {
     "dataloader_num_workers": _NON_NEGATIVE,
     # lengths and generation
     "max_length": _AT_LEAST_ONE,
-    "max_prompt_length": _AT_LEAST_ONE,
     "max_completion_length": _AT_LEAST_ONE,
     "num_generations": _AT_LEAST_ONE,
     "generation_batch_size": _AT_LEAST_ONE,

@@ -72,7 +72,15 @@ def check_inputs(recipe: Recipe) -> None:
         check_model_source(recipe.training.critic_model_name_or_path, key="critic_model_name_or_path")
     if recipe.script.dataset_streaming:
         return
-    train_dataset, _ = load_datasets(recipe)
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a check, not the run: the training process shows them
+    try:
+        train_dataset, _ = load_datasets(recipe)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     if len(train_dataset) == 0:
         raise RecipeError(f"The training dataset of {recipe.path or 'the recipe'} has no rows.")
     label = recipe.script.dataset_name or "datasets:"
@@ -83,9 +91,6 @@ def check_inputs(recipe: Recipe) -> None:
         label,
         revision=recipe.model.model_revision,
     )
-    fisher = getattr(recipe.training, "ewc_fisher_path", None)
-    if fisher and not Path(fisher).is_file():
-        raise RecipeError(f"ewc_fisher_path {fisher} does not exist; create it with `trl-ext fisher RECIPE.yaml`.")
 
 
 def check_reward_kwargs(recipe: Recipe) -> None:
@@ -242,6 +247,10 @@ def run(recipe: Recipe):
     trainer.train(resume_from_checkpoint=resume or None)
     output_dir = recipe.training.output_dir
     trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        from trl_ext.modeling import record_builtin_base
+
+        record_builtin_base(output_dir, recipe.model.model_name_or_path)
     trainer.save_state()
     trainer.accelerator.print(f"Saved to {output_dir}")
     # Every rank must be done writing before the process group goes away: a rank that tears it down while the main
@@ -287,9 +296,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def accelerate_launch_args(
-    recipe_path: str, overrides: list[str], accelerate_config: str | None, num_processes: int | None
+    recipe_path: str,
+    overrides: list[str],
+    accelerate_config: str | None,
+    num_processes: int | None,
+    mixed_precision: str | None = None,
 ) -> list[str]:
-    """The ``accelerate launch`` argument list that runs this module on ``recipe_path``."""
+    """The ``accelerate launch`` argument list that runs this module on ``recipe_path``.
+
+    Without any accelerate config, the single-machine defaults are passed explicitly, ``mixed_precision`` (the
+    recipe's: ``bf16``, ``fp16`` or ``no``) included, so accelerate has nothing to warn about.
+    """
     from accelerate.commands.config import default_config_file
 
     args: list[str] = []
@@ -304,6 +321,8 @@ def accelerate_launch_args(
         if num_processes is None:
             args += ["--num_processes", "1"]
         args += ["--num_machines", "1", "--dynamo_backend", "no"]
+        if mixed_precision is not None:
+            args += ["--mixed_precision", mixed_precision]
     return args + ["-m", "trl_ext.train", "--config", recipe_path, *overrides]
 
 
@@ -344,7 +363,8 @@ def launch_main(argv: list[str] | None = None) -> int:
 
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    launch_args = accelerate_launch_args(args.recipe, overrides, accelerate_config, args.num_processes)
+    precision = "bf16" if recipe.training.bf16 else "fp16" if recipe.training.fp16 else "no"
+    launch_args = accelerate_launch_args(args.recipe, overrides, accelerate_config, args.num_processes, precision)
     try:
         launch_command(launch_command_parser().parse_args(launch_args))
     except Exception as err:  # accelerate raises CalledProcessError when the training process fails
