@@ -90,7 +90,7 @@ def test_renamed_keys_name_their_new_key(tmp_path, old, value, new):
 
 def test_renamed_key_targets_are_real_keys_of_trl_and_transformers():
     from trl_ext.recipe import METHODS, recipe_fields
-    from trl_ext.recipe_validation import RENAMED_KEYS
+    from trl_ext.recipe_syntax import RENAMED_KEYS
 
     known = set().union(*(recipe_fields(m) for m in METHODS))
     assert {new for new, _ in RENAMED_KEYS.values()} <= known

@@ -31,13 +31,14 @@ import yaml
 
 # Deprecated here: import the loading API from trl_ext.data (kept for one release).
 from trl_ext.data.loading import load_dataset_by_name, load_datasets, select_split  # noqa: F401
-from trl_ext.recipe_validation import (
-    RecipeError,
-    check_value,
+from trl_ext.recipe_syntax import (
     coerce_cli_value,
     is_bool_field,
+    prefer_activation_checkpointing,
     renamed_key_hint,
+    split_cli,
 )
+from trl_ext.recipe_validation import RecipeError, check_report_to, check_value
 
 #: method -> its config class in `trl_ext.configs` (the trainers are looked up by the entry points, `trl_ext.train`)
 METHODS: dict[str, str] = {
@@ -152,7 +153,7 @@ class Recipe:
     @property
     def override_keys(self) -> set[str]:
         """The keys set on the command line (they win over the file and over runtime settings)."""
-        keys = {key for key, _ in _split_cli(self.overrides)}
+        keys = {key for key, _ in split_cli(self.overrides)}
         return keys | {key[3:] for key in keys if key.startswith("no_")}
 
 
@@ -214,34 +215,6 @@ def _safe_fields(method: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # parsing
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _split_cli(overrides: list[str]) -> list[tuple[str, str | list[str] | None]]:
-    """``["--lr", "1", "--flag", "--x=2", "--m", "a", "b"]`` -> ``[("lr", "1"), ("flag", None), ("x", "2"),
-    ("m", ["a", "b"])]``: TRL's command-line syntax, where a list key takes its values one after another."""
-    out, i = [], 0
-    while i < len(overrides):
-        tok = overrides[i]
-        if not tok.startswith("--") or tok == "--":
-            raise RecipeError(f"Unexpected command-line argument {tok!r}; overrides look like --key value.")
-        key = tok[2:]
-        if "=" in key:
-            key, val = key.split("=", 1)
-            out.append((key, val))
-            i += 1
-            continue
-        values = []
-        i += 1
-        while i < len(overrides) and not _is_flag(overrides[i]):
-            values.append(overrides[i])
-            i += 1
-        out.append((key, None if not values else values[0] if len(values) == 1 else values))
-    return out
-
-
-def _is_flag(token: str) -> bool:
-    """``--key`` starts an override; ``-1`` or ``-1e-5`` is a (negative) value."""
-    return token.startswith("--") and len(token) > 2 and not token[2].isdigit()
 
 
 def _cli_config(cli: list[tuple[str, Any]], fields: dict, method: str, valid: list[str]) -> dict[str, Any]:
@@ -326,7 +299,7 @@ def build_recipe(
 
     overrides = list(overrides or [])
     source = f"recipe {path}" if path is not None else "the command line"
-    cli = _split_cli(overrides)
+    cli = split_cli(overrides)
     method = next((v for k, v in cli if k == "method"), None) or raw.get("method")
     if method is None:
         raise RecipeError(f"{source} has no 'method' key; add `method: dpo` (or grpo, kto, ppo).")
@@ -353,7 +326,7 @@ def build_recipe(
     config.update(cli_config)
     if "use_cpu" not in cli_config and not _cuda_available():
         config["use_cpu"] = True
-    _prefer_activation_checkpointing(config, fields)
+    prefer_activation_checkpointing(config, fields)
 
     parser = TrlParser(dataclass_types(method))
     parser.set_defaults_with_config(**config)
@@ -380,20 +353,6 @@ def build_recipe(
     return recipe
 
 
-def _prefer_activation_checkpointing(config: dict[str, Any], fields: dict) -> None:
-    """Set transformers 5's ``activation_checkpointing`` from TRL's ``gradient_checkpointing`` (whose default TRL
-    changes to true), so ``TrainingArguments`` never warns that the old key is deprecated: the value is the same,
-    and the old key keeps mirroring the new one."""
-    if "activation_checkpointing" not in fields or config.get("activation_checkpointing") is not None:
-        return
-    value = config.get("gradient_checkpointing", fields["gradient_checkpointing"][0].default)
-    if value is not None and not isinstance(value, dataclasses._MISSING_TYPE):
-        config["activation_checkpointing"] = value
-        config.pop("gradient_checkpointing", None)
-    if "gradient_checkpointing_kwargs" in config and config.get("activation_checkpointing_kwargs") is None:
-        config["activation_checkpointing_kwargs"] = config.pop("gradient_checkpointing_kwargs")
-
-
 def _cuda_available() -> bool:
     import torch
 
@@ -418,42 +377,12 @@ def _validate_semantics(recipe: Recipe, source: str) -> None:
         recipe.script.reward_model_name_or_path,
         getattr(recipe.training, "reward_adapter_path", None),
     )
-    _check_report_to(recipe.training.report_to, source)
+    check_report_to(recipe.training.report_to, source)
     if recipe.method in ("grpo", "ppo") and not any(rewards):
         raise RecipeError(
             f"{source} uses method {recipe.method!r} but names no reward: add `reward_funcs:` (import paths) "
             "and/or `reward_model_name_or_path:`" + (" or `reward_adapter_path:`." if recipe.method == "ppo" else ".")
         )
-
-
-#: ``report_to`` integration -> the extra (or package) that provides it, where trl-ext offers one.
-REPORT_TO_EXTRAS = {"tensorboard": "trl-ext[tensorboard]"}
-
-
-def _check_report_to(report_to, source: str) -> None:
-    """Refuse a ``report_to`` integration transformers does not know, or whose package is not installed."""
-    from transformers.integrations.integration_utils import (
-        INTEGRATION_TO_CALLBACK,
-        get_available_reporting_integrations,
-    )
-
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    for name in names:
-        if name in ("none", "all"):
-            continue
-        if name not in INTEGRATION_TO_CALLBACK:
-            close = difflib.get_close_matches(name, list(INTEGRATION_TO_CALLBACK), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise RecipeError(
-                f"report_to {name!r} in {source} is not an integration transformers knows.{hint} "
-                f"Choose among none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}."
-            )
-        if name not in get_available_reporting_integrations():
-            extra = REPORT_TO_EXTRAS.get(name, name)
-            raise RecipeError(
-                f"report_to {name!r} in {source} needs the {name} package, which is not installed: "
-                f"pip install '{extra}', or set report_to: none."
-            )
 
 
 def resolve_accelerate_config(recipe_path: str | None, config: str | None) -> str | None:

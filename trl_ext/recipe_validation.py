@@ -8,6 +8,7 @@ what is allowed, before any weight is loaded.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import types
 import typing
@@ -306,107 +307,38 @@ def check_range(key: str, value) -> None:
         raise ValueRangeError(f"Recipe key {key!r} has value {value!r}, but it must be {allowed.describe()}.")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# renamed keys and command-line values
-# ---------------------------------------------------------------------------------------------------------------
-
-#: Keys users copy from older TRL/transformers configs or alignment-handbook recipes -> the key that replaced them
-#: (with what changed, where more than the name did).
-RENAMED_KEYS: dict[str, tuple[str, str]] = {
-    "torch_dtype": ("dtype", ""),
-    "dataset_mixture": ("datasets", " (TRL's mixture: a list of {path: ..., split: ...} mappings)"),
-    "dataset_mixer": ("datasets", " (TRL's mixture: a list of {path: ..., split: ...} mappings)"),
-    "max_seq_length": ("max_length", ""),
-    "max_prompt_length": ("max_length", " (TRL 1.x truncates the prompt and completion together)"),
-    "warmup_ratio": ("warmup_steps", " (transformers 5 merged them: a value below 1 is a fraction of the steps)"),
-    "evaluation_strategy": ("eval_strategy", ""),
-    "no_cuda": ("use_cpu", ""),
-}
+#: ``report_to`` integration -> the extra (or package) that provides it, where trl-ext offers one.
+REPORT_TO_EXTRAS = {"tensorboard": "trl-ext[tensorboard]"}
 
 
-def renamed_key_hint(key: str, valid) -> str | None:
-    """The "renamed" hint for an unknown ``key`` whose replacement is among ``valid``, or None."""
-    new, note = RENAMED_KEYS.get(key, (None, ""))
-    if new is None or new not in valid:
-        return None
-    return f" It was renamed: use {new!r}{note}."
-
-
-def _non_none(tp):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args
-    return [tp]
-
-
-def is_bool_field(tp) -> bool:
-    """Whether a field annotation is ``bool`` or ``bool | None``."""
-    return _non_none(tp) == [bool]
-
-
-def is_list_field(tp) -> bool:
-    """Whether a field annotation admits a list (``list[str]``, ``list[str] | None``, ``str | list[str]``)."""
-    return any(typing.get_origin(a) in (list, tuple) or a in (list, tuple) for a in _non_none(tp))
-
-
-def coerce_cli_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: str):
-    """A command-line override's value (a string, a list of strings for ``--key a b``, or None for ``--key``),
-    converted to its field's type as `check_value` does for YAML values.
-
-    A string is first tried as written, then read as YAML (``5`` -> int, ``[a, b]`` -> list, ``{...}`` -> mapping),
-    so ``--max_steps 5`` and ``--output_dir 123`` both mean what they say.
+def check_report_to(report_to, source: str) -> None:
+    """Refuse (`RecipeError`) a ``report_to`` integration transformers does not know, or whose package is missing.
 
     Args:
-        key (`str`):
-            The recipe key (without ``--``).
-        value (`str`, `list[str]` or `None`):
-            What followed ``--key`` on the command line.
-        spec (`tuple[dataclasses.Field, Any]`):
-            The field and its type annotation.
-        method (`str`):
-            The recipe's method, named in errors.
-
-    Returns:
-        The converted value.
-
-    Raises:
-        RecipeError: naming the flag, the value and what the key expects.
+        report_to (`str` or `list[str]`):
+            The recipe's ``report_to``.
+        source (`str`):
+            Where the recipe came from, named in the error.
     """
-    import yaml
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
 
-    _, tp = spec
-    if value is None:
-        if is_bool_field(tp):
-            return True
-        raise RecipeError(f"--{key} needs a value: --{key} VALUE.")
-    if isinstance(value, list):
-        if not is_list_field(tp):
-            raise RecipeError(f"--{key} takes one value, got {len(value)}: {' '.join(value)}.")
-        return [coerce_cli_value(key, v, (spec[0], _list_item_type(tp)), method) for v in value]
-    try:
-        return check_value(key, value, spec, method)
-    except ValueRangeError:
-        raise
-    except RecipeError as first:
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = None
-        if parsed is None or isinstance(parsed, str):
-            raise RecipeError(f"--{key} {value}: {_tail(first)}") from None
-    return check_value(key, parsed, spec, method)
-
-
-def _list_item_type(tp):
-    for arg in _non_none(tp):
-        if typing.get_origin(arg) in (list, tuple):
-            args = typing.get_args(arg)
-            return args[0] if args else Any
-    return Any
-
-
-def _tail(err: RecipeError) -> str:
-    """``"Recipe key 'x' has value 'y', but dpo expects float."`` -> ``"dpo expects float."``."""
-    text = str(err)
-    return text.split(", but ", 1)[1] if ", but " in text else text
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            close = difflib.get_close_matches(name, list(INTEGRATION_TO_CALLBACK), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(
+                f"report_to {name!r} in {source} is not an integration transformers knows.{hint} "
+                f"Choose among none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}."
+            )
+        if name not in get_available_reporting_integrations():
+            extra = REPORT_TO_EXTRAS.get(name, name)
+            raise RecipeError(
+                f"report_to {name!r} in {source} needs the {name} package, which is not installed: "
+                f"pip install '{extra}', or set report_to: none."
+            )
