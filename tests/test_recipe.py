@@ -66,7 +66,7 @@ def test_unknown_cli_override_is_reported(tmp_path):
         ("per_device_train_batch_size", 2.5, r"'per_device_train_batch_size' has value 2.5, but dpo expects int"),
         ("gradient_checkpointing", "maybe", r"'gradient_checkpointing' has value 'maybe', but dpo expects bool"),
         ("lr_scheduler_type", "zigzag", r"'lr_scheduler_type' has value 'zigzag'.*one of 'linear', 'cosine'"),
-        ("lora_target_modules", "q_proj", r"'lora_target_modules' has value 'q_proj', but dpo expects a list of str"),
+        ("lora_target_modules", 5, r"'lora_target_modules' has value 5, but dpo expects a list of str"),
     ],
 )
 def test_wrong_type_or_value_names_key_and_what_is_allowed(tmp_path, key, value, expected):

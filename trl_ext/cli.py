@@ -9,6 +9,7 @@ import sys
 #: Convention: bad input is one line `trl-ext: error: <problem and fix>` on stderr and exit code 2.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trl_ext.pipeline_cli:train_cli", "validate a recipe (or pipeline) and run it with accelerate launch"),
+    "check": ("trl_ext.check:check_cli", "dry run: validate a recipe, its model, data and output_dir; nothing loads"),
     "merge": ("trl_ext.merge:merge_cli", "merge a (Q)LoRA adapter into its base and save a plain model"),
     "estimate": ("trl_ext.pipeline_cli:estimate_cli", "estimate a recipe's (or each stage's) peak GPU memory"),
     "memcheck": ("trl_ext.memcheck:memcheck_cli", "measure a recipe's peak GPU memory with random weights (GPU)"),
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    from trl_ext.runtime import quiet_known_warnings
+
+    quiet_known_warnings()
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         import difflib

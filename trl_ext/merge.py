@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from trl_ext.assets import resolve_builtin
+from trl_ext.model_source import check_model_source
 from trl_ext.modeling import load_tokenizer
 
 MERGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -46,7 +48,9 @@ def merge_adapter(adapter_path: str, output_dir: str, dtype: str = "bf16", base_
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{output_dir} exists and is not empty; choose a new --output directory.")
     base = base_model or json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    base = resolve_builtin(base)
+    base = resolve_builtin(
+        check_model_source(base, key="--base-model" if base_model else f"the base of {adapter_path}")
+    )
     model = AutoModelForCausalLM.from_pretrained(base, dtype=MERGE_DTYPES[dtype])
     model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
     model.save_pretrained(out)
@@ -75,6 +79,10 @@ def merge_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=sorted(MERGE_DTYPES), help="dtype of the saved weights")
     parser.add_argument("--base-model", default=None, help="base model (default: the one the adapter names)")
     args = parser.parse_args(argv)
-    path = merge_adapter(args.adapter, args.output, dtype=args.dtype, base_model=args.base_model)
+    try:
+        path = merge_adapter(args.adapter, args.output, dtype=args.dtype, base_model=args.base_model)
+    except (OSError, ValueError, KeyError) as err:  # RecipeError, FileNotFoundError and FileExistsError included
+        print(f"trl-ext: error: {err}", file=sys.stderr)
+        return 2
     print(f"merged model written to {path}")
     return 0

@@ -295,6 +295,34 @@ def add_reference_adapter(model, name: str = "ref", source: str = "default") -> 
     for param_name, param in model.named_parameters():
         if f".{name}." in param_name:
             param.requires_grad_(False)
+def record_builtin_base(adapter_dir: str, model_name_or_path: str) -> bool:
+    """Make a saved adapter name its bundled base as ``builtin:<name>`` instead of this machine's path.
+
+    PEFT records the loaded folder as ``base_model_name_or_path``; rewritten after saving, because while PEFT saves
+    it looks the base up by that name (a ``builtin:`` name would send it to the Hub). `trl_ext.merge` and
+    ``trl-ext eval-rewrite`` resolve the name.
+
+    Args:
+        adapter_dir (`str`):
+            The folder the adapter was saved to.
+        model_name_or_path (`str`):
+            The recipe's model; nothing changes unless it is a ``builtin:`` name.
+
+    Returns:
+        `bool`: whether ``adapter_config.json`` was rewritten.
+    """
+    import json
+    from pathlib import Path
+
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not str(model_name_or_path).startswith(BUILTIN_PREFIX) or not config_file.is_file():
+        return False
+    config = json.loads(config_file.read_text())
+    if config.get("base_model_name_or_path") != resolve_builtin(model_name_or_path):
+        return False
+    config["base_model_name_or_path"] = model_name_or_path
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return True
 
 
 def align_adapter_dtype(model) -> int:

@@ -31,7 +31,14 @@ import yaml
 
 # Deprecated here: import the loading API from trl_ext.data (kept for one release).
 from trl_ext.data.loading import load_dataset_by_name, load_datasets, select_split  # noqa: F401
-from trl_ext.recipe_validation import RecipeError, check_value
+from trl_ext.recipe_syntax import (
+    coerce_cli_value,
+    is_bool_field,
+    prefer_activation_checkpointing,
+    renamed_key_hint,
+    split_cli,
+)
+from trl_ext.recipe_validation import RecipeError, check_report_to, check_value
 
 #: method -> its config class in `trl_ext.configs` (the trainers are looked up by the entry points, `trl_ext.train`)
 METHODS: dict[str, str] = {
@@ -80,6 +87,10 @@ class RecipeArguments:
         skip_memory_check (`bool`, *optional*, defaults to `False`):
             On a GPU, ``trl-ext train`` refuses a recipe that ``trl-ext estimate`` predicts not to fit the visible GPU
             memory, before loading weights. Set true to train anyway.
+        chat_template_path (`str`, *optional*):
+            A chat template for a tokenizer without one (as TRL's ``SFTConfig`` has it): a Jinja file, or a tokenizer
+            folder (or ``builtin:`` model) whose template to use. A conversational dataset needs a chat template;
+            this is checked before any weight loads.
     """
 
     method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto, ppo, sft or reward."})
@@ -97,6 +108,9 @@ class RecipeArguments:
     reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model path or Hub id."})
     skip_memory_check: bool = field(
         default=False, metadata={"help": "Train even if the memory estimate says the recipe does not fit the GPU."}
+    )
+    chat_template_path: str | None = field(
+        default=None, metadata={"help": "Jinja chat template file (or tokenizer folder) for a tokenizer without one."}
     )
 
 
@@ -141,7 +155,8 @@ class Recipe:
     @property
     def override_keys(self) -> set[str]:
         """The keys set on the command line (they win over the file and over runtime settings)."""
-        return {key for key, _ in _split_cli(self.overrides)}
+        keys = {key for key, _ in split_cli(self.overrides)}
+        return keys | {key[3:] for key in keys if key.startswith("no_")}
 
 
 def method_config_class(method: str):
@@ -180,8 +195,10 @@ def _type_hints(cls) -> dict[str, Any]:
 
 def _unknown_key_error(key: str, method: str, valid: list[str], source: str) -> RecipeError:
     other = [m for m in METHODS if m != method and key in _safe_fields(m)]
-    hint = ""
-    if other:
+    hint = renamed_key_hint(key, valid)
+    if hint:
+        pass
+    elif other:
         hint = f" It is a key of method {other[0]!r}, not of {method!r}."
     else:
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
@@ -202,25 +219,25 @@ def _safe_fields(method: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _split_cli(overrides: list[str]) -> list[tuple[str, str | None]]:
-    """``["--lr", "1", "--flag", "--x=2"]`` -> ``[("lr", "1"), ("flag", None), ("x", "2")]``."""
-    out, i = [], 0
-    while i < len(overrides):
-        tok = overrides[i]
-        if not tok.startswith("--"):
-            raise RecipeError(f"Unexpected command-line argument {tok!r}; overrides look like --key value.")
-        key = tok[2:]
-        if "=" in key:
-            key, val = key.split("=", 1)
-            out.append((key, val))
-            i += 1
-        elif i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
-            out.append((key, overrides[i + 1]))
-            i += 2
-        else:
-            out.append((key, None))
-            i += 1
-    return out
+def _cli_config(cli: list[tuple[str, Any]], fields: dict, method: str, valid: list[str]) -> dict[str, Any]:
+    """The command-line overrides as validated ``{key: value}``, TRL's syntax included: ``--no_<flag>`` sets a
+    boolean key false, ``--key a b`` gives a list key several values."""
+    config: dict[str, Any] = {}
+    for key, value in cli:
+        if key == "config":
+            continue
+        if (
+            key not in fields
+            and key.startswith("no_")
+            and value is None
+            and is_bool_field(fields.get(key[3:], (0, 0))[1])
+        ):
+            config[key[3:]] = False
+            continue
+        if key not in fields:
+            raise _unknown_key_error(key, method, valid, "the command-line overrides")
+        config[key] = coerce_cli_value(key, value, fields[key], method)
+    return config
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
@@ -292,7 +309,7 @@ def build_recipe(
 
     overrides = list(overrides or [])
     source = f"recipe {path}" if path is not None else "the command line"
-    cli = _split_cli(overrides)
+    cli = split_cli(overrides)
     method = next((v for k, v in cli if k == "method"), None) or raw.get("method")
     if "stages" in raw:
         raise RecipeError(
@@ -301,8 +318,8 @@ def build_recipe(
         )
     if method is None:
         raise RecipeError(f"{source} has no 'method' key; add `method: dpo` (or grpo, kto, ppo).")
-    if method not in METHODS:
-        close = difflib.get_close_matches(str(method), list(METHODS), n=1)
+    if not isinstance(method, str) or method not in METHODS:
+        close = difflib.get_close_matches(str(method).lower(), list(METHODS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise RecipeError(f"Unknown method {method!r} in {source}; choose one of {', '.join(METHODS)}.{hint}")
 
@@ -318,23 +335,24 @@ def build_recipe(
     for key in deferred or {}:
         if key not in fields:
             raise _unknown_key_error(key, method, valid, source)
-    for key, _ in cli:
-        if key not in fields and key != "config":
-            raise _unknown_key_error(key, method, valid, "the command-line overrides")
+    cli_config = _cli_config(cli, fields, method, valid)
 
     env = raw.get("env") or {}
     if not isinstance(env, dict):
         raise RecipeError(f"'env' in {source} must be a mapping of VARIABLE: value.")
     config.update(settings or {})
-    if "use_cpu" not in {k for k, _ in cli} and not _cuda_available():
+    config.update(cli_config)
+    if "use_cpu" not in cli_config and not _cuda_available():
         config["use_cpu"] = True
+    prefer_activation_checkpointing(config, fields)
 
     parser = TrlParser(dataclass_types(method))
     parser.set_defaults_with_config(**config)
     try:
-        script, training, model, mixture = parser.parse_args_into_dataclasses(args=overrides)
-    except SystemExit as err:  # argparse already printed "argument --key: invalid ... value"
-        raise RecipeError(f"Invalid command-line override for method {method!r} (see the message above).") from err
+        # every override is already in `config`, checked and converted: the parser only builds the dataclasses
+        script, training, model, mixture = parser.parse_args_into_dataclasses(args=[])
+    except SystemExit as err:  # pragma: no cover - argparse found nothing to parse
+        raise RecipeError(f"Invalid {source} for method {method!r}.") from err
     except (ValueError, TypeError) as err:
         raise RecipeError(f"Invalid {source} for method {method!r}: {err}") from None
 
@@ -380,6 +398,7 @@ def _validate_semantics(recipe: Recipe, source: str) -> None:
         recipe.script.reward_model_name_or_path,
         getattr(recipe.training, "reward_adapter_path", None),
     )
+    check_report_to(recipe.training.report_to, source)
     if recipe.method in ("grpo", "ppo") and not any(rewards):
         raise RecipeError(
             f"{source} uses method {recipe.method!r} but names no reward: add `reward_funcs:` (import paths) "

@@ -8,6 +8,7 @@ what is allowed, before any weight is loaded.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import types
 import typing
@@ -20,6 +21,10 @@ class RecipeError(ValueError):
 
 class _Mismatch(Exception):
     pass
+
+
+class ValueRangeError(RecipeError):
+    """A value of the right type outside its key's range (`VALUE_RANGES`)."""
 
 
 def describe_type(annotation) -> str:
@@ -111,6 +116,8 @@ def _coerce(value, tp):
             return value
         raise _Mismatch
     if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str):  # TRL's own configs take one string for a list (`loss_type: sigmoid`)
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise _Mismatch
         args = typing.get_args(tp)
@@ -151,7 +158,8 @@ def check_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: st
         The converted value (``"1e-5"`` becomes ``1e-05`` for a float key, ``"yes"`` becomes ``True``).
 
     Raises:
-        RecipeError: the value does not fit the field's type or is not among the field's ``choices``.
+        RecipeError: the value does not fit the field's type, is not among the field's ``choices`` or lies outside
+            its range in `VALUE_RANGES`.
     """
     f, tp = spec
     try:
@@ -168,4 +176,169 @@ def check_value(key: str, value, spec: tuple[dataclasses.Field, Any], method: st
             raise RecipeError(
                 f"Recipe key {key!r} has value {bad[0]!r}; allowed values: {', '.join(map(str, choices))}."
             )
+    check_range(key, coerced)
     return coerced
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# value ranges
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric recipe key allows: ``low``/``high`` bounds (None: unbounded), each open or closed.
+
+    Args:
+        low (`float`, *optional*):
+            Lower bound.
+        high (`float`, *optional*):
+            Upper bound.
+        low_open (`bool`, *optional*, defaults to `False`):
+            Whether ``low`` itself is excluded.
+        high_open (`bool`, *optional*, defaults to `False`):
+            Whether ``high`` itself is excluded.
+        also (`tuple`, *optional*):
+            Values allowed outside the bounds (``max_steps: -1``).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+
+    def __contains__(self, value) -> bool:
+        if value in self.also:
+            return True
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        text = " and ".join(parts)
+        return text + "".join(f" (or {v:g})" for v in self.also)
+
+
+_POSITIVE = Range(0, low_open=True)
+_NON_NEGATIVE = Range(0)
+_AT_LEAST_ONE = Range(1)
+_UNIT = Range(0, 1)
+
+#: The value range of every numeric key that has one (the key is checked where the method has it). One table, so
+#: a new constraint is one line.
+VALUE_RANGES: dict[str, Range] = {
+    # LoRA / model
+    "lora_r": _AT_LEAST_ONE,
+    "lora_alpha": _POSITIVE,
+    "lora_dropout": Range(0, 1, high_open=True),
+    # optimisation
+    "learning_rate": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "max_grad_norm": _NON_NEGATIVE,
+    "warmup_steps": _NON_NEGATIVE,
+    "adam_beta1": Range(0, 1, high_open=True),
+    "adam_beta2": Range(0, 1, high_open=True),
+    "adam_epsilon": _NON_NEGATIVE,
+    "num_train_epochs": _NON_NEGATIVE,
+    "max_steps": Range(1, also=(-1,)),
+    "per_device_train_batch_size": _AT_LEAST_ONE,
+    "per_device_eval_batch_size": _AT_LEAST_ONE,
+    "gradient_accumulation_steps": _AT_LEAST_ONE,
+    "logging_steps": _POSITIVE,
+    "save_steps": _POSITIVE,
+    "eval_steps": _POSITIVE,
+    "save_total_limit": _AT_LEAST_ONE,
+    "seed": _NON_NEGATIVE,
+    "dataloader_num_workers": _NON_NEGATIVE,
+    # lengths and generation
+    "max_length": _AT_LEAST_ONE,
+    "max_completion_length": _AT_LEAST_ONE,
+    "num_generations": _AT_LEAST_ONE,
+    "generation_batch_size": _AT_LEAST_ONE,
+    "steps_per_generation": _AT_LEAST_ONE,
+    "num_iterations": _AT_LEAST_ONE,
+    "temperature": _POSITIVE,
+    "top_p": Range(0, 1, low_open=True),
+    "top_k": _NON_NEGATIVE,
+    # preference and RL losses
+    "beta": _NON_NEGATIVE,
+    "label_smoothing": Range(0, 0.5),
+    "epsilon": _POSITIVE,
+    "desirable_weight": _POSITIVE,
+    "undesirable_weight": _POSITIVE,
+    "kl_coef": _NON_NEGATIVE,
+    "gamma": _UNIT,
+    "lam": _UNIT,
+    "vf_coef": _NON_NEGATIVE,
+    "cliprange_value": _POSITIVE,
+    "num_ppo_epochs": _AT_LEAST_ONE,
+    "num_mini_batches": _AT_LEAST_ONE,
+    # EWC and the forgetting monitor
+    "ewc_lambda": _NON_NEGATIVE,
+    "ewc_gamma": _UNIT,
+    "ewc_fisher_samples": _AT_LEAST_ONE,
+    "ewc_fisher_max_length": _AT_LEAST_ONE,
+    "ewc_fisher_batch_size": _AT_LEAST_ONE,
+    "forgetting_eval_steps": _AT_LEAST_ONE,
+    "forgetting_eval_samples": _AT_LEAST_ONE,
+    "forgetting_max_length": _AT_LEAST_ONE,
+}
+
+
+def check_range(key: str, value) -> None:
+    """Raise a `RecipeError` when a numeric ``value`` of ``key`` lies outside `VALUE_RANGES` (NaN included).
+
+    Args:
+        key (`str`):
+            The recipe key.
+        value:
+            Its (type-checked) value; None and non-numbers are left to the type check.
+    """
+    allowed = VALUE_RANGES.get(key)
+    if allowed is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if value != value or value not in allowed:  # value != value: NaN
+        raise ValueRangeError(f"Recipe key {key!r} has value {value!r}, but it must be {allowed.describe()}.")
+
+
+#: ``report_to`` integration -> the extra (or package) that provides it, where trl-ext offers one.
+REPORT_TO_EXTRAS = {"tensorboard": "trl-ext[tensorboard]"}
+
+
+def check_report_to(report_to, source: str) -> None:
+    """Refuse (`RecipeError`) a ``report_to`` integration transformers does not know, or whose package is missing.
+
+    Args:
+        report_to (`str` or `list[str]`):
+            The recipe's ``report_to``.
+        source (`str`):
+            Where the recipe came from, named in the error.
+    """
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            close = difflib.get_close_matches(name, list(INTEGRATION_TO_CALLBACK), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(
+                f"report_to {name!r} in {source} is not an integration transformers knows.{hint} "
+                f"Choose among none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}."
+            )
+        if name not in get_available_reporting_integrations():
+            extra = REPORT_TO_EXTRAS.get(name, name)
+            raise RecipeError(
+                f"report_to {name!r} in {source} needs the {name} package, which is not installed: "
+                f"pip install '{extra}', or set report_to: none."
+            )

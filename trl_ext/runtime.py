@@ -63,3 +63,29 @@ def _cpu_precision_settings(recipe: Recipe) -> dict[str, bool]:
             logger.warning("No CUDA device: %s mixed precision is turned off; training runs in fp32.", key)
         settings[key] = False
     return settings
+
+
+#: Known-benign library messages that no setting of ours turns off, matched exactly (real warnings stay):
+#: bitsandbytes logs that its optional CPU kernel (the `kernels` package, fetched from the Hub) is missing each time it
+#: is imported, once per process; peft and TRL read transformers' deprecated `is_gradient_checkpointing` property.
+_BNB_KERNELS_LOGGER = "bitsandbytes.backends.cpu.ops"
+_BNB_KERNELS_MESSAGE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+_DEPRECATED_PROPERTY_MESSAGE = r"`is_gradient_checkpointing` is deprecated and will be removed in v6"
+
+
+def _not_bnb_kernels_message(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_BNB_KERNELS_MESSAGE)
+
+
+def quiet_known_warnings() -> None:
+    """Silence the known-benign library messages above, and only those; call it before bitsandbytes is imported.
+
+    Idempotent. The other known one, transformers' `gradient_checkpointing` deprecation, is avoided at its source:
+    recipes are built with `activation_checkpointing` set (`trl_ext.recipe.build_recipe`).
+    """
+    import warnings
+
+    bnb_logger = logging.getLogger(_BNB_KERNELS_LOGGER)
+    if _not_bnb_kernels_message not in bnb_logger.filters:
+        bnb_logger.addFilter(_not_bnb_kernels_message)
+    warnings.filterwarnings("ignore", message=_DEPRECATED_PROPERTY_MESSAGE, category=FutureWarning)

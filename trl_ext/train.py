@@ -13,7 +13,7 @@ from pathlib import Path
 
 from trl_ext.data.loading import load_datasets
 from trl_ext.recipe import Recipe, RecipeError, load_recipe, resolve_accelerate_config
-from trl_ext.runtime import apply_runtime
+from trl_ext.runtime import apply_runtime, quiet_known_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,84 @@ def preflight(recipe: Recipe) -> Recipe:
     check_reward_funcs(recipe)
     check_output_dir(recipe)
     check_sft_adapter(recipe)
+    check_inputs(recipe)
     return recipe
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """Refuse (RecipeError) bad input that would otherwise fail after loading: reward constructor arguments, an
+    output_dir that is not a writable folder, a model that cannot be found, a dataset that cannot be read or lacks
+    the method's columns, a conversational dataset for a tokenizer without a chat template, a bad EWC Fisher file."""
+    from trl_ext.model_source import check_chat_template, check_model_source
+
+    check_reward_kwargs(recipe)
+    check_output_dir_writable(recipe.training.output_dir)
+    check_model_source(recipe.model.model_name_or_path, recipe.model.model_revision)
+    if getattr(recipe.training, "critic_model_name_or_path", None):
+        check_model_source(recipe.training.critic_model_name_or_path, key="critic_model_name_or_path")
+    if recipe.script.dataset_streaming:
+        return
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a check, not the run: the training process shows them
+    try:
+        train_dataset, _ = load_datasets(recipe)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    if len(train_dataset) == 0:
+        raise RecipeError(f"The training dataset of {recipe.path or 'the recipe'} has no rows.")
+    label = recipe.script.dataset_name or "datasets:"
+    check_chat_template(
+        recipe.model.model_name_or_path,
+        train_dataset[0],
+        recipe.script.chat_template_path,
+        label,
+        revision=recipe.model.model_revision,
+    )
+
+
+def check_reward_kwargs(recipe: Recipe) -> None:
+    """Refuse ``reward_kwargs`` that are not a mapping per reward, name no ``reward_funcs`` entry, or that a reward
+    class's constructor does not take (checked against its signature; nothing is built)."""
+    import inspect
+    import json
+
+    source = f"recipe {recipe.path}" if recipe.path else "the command line"
+    kwargs = recipe.script.reward_kwargs
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"reward_kwargs in {source} is not a JSON mapping: {err}.") from None
+    if not kwargs:
+        return
+    if not isinstance(kwargs, dict):
+        raise RecipeError(f"reward_kwargs in {source} must map a reward_funcs entry to its constructor arguments.")
+    from trl_ext.rewards import resolve_reward_func
+
+    names = list(recipe.script.reward_funcs or [])
+    keys = {n: n for n in names} | {n.rsplit(".", 1)[-1]: n for n in names}
+    for key, args in kwargs.items():
+        if key not in keys:
+            raise RecipeError(
+                f"reward_kwargs key {key!r} in {source} names no reward_funcs entry (entries: {', '.join(names)}); "
+                "key it by the entry or its class name."
+            )
+        if not isinstance(args, dict):
+            raise RecipeError(f"reward_kwargs[{key!r}] in {source} must be a mapping of argument: value.")
+        obj = resolve_reward_func(keys[key])
+        if not inspect.isclass(obj):
+            raise RecipeError(f"reward_kwargs given for {key!r}, which is a function, not a class to instantiate.")
+        try:
+            signature = inspect.signature(obj)
+            signature.bind(**args)
+        except TypeError as err:
+            params = ", ".join(p for p in signature.parameters if p not in ("args", "kwargs"))
+            raise RecipeError(
+                f"reward_kwargs[{key!r}] in {source} do not fit {obj.__name__}({params}): {err}."
+            ) from None
 
 
 def _trainer_kwargs(recipe: Recipe) -> dict:
@@ -97,12 +174,41 @@ def check_output_dir(recipe: Recipe) -> None:
     out = Path(recipe.training.output_dir)
     if recipe.training.resume_from_checkpoint or not out.is_dir():
         return
-    checkpoints = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+    checkpoints = sorted(
+        (p.name for p in out.glob("checkpoint-*") if p.is_dir()),
+        key=lambda name: (int(name.rsplit("-", 1)[1]) if name.rsplit("-", 1)[1].isdigit() else -1, name),
+    )
     if checkpoints:
         raise RecipeError(
             f"output_dir {out} already holds checkpoints ({', '.join(checkpoints[-3:])}); a new run would overwrite "
             "them. Resume with --resume_from_checkpoint true, or choose another --output_dir."
         )
+
+
+def check_output_dir_writable(output_dir: str) -> None:
+    """Refuse (RecipeError) an output_dir that is a file, lies under a file, or cannot be written (read-only).
+
+    Probes with a temporary file in output_dir, or in its nearest existing parent when it does not exist yet;
+    creates nothing that stays.
+    """
+    import tempfile
+
+    out = Path(output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"output_dir {output_dir} is a file, not a directory; choose another --output_dir.")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RecipeError(f"output_dir {output_dir} lies under {probe}, which is a file; choose another --output_dir.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        where = "" if probe == out else f" ({probe}, where it would be created)"
+        raise RecipeError(
+            f"output_dir {output_dir} is not writable{where}: {err.strerror}; choose another --output_dir."
+        ) from None
 
 
 def check_gpu_memory(recipe: Recipe) -> None:
@@ -169,6 +275,10 @@ def run(recipe: Recipe):
     trainer.train(resume_from_checkpoint=resume or None)
     output_dir = recipe.training.output_dir
     trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        from trl_ext.modeling import record_builtin_base
+
+        record_builtin_base(output_dir, recipe.model.model_name_or_path)
     trainer.save_state()
     trainer.accelerator.print(f"Saved to {output_dir}")
     # Every rank must be done writing before the process group goes away: a rank that tears it down while the main
@@ -180,6 +290,7 @@ def run(recipe: Recipe):
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_known_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     config = None
     if "--config" in argv:
@@ -192,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = apply_runtime(load_recipe(config, argv))
         check_reward_funcs(recipe)
+        check_reward_kwargs(recipe)
         trainer = run(recipe)
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
@@ -212,9 +324,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def accelerate_launch_args(
-    recipe_path: str, overrides: list[str], accelerate_config: str | None, num_processes: int | None
+    recipe_path: str,
+    overrides: list[str],
+    accelerate_config: str | None,
+    num_processes: int | None,
+    mixed_precision: str | None = None,
 ) -> list[str]:
-    """The ``accelerate launch`` argument list that runs this module on ``recipe_path``."""
+    """The ``accelerate launch`` argument list that runs this module on ``recipe_path``.
+
+    Without any accelerate config, the single-machine defaults are passed explicitly, ``mixed_precision`` (the
+    recipe's: ``bf16``, ``fp16`` or ``no``) included, so accelerate has nothing to warn about.
+    """
     from accelerate.commands.config import default_config_file
 
     args: list[str] = []
@@ -229,6 +349,8 @@ def accelerate_launch_args(
         if num_processes is None:
             args += ["--num_processes", "1"]
         args += ["--num_machines", "1", "--dynamo_backend", "no"]
+        if mixed_precision is not None:
+            args += ["--mixed_precision", mixed_precision]
     return args + ["-m", "trl_ext.train", "--config", recipe_path, *overrides]
 
 
@@ -269,12 +391,14 @@ def launch_main(argv: list[str] | None = None) -> int:
 
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    launch_args = accelerate_launch_args(args.recipe, overrides, accelerate_config, args.num_processes)
+    precision = "bf16" if recipe.training.bf16 else "fp16" if recipe.training.fp16 else "no"
+    launch_args = accelerate_launch_args(args.recipe, overrides, accelerate_config, args.num_processes, precision)
     try:
         launch_command(launch_command_parser().parse_args(launch_args))
     except Exception as err:  # accelerate raises CalledProcessError when the training process fails
         returncode = getattr(err, "returncode", 1)
-        print(f"trl-ext: training failed (exit code {returncode})", file=sys.stderr)
+        if returncode != 2:  # 2: the training process already said why, as one `trl-ext: error:` line
+            print(f"trl-ext: training failed (exit code {returncode})", file=sys.stderr)
         return returncode or 1
     return 0
 

@@ -9,10 +9,11 @@ as those splits. A split may carry a row slice in ``datasets``' syntax: ``train[
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
-from trl_ext.assets import resolve_builtin
+from trl_ext.assets import UnknownAssetError, resolve_builtin
 from trl_ext.recipe_validation import RecipeError
 
 #: Dataset columns each method needs (TRL's formats: preference, unpaired preference, prompt-only).
@@ -52,8 +53,75 @@ def split_data_files(path: str | Path) -> tuple[str, dict[str, str]] | None:
     return DATA_BUILDERS[Path(next(iter(files.values()))).suffix], files
 
 
+def _resolve(name: str) -> Path:
+    try:
+        return Path(resolve_builtin(name))
+    except UnknownAssetError as err:
+        raise RecipeError(str(err)) from None
+
+
+def looks_local(name: str) -> bool:
+    """Whether a dataset name is meant as a local path (a data-file suffix, or ``/``, ``./``, ``../``, ``~``)."""
+    return Path(name).suffix in DATA_BUILDERS or name.startswith(("/", "./", "../", "~", ".\\"))
+
+
+def check_data_file(path: str | Path, name: str | None = None) -> None:
+    """Raise a `RecipeError` when a local data file is empty or (JSON/JSONL) holds a line that is not a JSON object.
+
+    JSON Lines are read line by line, so the error names the line; a ``.json`` file may hold one JSON document (a
+    list of rows or a mapping of columns) or JSON Lines, as ``datasets`` accepts.
+
+    Args:
+        path (`str` or `Path`):
+            The file.
+        name (`str`, *optional*):
+            How the error names it (the dataset name as the user wrote it).
+    """
+    path = Path(path)
+    label = name if name and name != str(path) else str(path)
+    if not path.is_file():
+        raise RecipeError(f"Dataset file {label} does not exist ({path.resolve()}); check dataset_name.")
+    if path.suffix not in (".json", ".jsonl"):
+        if path.stat().st_size == 0:
+            raise RecipeError(f"Dataset file {label} is empty; it needs at least one row.")
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"Dataset file {label} is not UTF-8 text ({err.reason} at byte {err.start}).") from None
+    if not text.strip():
+        raise RecipeError(f"Dataset file {label} is empty; it needs at least one row (one JSON object per line).")
+    if path.suffix == ".json":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            doc = None  # not one document: JSON Lines, checked below
+        if isinstance(doc, (list, dict)):
+            if not doc:
+                raise RecipeError(f"Dataset file {label} holds no rows.")
+            return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RecipeError(
+                f"Dataset file {label}, line {number}: not valid JSON ({err.msg} at column {err.colno}); "
+                "each line must be one JSON object."
+            ) from None
+        if not isinstance(row, dict):
+            raise RecipeError(
+                f"Dataset file {label}, line {number}: a JSON {type(row).__name__}, not an object; "
+                'each line must be one JSON object such as {"prompt": ...}.'
+            )
+
+
 def load_dataset_by_name(name: str, config: str | None = None, streaming: bool = False):
     """Load ``builtin:<name>``, a local data file or folder, or a Hub dataset, as a ``DatasetDict``.
+
+    Local files are checked first (`check_data_file`): a missing or empty file, or a broken JSON line, is a
+    `RecipeError` naming the file (and the line); so is any error ``datasets`` raises while loading.
 
     Args:
         name (`str`):
@@ -66,20 +134,44 @@ def load_dataset_by_name(name: str, config: str | None = None, streaming: bool =
     Returns:
         `datasets.DatasetDict`: a single local file loads as its ``train`` split.
     """
-    from datasets import load_dataset
 
-    path = Path(resolve_builtin(name))
+    path = _resolve(name)
     local = split_data_files(path)
     if local is not None:
         builder, files = local
-        return load_dataset(builder, data_files=files, streaming=streaming)
+        for file in files.values():
+            check_data_file(file, f"{name}/{Path(file).name}")
+        return _load(name, builder, data_files=files, streaming=streaming)
     if path.is_dir():
-        return load_dataset(str(path), name=config, streaming=streaming)
+        return _load(name, str(path), name=config, streaming=streaming)
     if path.is_file():
         if path.suffix not in DATA_BUILDERS:
             raise RecipeError(f"Dataset file {name} must be one of {', '.join(DATA_BUILDERS)}.")
-        return load_dataset(DATA_BUILDERS[path.suffix], data_files={"train": str(path)}, streaming=streaming)
-    return load_dataset(name, name=config, streaming=streaming)
+        check_data_file(path, name)
+        return _load(name, DATA_BUILDERS[path.suffix], data_files={"train": str(path)}, streaming=streaming)
+    if looks_local(name) or name.startswith("builtin:"):
+        raise RecipeError(f"Dataset file {name} does not exist ({path.resolve()}); check dataset_name.")
+    return _load(name, name, name=config, streaming=streaming)
+
+
+def _load(label: str, *args, **kwargs):
+    """``datasets.load_dataset(*args, **kwargs)``, its errors turned into one `RecipeError` naming the dataset."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(*args, **kwargs)
+    except RecipeError:
+        raise
+    except Exception as err:  # datasets raises many types (DatasetNotFoundError, ArrowInvalid, ConnectionError...)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        offline = " (offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set)" if _offline() else ""
+        raise RecipeError(f"Dataset {label} could not be loaded{offline}: {first}") from None
+
+
+def _offline() -> bool:
+    import os
+
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def load_datasets(recipe):
@@ -126,13 +218,25 @@ def _load_mixture(mixture):
     mixture = copy.copy(mixture)
     entries = []
     for entry in mixture.datasets:
-        local = split_data_files(resolve_builtin(entry.path)) if entry.data_files is None else None
+        local = split_data_files(_resolve(entry.path)) if entry.data_files is None else None
         if local is not None:
             entry = copy.copy(entry)
             entry.path, entry.data_files = local
         entries.append(entry)
     mixture.datasets = entries
-    return get_dataset(mixture)
+    for entry in entries:
+        files = entry.data_files
+        for file in files.values() if isinstance(files, dict) else [files] if isinstance(files, str) else []:
+            check_data_file(file)
+        if files is None and looks_local(entry.path) and not Path(entry.path).exists():
+            raise RecipeError(f"Dataset {entry.path} in datasets: does not exist ({Path(entry.path).resolve()}).")
+    try:
+        return get_dataset(mixture)
+    except RecipeError:
+        raise
+    except Exception as err:  # see `_load`
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RecipeError(f"The datasets: mixture could not be loaded: {first}") from None
 
 
 def _split_parts(split: str, key: str) -> tuple[str, str | None, str | None]:

@@ -15,12 +15,16 @@ import torch
 
 from trl_ext.assets import DATA_DIR
 from trl_ext.ewc.fisher import FisherEstimate, adapted_modules, base_model_of, fisher_key_shapes
+from trl_ext.recipe_validation import RecipeError
 
 FORMAT = "trl-ext-ewc-fisher/1"
 
 
-class FisherMismatchError(ValueError):
-    """A Fisher file that does not belong to this model, these target modules or this mode."""
+class FisherMismatchError(RecipeError):
+    """A Fisher file that does not belong to this model, these target modules or this mode.
+
+    A `RecipeError` (so a `ValueError`): the entry points report it as one `trl-ext: error:` line.
+    """
 
 
 def _storage(weight: torch.Tensor) -> str:

@@ -86,14 +86,19 @@ def generate_rewrites(model_path: str, rows: list[dict], max_new_tokens: int = 6
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_ext.assets import resolve_builtin
+    from trl_ext.model_source import check_model_source
 
     path = resolve_builtin(model_path)
-    if (Path(path) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
+    adapter_config = Path(path) / "adapter_config.json"
+    if adapter_config.is_file():
+        from peft import PeftModel
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path)
+        # the adapter may name its base as `builtin:<name>`, which only trl-ext resolves
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        model = AutoModelForCausalLM.from_pretrained(check_model_source(base, key=f"the base model of {model_path}"))
+        model = PeftModel.from_pretrained(model, path)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(check_model_source(model_path, key="--model"))
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -209,7 +214,7 @@ def eval_rewrite_cli(argv: list[str]) -> int:
         else:
             rewrites = generate_rewrites(args.model, rows, max_new_tokens=args.max_new_tokens)
         result = evaluate(rows, rewrites, args.corpus)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError) as err:  # RecipeError and FileNotFoundError included
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
     result["split"] = args.split
