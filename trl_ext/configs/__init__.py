@@ -1,7 +1,8 @@
-"""The recipe schema: every method's config class and the shared EWC keys. Ground floor: loads nothing."""
+"""The recipe schema: every method's config class, the shared EWC and fault-policy keys. Ground floor: loads nothing."""
 
 from trl_ext.configs.ewc import EWCArguments
+from trl_ext.configs.faults import FaultArguments
 from trl_ext.configs.methods import DPOConfig, GRPOConfig, KTOConfig
 from trl_ext.configs.ppo import PPOConfig
 
-__all__ = ["DPOConfig", "EWCArguments", "GRPOConfig", "KTOConfig", "PPOConfig"]
+__all__ = ["DPOConfig", "EWCArguments", "FaultArguments", "GRPOConfig", "KTOConfig", "PPOConfig"]

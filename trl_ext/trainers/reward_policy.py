@@ -24,7 +24,12 @@ from trl.trainer.utils import is_async_callable
 from trl_ext.checkpoints import checkpoint_problem
 from trl_ext.configs.faults import FaultArguments
 from trl_ext.rewards.completions import completion_text
-from trl_ext.trainers.guards import RolloutBoundarySaves, TrainingStopped
+from trl_ext.trainers.guards import (
+    LIKELY_NONFINITE_CAUSES,
+    RolloutBoundarySaves,
+    TrainingStopped,
+    last_good_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +171,16 @@ class RewardPolicyMixin:
         return advantages * keep.view(-1, *([1] * (advantages.dim() - 1)))
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        except RuntimeError as err:
+            if "probability tensor contains" not in str(err):
+                raise
+            raise TrainingStopped(
+                f"generation at step {self.state.global_step + 1} failed: the policy's next-token probabilities are "
+                f"not finite ({err}). Likely causes: {LIKELY_NONFINITE_CAUSES.format(lr=self.args.learning_rate)}. "
+                f"The last good checkpoint: {last_good_checkpoint(self.args.output_dir)}."
+            ) from err
         output["advantages"] = self._drop_unscored(output["advantages"])
         return output
 
