@@ -54,14 +54,12 @@ def test_newest_complete_checkpoint_skips_half_written_ones_and_says_why(tmp_pat
     newest, skipped = newest_complete_checkpoint(tmp_path)
     assert newest == tmp_path / "checkpoint-9"
     assert [(p.name, why) for p, why in skipped] == [
-        ("checkpoint-40", "no trainer_state.json (its save was interrupted)"),
-        ("checkpoint-35", "no trainer_state.json (its save was interrupted)"),
+        ("checkpoint-40", "no trainer_state.json: its save was interrupted"),
+        ("checkpoint-35", "no trainer_state.json: its save was interrupted"),
         ("checkpoint-10", "adapter_model.safetensors is truncated (318 of 328 bytes)"),  # 64 fp32 + header,
     ]
     (tmp_path / "checkpoint-9" / "trainer_state.json").write_text('{"global_step": 9, "log_hi')
-    assert (
-        checkpoint_problem(tmp_path / "checkpoint-9") == "trainer_state.json is unreadable (its save was interrupted)"
-    )
+    assert checkpoint_problem(tmp_path / "checkpoint-9") == "trainer_state.json is unreadable: its save was interrupted"
 
 
 def test_resume_true_picks_the_newest_complete_checkpoint_and_names_the_skipped(tmp_path):
@@ -69,11 +67,9 @@ def test_resume_true_picks_the_newest_complete_checkpoint_and_names_the_skipped(
     write_checkpoint(tmp_path, 8, complete=False)
     said = []
     assert resolve_resume_checkpoint(str(tmp_path), "true", say=said.append) == str(tmp_path / "checkpoint-4")
-    assert said == ["Skipping incomplete checkpoints: checkpoint-8 (no trainer_state.json (its save was interrupted))"]
+    assert said == ["Skipping incomplete checkpoints: checkpoint-8 (no trainer_state.json: its save was interrupted)"]
     assert resolve_resume_checkpoint(str(tmp_path), False) is None
-    with pytest.raises(
-        ValueError, match=r"cannot resume from .*checkpoint-8: no trainer_state.json .* newest complete"
-    ):
+    with pytest.raises(ValueError, match=r"cannot resume from .*checkpoint-8: no trainer_state.json.* newest complete"):
         resolve_resume_checkpoint(str(tmp_path), str(tmp_path / "checkpoint-8"))
     (tmp_path / "checkpoint-4" / "trainer_state.json").unlink()
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
@@ -137,6 +133,60 @@ def test_fisher_and_critic_files_are_written_through_a_rename(tmp_path, monkeypa
 
 
 # ----------------------------------------------------------------------------------------------- disk room
+def _fake_trainer(output_dir, save_model, **args):
+    accelerator = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    defaults = dict(output_dir=str(output_dir), save_only_model=False, max_steps=10, save_strategy="steps")
+    defaults.update(save_steps=2, save_total_limit=None, num_train_epochs=1, world_size=1)
+    defaults.update(per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    model = torch.nn.Linear(512, 512)  # 262,656 trainable fp32 weights: 1.0 MiB, Adam's moments 2.0 MiB
+    return SimpleNamespace(
+        model=model,
+        args=SimpleNamespace(**{**defaults, **args}),
+        accelerator=accelerator,
+        save_model=save_model,
+        save_state=lambda: None,
+        train_dataset=list(range(10)),
+    )
+
+
+def test_a_failed_final_save_leaves_the_previous_result_whole(tmp_path):
+    from trl_ext.train import save_result
+
+    (tmp_path / "adapter_model.safetensors").write_text("previous result")
+
+    def fills_the_disk(output_dir):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "adapter_model.safetensors").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        save_result(_fake_trainer(tmp_path, fills_the_disk), str(tmp_path))
+    assert (tmp_path / "adapter_model.safetensors").read_text() == "previous result"
+
+    def saves(output_dir):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "adapter_model.safetensors").write_text("new result")
+
+    save_result(_fake_trainer(tmp_path, saves), str(tmp_path))
+    assert (tmp_path / "adapter_model.safetensors").read_text() == "new result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_model.safetensors"]
+
+
+def test_disk_room_counts_the_checkpoints_the_recipe_keeps(tmp_path, monkeypatch):
+    import shutil
+
+    from trl_ext.train import check_disk_room
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=12 * 2**20))
+    # 5 saves of (1.0 MiB weights + 2.0 MiB moments + 1 MiB) and the result: 6 x 4.0 MiB x 1.1 = 26.4 MiB > 12 MiB
+    with pytest.raises(RecipeError, match=r"has 12.0 MiB free, .* about 26.4 MiB \(5 checkpoints of 4.0 MiB and the"):
+        check_disk_room(_fake_trainer(tmp_path, None))
+    # save_total_limit 1 keeps at most 2 at a time: 3 x 4.0 x 1.1 = 13.2 MiB; save_only_model drops the moments
+    with pytest.raises(RecipeError, match=r"about 13.2 MiB \(2 checkpoints of 4.0 MiB"):
+        check_disk_room(_fake_trainer(tmp_path, None, save_total_limit=1))
+    assert check_disk_room(_fake_trainer(tmp_path, None, save_total_limit=1, save_only_model=True)) == 2 * 2**20 + 2048
+
+
 def test_disk_room_refuses_too_little_space_and_an_unwritable_dir(tmp_path, monkeypatch):
     import shutil
 

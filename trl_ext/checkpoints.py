@@ -79,11 +79,11 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     directory = Path(path)
     state = directory / TRAINER_STATE
     if not state.is_file():
-        return f"no {TRAINER_STATE} (its save was interrupted)"
+        return f"no {TRAINER_STATE}: its save was interrupted"
     try:
         json.loads(state.read_text())
     except (OSError, ValueError):
-        return f"{TRAINER_STATE} is unreadable (its save was interrupted)"
+        return f"{TRAINER_STATE} is unreadable: its save was interrupted"
     weights = [directory / name for name in WEIGHT_FILES if (directory / name).is_file()]
     if not weights:
         return "no model weights"
