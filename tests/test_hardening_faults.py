@@ -313,6 +313,16 @@ def test_fault_keys_are_recipe_keys_with_checked_values(tmp_path):
         )
 
 
+def test_transformers_save_checkpoint_keeps_the_parameters_the_reward_policy_calls():
+    """The reward policy saves a resumable checkpoint through `Trainer._save_checkpoint(model, trial)`, the only way
+    to write one on demand; this fails when transformers renames it or changes its parameters."""
+    import inspect
+
+    import transformers
+
+    assert list(inspect.signature(transformers.Trainer._save_checkpoint).parameters) == ["self", "model", "trial"]
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 GRPO_SHORT = ["--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8"]
 PPO_SHORT = ["--per_device_train_batch_size", "4", "--num_ppo_epochs", "1", "--num_mini_batches", "1"]

@@ -192,8 +192,9 @@ class RewardPolicyMixin:
             raise TrainingStopped(f"{message}. Nothing was trained yet, so no checkpoint was saved.", quiet)
         if checkpoint_problem(checkpoint) is not None:
             # Transformers has no public "save a checkpoint now": `_save_checkpoint` writes the model, optimizer,
-            # scheduler, RNG and trainer state exactly as a scheduled save does. `test_reward_failure_saves_...`
-            # fails if it is renamed or changes its parameters.
+            # scheduler, RNG and trainer state exactly as a scheduled save does.
+            # `test_transformers_save_checkpoint_keeps_the_parameters_the_reward_policy_calls` fails if it is renamed
+            # or changes its parameters.
             self._save_checkpoint(self.model_wrapped, trial=None)
         raise TrainingStopped(
             f"{message}. Saved {checkpoint} (step {step}); fix the reward, then continue with "
