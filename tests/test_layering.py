@@ -23,6 +23,7 @@ LAYERS = {
     "trl_ext.runtime": (0, "ground"),
     "trl_ext.model_source": (0, "ground"),
     "trl_ext.data": (0, "ground"),
+    "trl_ext.checkpoints": (0, "ground"),
     "trl_ext.data.build": (4, "asset builders"),  # seeded scripts that make the bundled assets: run, not imported
     "trl_ext.modeling": (1, "modeling"),
     "trl_ext.merge": (2, "merge"),

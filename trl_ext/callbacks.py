@@ -7,6 +7,7 @@ import logging
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from trl_ext.data.samples import collate, load_token_samples
 from trl_ext.modeling import eval_mode
@@ -14,14 +15,15 @@ from trl_ext.modeling import eval_mode
 logger = logging.getLogger(__name__)
 
 
-class ForgettingMonitorCallback(TrainerCallback):
+class ForgettingMonitorCallback(TrainerCallback, ExportableState):
     """Every `eval_steps` optimizer steps, measure how far the policy drifted from what it knew.
 
     Logs `forgetting/anchor_nll_delta` (mean token NLL on the anchor dataset minus its value before training) and
     `forgetting/kl_to_reference` (measured mean token KL(reference || policy) on the anchor texts, teacher-forced;
     the reference is `reference_model` if given, else the PEFT model with its adapters disabled). Also logs
     `forgetting/anchor_nll`. Works with any transformers/TRL trainer, with or without EWC; trl-ext's trainers attach
-    it themselves when their config sets `forgetting_anchor_dataset`.
+    it themselves when their config sets `forgetting_anchor_dataset`. The baseline (the NLL before training) is
+    kept in every checkpoint's `trainer_state.json`, so a resumed run measures its deltas from the same baseline.
 
     Args:
         anchor_dataset (`str`):
@@ -161,6 +163,19 @@ class ForgettingMonitorCallback(TrainerCallback):
         self.history.append({"step": step, **metrics})
         return metrics
 
+    def state(self) -> dict:
+        """What a checkpoint keeps of the monitor (transformers' `ExportableState`): its arguments and baseline."""
+        args = {
+            "anchor_dataset": self.anchor_dataset,
+            "split": self.split,
+            "eval_steps": self.eval_steps,
+            "num_samples": self.num_samples,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
+        return {"args": args, "attributes": {"baseline_nll": self.baseline_nll}}
+
     # ---------------------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.samples is None:
@@ -172,6 +187,9 @@ class ForgettingMonitorCallback(TrainerCallback):
                     "ForgettingMonitorCallback: the model has no adapter to disable and no "
                     "reference_model was given, so forgetting/kl_to_reference is not logged."
                 )
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if self.baseline_nll is None and isinstance(saved, dict):  # resumed: the baseline of the interrupted run
+            self.baseline_nll = saved.get("attributes", {}).get("baseline_nll")
         if self.baseline_nll is None:
             self.baseline_nll = self.evaluate(model)["forgetting/anchor_nll"]
             self.history.append(

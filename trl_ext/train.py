@@ -6,11 +6,23 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
+from trl_ext.checkpoints import (
+    describe_skipped,
+    disk_room_problem,
+    format_bytes,
+    list_checkpoints,
+    move_into,
+    newest_complete_checkpoint,
+    resolve_resume_checkpoint,
+    write_error_message,
+)
 from trl_ext.data.loading import load_datasets
 from trl_ext.recipe import Recipe, RecipeError, load_recipe, resolve_accelerate_config
 from trl_ext.runtime import apply_runtime, quiet_known_warnings
@@ -170,19 +182,74 @@ def _trainer_kwargs(recipe: Recipe) -> dict:
 
 
 def check_output_dir(recipe: Recipe) -> None:
-    """Refuse to write a fresh run over checkpoints a previous run left, unless resuming from them."""
+    """Refuse to write a fresh run over checkpoints a previous run left, and a resume with nothing complete to resume
+    from (`trl_ext.checkpoints.resolve_resume_checkpoint`)."""
     out = Path(recipe.training.output_dir)
-    if recipe.training.resume_from_checkpoint or not out.is_dir():
+    if recipe.training.resume_from_checkpoint:
+        try:
+            resolve_resume_checkpoint(str(out), recipe.training.resume_from_checkpoint, say=lambda message: None)
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
         return
-    checkpoints = sorted(
-        (p.name for p in out.glob("checkpoint-*") if p.is_dir()),
-        key=lambda name: (int(name.rsplit("-", 1)[1]) if name.rsplit("-", 1)[1].isdigit() else -1, name),
-    )
-    if checkpoints:
+    checkpoints = list_checkpoints(out)
+    if not checkpoints:
+        return
+    names = ", ".join(p.name for p in checkpoints[-3:])
+    newest, skipped = newest_complete_checkpoint(out)
+    if newest is None:
         raise RecipeError(
-            f"output_dir {out} already holds checkpoints ({', '.join(checkpoints[-3:])}); a new run would overwrite "
-            "them. Resume with --resume_from_checkpoint true, or choose another --output_dir."
+            f"output_dir {out} already holds checkpoints ({names}), none of them complete "
+            f"({describe_skipped(skipped)}). Remove them, or choose another --output_dir."
         )
+    incomplete = f"; incomplete, skipped: {describe_skipped(skipped)}" if skipped else ""
+    raise RecipeError(
+        f"output_dir {out} already holds checkpoints ({names}); a new run would overwrite them. Resume from "
+        f"{newest.name}, the newest complete one{incomplete}, with --resume_from_checkpoint true, or choose another "
+        "--output_dir."
+    )
+
+
+def checkpoint_bytes(trainer) -> int:
+    """Bytes of one checkpoint of `trainer`: its trainable weights plus Adam's two fp32 moments (unless
+    `save_only_model`), plus 1 MiB of configs, tokenizer and RNG states."""
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in params)
+    moments = 0 if trainer.args.save_only_model else sum(p.numel() * 8 for p in params)
+    return weights + moments + 2**20
+
+
+def check_disk_room(trainer) -> int:
+    """Refuse (RecipeError) a run whose output_dir is not writable or lacks room for the checkpoints it will keep and
+    the final result; return the size of one checkpoint."""
+    args = trainer.args
+    size = checkpoint_bytes(trainer)
+    max_steps = args.max_steps
+    if max_steps <= 0:
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        max_steps = int(-(-len(trainer.train_dataset) // per_step) * args.num_train_epochs)
+    strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+    saves = {"steps": max_steps // max(int(args.save_steps), 1), "epoch": int(args.num_train_epochs)}.get(strategy, 0)
+    if args.save_total_limit:
+        saves = min(saves, args.save_total_limit + 1)  # one more while the oldest is rotated out
+    what = f"{saves} checkpoints of {format_bytes(size)} and the result" if saves else "the result"
+    problem = disk_room_problem(args.output_dir, int((saves + 1) * size * 1.1), what)
+    if problem is not None:
+        raise RecipeError(problem)
+    return size
+
+
+def save_result(trainer, output_dir: str) -> None:
+    """Save the trained model into `output_dir` atomically: written to a staging directory inside it, then moved in
+    file by file, so a failed save never leaves a half-written adapter where the result belongs."""
+    staging = Path(output_dir) / ".trl-ext-staging"
+    if trainer.accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        move_into(staging, output_dir)
+    trainer.save_state()
 
 
 def check_output_dir_writable(output_dir: str) -> None:
@@ -267,19 +334,31 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
 
 
 def run(recipe: Recipe):
-    """Train and save: the adapter (or model), tokenizer and ``trainer_state.json`` land in ``output_dir``."""
-    trainer = build_trainer(recipe)
-    resume = recipe.training.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "false"):
-        resume = resume.lower() == "true"
-    trainer.train(resume_from_checkpoint=resume or None)
-    output_dir = recipe.training.output_dir
-    trainer.save_model(output_dir)
-    if trainer.accelerator.is_main_process:
-        from trl_ext.modeling import record_builtin_base
+    """Train and save: the adapter (or model), tokenizer and ``trainer_state.json`` land in ``output_dir``.
 
-        record_builtin_base(output_dir, recipe.model.model_name_or_path)
-    trainer.save_state()
+    Raises:
+        RecipeError: output_dir is not writable or too small for the run's checkpoints (before training).
+        TrainingStopped: the run stopped (non-finite steps, a failing reward function, the disk refused a write);
+            the message says what happened and which checkpoint to resume from.
+    """
+    from trl_ext.trainers.guards import TrainingStopped
+
+    trainer = build_trainer(recipe)
+    output_dir = recipe.training.output_dir
+    size = check_disk_room(trainer)
+    try:
+        trainer.train(resume_from_checkpoint=recipe.training.resume_from_checkpoint or None)
+        save_result(trainer, output_dir)
+    except TrainingStopped:
+        raise
+    except Exception as err:
+        message = write_error_message(err, output_dir) if isinstance(err, OSError) else None
+        if message is None and shutil.disk_usage(output_dir).free < size:
+            # torch.save and safetensors report a full disk in their own words ("unexpected pos ...")
+            message = f"{write_error_message(OSError(errno.ENOSPC, 'disk full'), output_dir)} (the error: {err})"
+        if message is None:
+            raise
+        raise TrainingStopped(message) from err
     trainer.accelerator.print(f"Saved to {output_dir}")
     # Every rank must be done writing before the process group goes away: a rank that tears it down while the main
     # process is still saving leaves the main process blocked on a peer that no longer exists.
@@ -287,6 +366,17 @@ def run(recipe: Recipe):
     if hasattr(trainer, "end"):
         trainer.end()
     return trainer
+
+
+def _leave(code: int) -> int:
+    """Exit code `code`; under DDP leave at once, without interpreter teardown: freeing the DDP reducer afterwards
+    runs the process group's destructor, which can block forever once a peer has exited (seen with gloo;
+    pytorch/pytorch#75097 for the same class of hang)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,22 +390,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         config = argv[i + 1]
         del argv[i : i + 2]
+    from trl_ext.trainers.guards import TrainingStopped
+
     try:
         recipe = apply_runtime(load_recipe(config, argv))
         check_reward_funcs(recipe)
-        check_reward_kwargs(recipe)
-        trainer = run(recipe)
+        run(recipe)
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
-    if trainer.accelerator.num_processes > 1:
-        # Every rank has saved, met at the barrier and left the process group. Leave now, without interpreter
-        # teardown: freeing the DDP reducer afterwards runs the process group's destructor, which can block forever
-        # once a peer has exited (seen with gloo; pytorch/pytorch#75097 for the same class of hang).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+    except TrainingStopped as err:
+        if not err.quiet:
+            print(f"trl-ext: training stopped: {err}", file=sys.stderr)
+        return _leave(1)
+    return _leave(0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from trl_ext.configs.faults import FaultArguments
+
 FISHER_TYPES = ("true", "empirical")
 FISHER_MODES = ("full", "kfac", "lora_params")
 
@@ -40,8 +42,9 @@ DEFAULT_ANCHOR_DATASET = "builtin:general_text"
 
 
 @dataclass
-class EWCArguments:
-    """EWC (elastic weight consolidation) and forgetting-monitor keys, shared by DPO, GRPO, KTO and PPO configs.
+class EWCArguments(FaultArguments):
+    """EWC (elastic weight consolidation) and forgetting-monitor keys, shared by DPO, GRPO, KTO and PPO configs
+    (with the fault-policy keys of `trl_ext.configs.faults.FaultArguments`, its base).
 
     EWC adds `ewc_lambda / 2 * sum(F * (s * B @ A - delta_anchor) ** 2)` over the LoRA-adapted modules, where `F` is
     the diagonal Fisher information of each adapted module's frozen base weight (full weight space), `s * B @ A` the
@@ -197,7 +200,9 @@ def check_ewc_arguments(args) -> None:
 def document_ewc_fields(cls):
     """Class decorator: append `EWCArguments`' documented fields (type and default) to a config's docstring,
     so `help(DPOConfig)` lists every EWC key next to TRL's."""
-    doc = EWCArguments.__doc__ or ""
-    fields_doc = doc[doc.index("    Args:") + len("    Args:\n") :] if "    Args:" in doc else ""
+    fields_doc = ""
+    for source in (EWCArguments, FaultArguments):
+        doc = source.__doc__ or ""
+        fields_doc += doc[doc.index("    Args:") + len("    Args:\n") :] if "    Args:" in doc else ""
     cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n    Args:\n" + fields_doc
     return cls

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from trl_ext.assets import DATA_DIR
+from trl_ext.checkpoints import atomic_path
 from trl_ext.ewc.fisher import FisherEstimate, adapted_modules, base_model_of, fisher_key_shapes
 from trl_ext.recipe_validation import RecipeError
 
@@ -108,8 +109,8 @@ def save_fisher(
         "online_tasks": str(estimate.extra.get("online_tasks", 1)),
     }
     metadata.update({k: str(v) for k, v in (extra or {}).items()})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in estimate.tensors.items()}, str(path), metadata=metadata)
+    with atomic_path(path) as tmp:  # a failed write (disk full) never leaves a truncated Fisher file at `path`
+        save_file({k: v.contiguous().cpu() for k, v in estimate.tensors.items()}, str(tmp), metadata=metadata)
     return str(path)
 
 

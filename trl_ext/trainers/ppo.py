@@ -33,9 +33,12 @@ from trl_ext.trainers.ppo_math import (
     masked_whiten,
 )
 from trl_ext.trainers.ppo_reward import REWARD_ADAPTER, PPORewardAdapterMixin
+from trl_ext.trainers.reward_policy import RewardPolicyMixin
 
 
-class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedTrainerMixin, trl.GRPOTrainer):
+class PPOTrainer(
+    PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedTrainerMixin, RewardPolicyMixin, trl.GRPOTrainer
+):
     """RLHF PPO with a critic on TRL's `trl.GRPOTrainer` (same constructor), with the EWC penalty on the actor's
     adapter (`ewc_lambda > 0`) and the forgetting monitor (`forgetting_anchor_dataset`).
 
@@ -158,6 +161,7 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
         advantages, returns = gae_advantages_and_returns(rewards, values, mask, self.args.gamma, self.args.lam)
         if self.args.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
+        advantages = self._drop_unscored(advantages)  # completions no reward function scored train nothing
         output.update(advantages=advantages, returns=returns, old_values=values * mask, old_per_token_logps=logps)
 
         # TRL's classic PPO metrics, averaged over every process's rollout

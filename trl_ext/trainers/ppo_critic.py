@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trl_ext.checkpoints import atomic_path, atomic_write_text
 from trl_ext.modeling import align_adapter_dtype
 
 CRITIC_DIR = "critic"
@@ -232,13 +233,17 @@ class PPOCriticMixin:
             from peft import get_peft_model_state_dict
 
             state = get_peft_model_state_dict(unwrapped, adapter_name=self._critic_adapter)
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path / "adapter_model.safetensors")
+            with atomic_path(path / "adapter_model.safetensors") as tmp:
+                save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
             unwrapped.peft_config[self._critic_adapter].save_pretrained(str(path))
         elif self.args.critic == "model":
             unwrapped.ppo_critic_backbone.save_pretrained(str(path / "model"))
         head = {k: v.detach().contiguous().cpu() for k, v in unwrapped.ppo_value_head.state_dict().items()}
-        save_file(head, path / VALUE_HEAD_FILE)
-        (path / STATE_FILE).write_text(json.dumps({"critic": self.args.critic, "kl_ctl": self.kl_ctl.state_dict()}))
+        with atomic_path(path / VALUE_HEAD_FILE) as tmp:  # write then rename: never a half-written critic
+            save_file(head, tmp)
+        atomic_write_text(
+            path / STATE_FILE, json.dumps({"critic": self.args.critic, "kl_ctl": self.kl_ctl.state_dict()})
+        )
         return path
 
     def load_critic(self, checkpoint_dir: str) -> None:
