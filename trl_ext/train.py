@@ -238,9 +238,10 @@ def check_disk_room(trainer) -> int:
     return size
 
 
-def save_result(trainer, output_dir: str) -> None:
+def save_result(trainer, output_dir: str, model_name_or_path: str | None = None) -> None:
     """Save the trained model into `output_dir` atomically: written to a staging directory inside it, then moved in
-    file by file, so a failed save never leaves a half-written adapter where the result belongs."""
+    file by file, so a failed save never leaves a half-written adapter where the result belongs. An adapter of a
+    bundled model records it as `builtin:<name>` (`model_name_or_path`), not this machine's path."""
     staging = Path(output_dir) / ".trl-ext-staging"
     if trainer.accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)
@@ -249,6 +250,10 @@ def save_result(trainer, output_dir: str) -> None:
     trainer.accelerator.wait_for_everyone()
     if trainer.accelerator.is_main_process:
         move_into(staging, output_dir)
+        if model_name_or_path:
+            from trl_ext.modeling import record_builtin_base
+
+            record_builtin_base(output_dir, model_name_or_path)
     trainer.save_state()
 
 
@@ -348,7 +353,7 @@ def run(recipe: Recipe):
     size = check_disk_room(trainer)
     try:
         trainer.train(resume_from_checkpoint=recipe.training.resume_from_checkpoint or None)
-        save_result(trainer, output_dir)
+        save_result(trainer, output_dir, recipe.model.model_name_or_path)
     except TrainingStopped:
         raise
     except Exception as err:
@@ -395,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = apply_runtime(load_recipe(config, argv))
         check_reward_funcs(recipe)
+        check_reward_kwargs(recipe)
         run(recipe)
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
