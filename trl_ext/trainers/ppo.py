@@ -14,6 +14,7 @@ import copy
 
 import torch
 import trl
+from trl.trainer.utils import disable_dropout_in_model, shuffle_sequence_dict, split_tensor_dict
 
 from trl_ext.configs.ppo import PPOConfig
 from trl_ext.ewc.trainer import EWCTrainerMixin
@@ -31,6 +32,52 @@ from trl_ext.trainers.ppo_math import (
     masked_whiten,
 )
 from trl_ext.trainers.ppo_reward import PPORewardAdapterMixin
+
+GRPO_ONLY_METRICS = ("frac_reward_zero_std",)  # constant 1 with one completion per prompt
+
+
+def check_every_completion_scored(rewards_per_func: torch.Tensor, names: list[str]) -> None:
+    """Refuse a rollout in which some completion got no reward at all.
+
+    TRL turns a reward function's `None` into NaN; GRPO then leaves such a completion out (advantage 0). PPO would
+    score it 0 through its KL-penalized reward and train on that, while TRL's logged `reward` leaves it out. A
+    completion scored by at least one function is fine (TRL's convention for functions that apply to some
+    samples only: the score sums the functions that scored it).
+
+    Args:
+        rewards_per_func (`torch.Tensor`):
+            The rewards of every completion of the rollout, `(N, number of reward functions)`.
+        names (`list[str]`):
+            The reward functions' names, in column order.
+
+    Raises:
+        ValueError: Naming the reward functions that returned None or NaN and how often.
+    """
+    unscored = torch.isnan(rewards_per_func).all(dim=1)
+    if not unscored.any():
+        return
+    counts = ", ".join(
+        f"{name} ({int(torch.isnan(rewards_per_func[unscored, i]).sum())})" for i, name in enumerate(names)
+    )
+    raise ValueError(
+        f"{int(unscored.sum())} of {len(unscored)} completions of this rollout have no reward: every reward function "
+        f"returned None or NaN for them ({counts}). PPO cannot score such a completion (it is not a 0). Make the "
+        "reward function return a float for every completion."
+    )
+
+
+def concat_mini_batches(batches: list[dict]) -> dict:
+    """The rollout that `split_tensor_dict` split into `batches`: tensors and lists joined along the first
+    dimension; scalars (0-dim tensors) and `None` kept as they are."""
+    joined = {}
+    for key, first in batches[0].items():
+        if first is None or (isinstance(first, torch.Tensor) and first.ndim == 0):
+            joined[key] = first
+        elif isinstance(first, torch.Tensor):
+            joined[key] = torch.cat([batch[key] for batch in batches])
+        else:
+            joined[key] = [item for batch in batches for item in batch[key]]
+    return joined
 
 
 class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedTrainerMixin, trl.GRPOTrainer):
@@ -71,6 +118,8 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
         super().__init__(model, reward_funcs, args, *posargs, peft_config=peft_config, **kwargs)
         self._attach_critic(args, critic_peft_config)
         self._attach_reward_adapter()
+        if args.disable_dropout:  # GRPO disabled it in the actor; the critic's adapter or model came after
+            disable_dropout_in_model(self.accelerator.unwrap_model(self.model))
         if args.adaptive_kl:
             self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
         else:
@@ -86,7 +135,24 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
     # their parameters or stops calling them where PPO relies on it.
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        check_every_completion_scored(self._rewards_per_func, self.reward_func_names)
         return self._rewards_per_func
+
+    def _prepare_inputs(self, generation_batch):
+        """GRPO's buffering of a rollout into mini-batches, with a fresh permutation of the rollout for every PPO epoch
+        after the first (GRPO shuffles once per rollout and reuses the same mini-batches in the same order)."""
+        steps = self.args.steps_per_generation
+        epoch_start = self._step % steps == 0 and self._step % (steps * self.num_iterations) != 0
+        if self.model.training and epoch_start and self._buffered_inputs is not None:
+            rollout = shuffle_sequence_dict(concat_mini_batches(self._buffered_inputs))
+            self._buffered_inputs = split_tensor_dict(rollout, steps)
+        return super()._prepare_inputs(generation_batch)
+
+    def log(self, logs, start_time=None):
+        mode = "train" if self.model.training else "eval"
+        for name in GRPO_ONLY_METRICS:  # GRPO's group statistics; PPO's baseline is the critic, not a group
+            self._metrics[mode].pop(name, None)
+        super().log(logs, start_time)
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
