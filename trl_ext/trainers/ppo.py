@@ -32,6 +32,7 @@ from trl_ext.trainers.ppo_math import (
     masked_whiten,
 )
 from trl_ext.trainers.ppo_reward import PPORewardAdapterMixin
+from trl_ext.trainers.ppo_rollout import SampledLogps, sampled_logps_tensor
 
 GRPO_ONLY_METRICS = ("frac_reward_zero_std",)  # constant 1 with one completion per prompt
 
@@ -126,6 +127,8 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
             self.kl_ctl = FixedKLController(args.kl_coef)
         self._last_logps = None
         self._rewards_per_func = None
+        self._sampled_logps = None  # the rollout's old log-probabilities, read off generation
+        self._generations = 0
 
     # --------------------------------------------------------------------------------------------- rollout scoring
     # GRPO's rollout has no public hook, so PPO extends three private methods of `GRPOTrainer`: the rollout itself
@@ -154,15 +157,48 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
             self._metrics[mode].pop(name, None)
         super().log(logs, start_time)
 
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        sampled = self._take_sampled_logps(model, input_ids, logits_to_keep, kwargs)
+        if sampled is not None:  # the rollout's old log-probabilities: generation computed them already
+            return sampled, None, None
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
         self._last_logps = logps.detach()
         return logps, entropies, aux
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        """GRPO's generation, recording the sampled tokens' log-probabilities (transformers generation only)."""
+        self._generations += 1
+        recorder = None
+        if not self.use_vllm:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            causal_lm = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+            recorder = SampledLogps(causal_lm, self.temperature)
+        try:
+            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        finally:
+            if recorder is not None:
+                recorder.remove()
+        one_turn = self._generations == 1  # tool turns call generation again: then the forward pass decides
+        self._sampled_logps = recorder.completion_logps(completion_ids) if recorder is not None and one_turn else None
+        return completion_ids, logprobs
+
+    def _take_sampled_logps(self, model, input_ids, logits_to_keep, kwargs):
+        """The recorded log-probabilities as the `(B, T)` tensor the first policy pass after generation (the old
+        log-probabilities) would compute, or `None` when they do not fit that call exactly."""
+        rows, self._sampled_logps = self._sampled_logps, None
+        if rows is None or model is not self.model or kwargs.get("compute_entropy") or len(rows) != len(input_ids):
+            return None
+        if max(len(row) for row in rows) > logits_to_keep:
+            return None
+        return sampled_logps_tensor(rows, logits_to_keep, input_ids.device)
 
     @torch.no_grad()
     def _generate_and_score_completions(self, inputs):
         """GRPO's rollout, then PPO's: reference log-probabilities, values, KL-penalized per-token rewards, GAE
         advantages `(B, T)` and returns, and TRL's classic `objective/*` metrics; the KL controller is updated."""
+        self._sampled_logps, self._generations = None, 0
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         prompt_ids, completion_ids = output["prompt_ids"], output["completion_ids"]
@@ -176,6 +212,7 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model, input_ids, attention_mask, n_tokens, batch_size=batch_size
             )
+        self._sampled_logps = None
         ref_logps = self._reference_logps(input_ids, attention_mask, n_tokens, batch_size)
         values = torch.cat(
             [
@@ -211,6 +248,7 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
 
     def _reference_logps(self, input_ids, attention_mask, n_tokens, batch_size):
         """Per-token log-probabilities of the reference: `ref_model`, else the `ref` adapter, else adapters off."""
+        self._sampled_logps = None  # the policy's, never the reference's
         if self.ref_model is not None:
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.ref_model, input_ids, attention_mask, n_tokens, batch_size=batch_size
