@@ -110,6 +110,9 @@ def test_grpo_private_methods_ppo_extends_keep_their_parameters_and_callers():
         "logits_to_keep",
         "batch_size",
     ]
+    assert parameters(grpo._generate_single_turn)[:2] == ["self", "prompt_ids"]
+    assert "self._generate_single_turn(" in inspect.getsource(grpo._generate)
+    assert "unwrapped_model.generate(" in inspect.getsource(grpo._generate_single_turn)  # what ppo_rollout hooks
     assert parameters(trainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
     assert parameters(trainer._save) == ["self", "output_dir", "state_dict"]
     assert parameters(use_adapter) == ["model", "adapter_name"]

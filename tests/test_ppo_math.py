@@ -138,3 +138,47 @@ def test_adaptive_kl_controller_raises_coef_above_target_and_lowers_it_below():
     assert fixed.value == 0.3
     with pytest.raises(ValueError, match="target_kl"):
         AdaptiveKLController(0.1, target=0.0, horizon=10)
+
+
+# ------------------------------------------------------------------------- masks with holes (tool results inside)
+def test_score_sits_on_the_last_unmasked_token_when_a_tool_result_leaves_a_hole():
+    mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0], [1, 0, 1, 0, 0, 0, 0, 0]])
+    scores = torch.tensor([1.0, 3.0])
+    rewards, _, _ = kl_penalized_rewards(torch.zeros(2, 8), torch.zeros(2, 8), scores, mask, kl_coef=0.1)
+    expected = torch.zeros(2, 8)
+    expected[0, 6] = 1.0  # not index 3 (sum of the mask minus one), a masked tool token
+    expected[1, 2] = 3.0
+    assert torch.equal(rewards, expected)
+
+
+def test_gae_carries_values_and_advantages_across_a_hole_hand_computed():
+    mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0]])
+    logps, ref = torch.full((1, 8), -1.0, dtype=torch.float64), torch.full((1, 8), -1.5, dtype=torch.float64)
+    rewards, _, _ = kl_penalized_rewards(logps, ref, torch.tensor([1.0]), mask, kl_coef=0.2)
+    values = torch.tensor([[0.5, 0.4, 9.0, 9.0, 9.0, 0.3, 0.2, 9.0]], dtype=torch.float64)  # 9.0: masked, unused
+    advantages, returns = gae_advantages_and_returns(rewards, values, mask, gamma=1.0, lam=0.5)
+    # valid tokens 0, 1, 5, 6: rewards -0.1, -0.1, -0.1, -0.1 + 1.0; values 0.5, 0.4, 0.3, 0.2
+    # t=6: 0.9 - 0.2 = 0.7;  t=5: -0.1 + 0.2 - 0.3 + 0.5 * 0.7 = 0.15
+    # t=1: -0.1 + 0.3 - 0.4 + 0.5 * 0.15 = -0.125 (next value across the hole: 0.3, not 9.0 or 0)
+    # t=0: -0.1 + 0.4 - 0.5 + 0.5 * -0.125 = -0.2625
+    assert advantages[0].tolist() == pytest.approx([-0.2625, -0.125, 0, 0, 0, 0.15, 0.7, 0])
+    assert returns[0].tolist() == pytest.approx([0.2375, 0.275, 0, 0, 0, 0.45, 0.9, 0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gae_with_holes_equals_gae_over_the_unmasked_tokens_alone(seed):
+    rewards, values, _, _ = ragged_batch(seed=seed)
+    gen = torch.Generator().manual_seed(100 + seed)
+    mask = (torch.rand(rewards.shape, generator=gen) > 0.35).long()
+    mask[1] = 0  # a row with no unmasked token
+    gamma, lam = 0.9, 0.8
+    advantages, returns = gae_advantages_and_returns(rewards, values, mask, gamma, lam)
+    for row in range(mask.size(0)):
+        kept = mask[row].nonzero().flatten()
+        ref_adv, ref_ret = reference_gae(
+            rewards[row : row + 1, kept], values[row : row + 1, kept], [len(kept)], gamma, lam
+        )
+        assert advantages[row, kept].tolist() == pytest.approx(ref_adv[0], abs=1e-10)
+        assert returns[row, kept].tolist() == pytest.approx(ref_ret[0], abs=1e-10)
+        assert advantages[row][mask[row] == 0].abs().sum().item() == 0.0
+        assert returns[row][mask[row] == 0].abs().sum().item() == 0.0

@@ -78,9 +78,15 @@ class PPOConfig(EWCArguments, StartingPolicyArguments, trl.GRPOConfig):
     """TRL's `trl.GRPOConfig` plus the fields of RLHF PPO and the EWC and forgetting-monitor keys of
     `trl_ext.ewc.EWCArguments` (listed below). Every GRPO field works unchanged; PPO changes the defaults of
     `num_generations` (1: the critic is the baseline) and `loss_type` (`bnpo`: token mean over the mini-batch, as
-    classic PPO). `epsilon` is PPO's policy clip range.
+    classic PPO) and `disable_dropout` (`True`). `epsilon` is PPO's policy clip range.
 
     Args:
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Turn dropout off in the actor, the critic and the reference (GRPO's default is `False`). PPO compares
+            log-probabilities and values of separate passes over the same tokens (rollout vs. update, policy vs.
+            reference); with dropout on, each pass samples another mask (with `lora_dropout: 0.1`, two passes gave
+            log-probabilities up to 1.7 apart), which corrupts the importance ratio, the KL and the value targets.
+            TRL's former PPO trainer disabled dropout in every model too.
         kl_coef (`float`, *optional*, defaults to `0.05`):
             Coefficient of the KL penalty `-kl_coef * (log π - log π_ref)` added to the reward at every completion
             token (the initial value when `adaptive_kl` is on).
@@ -128,6 +134,7 @@ class PPOConfig(EWCArguments, StartingPolicyArguments, trl.GRPOConfig):
 
     num_generations: int | None = field(default=1, metadata={"help": "Completions per prompt (PPO: 1)."})
     loss_type: str = field(default="bnpo", metadata={"help": "GRPO loss aggregation; PPO uses bnpo."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Dropout off in every role (PPO: true)."})
     kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient in the per-token reward."})
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards target_kl."})
     target_kl: float = field(default=6.0, metadata={"help": "Target KL of the adaptive controller."})

@@ -15,6 +15,7 @@ import copy
 
 import torch
 import trl
+from trl.trainer.utils import disable_dropout_in_model, shuffle_sequence_dict, split_tensor_dict
 
 from trl_ext.configs.ppo import PPOConfig
 from trl_ext.ewc.trainer import EWCTrainerMixin
@@ -34,6 +35,53 @@ from trl_ext.trainers.ppo_math import (
 )
 from trl_ext.trainers.ppo_reward import REWARD_ADAPTER, PPORewardAdapterMixin
 from trl_ext.trainers.reward_policy import RewardPolicyMixin
+from trl_ext.trainers.ppo_rollout import SampledLogps, sampled_logps_tensor
+
+GRPO_ONLY_METRICS = ("frac_reward_zero_std",)  # constant 1 with one completion per prompt
+
+
+def check_every_completion_scored(rewards_per_func: torch.Tensor, names: list[str]) -> None:
+    """Refuse a rollout in which some completion got no reward at all.
+
+    TRL turns a reward function's `None` into NaN; GRPO then leaves such a completion out (advantage 0). PPO would
+    score it 0 through its KL-penalized reward and train on that, while TRL's logged `reward` leaves it out. A
+    completion scored by at least one function is fine (TRL's convention for functions that apply to some
+    samples only: the score sums the functions that scored it).
+
+    Args:
+        rewards_per_func (`torch.Tensor`):
+            The rewards of every completion of the rollout, `(N, number of reward functions)`.
+        names (`list[str]`):
+            The reward functions' names, in column order.
+
+    Raises:
+        ValueError: Naming the reward functions that returned None or NaN and how often.
+    """
+    unscored = torch.isnan(rewards_per_func).all(dim=1)
+    if not unscored.any():
+        return
+    counts = ", ".join(
+        f"{name} ({int(torch.isnan(rewards_per_func[unscored, i]).sum())})" for i, name in enumerate(names)
+    )
+    raise ValueError(
+        f"{int(unscored.sum())} of {len(unscored)} completions of this rollout have no reward: every reward function "
+        f"returned None or NaN for them ({counts}). PPO cannot score such a completion (it is not a 0). Make the "
+        "reward function return a float for every completion."
+    )
+
+
+def concat_mini_batches(batches: list[dict]) -> dict:
+    """The rollout that `split_tensor_dict` split into `batches`: tensors and lists joined along the first
+    dimension; scalars (0-dim tensors) and `None` kept as they are."""
+    joined = {}
+    for key, first in batches[0].items():
+        if first is None or (isinstance(first, torch.Tensor) and first.ndim == 0):
+            joined[key] = first
+        elif isinstance(first, torch.Tensor):
+            joined[key] = torch.cat([batch[key] for batch in batches])
+        else:
+            joined[key] = [item for batch in batches for item in batch[key]]
+    return joined
 
 
 class PPOTrainer(
@@ -80,12 +128,16 @@ class PPOTrainer(
         self._attach_reward_adapter()
         if args.critic_init_from_reward:
             self._init_critic_from_reward()
+        if args.disable_dropout:  # GRPO disabled it in the actor; the critic's adapter or model came after
+            disable_dropout_in_model(self.accelerator.unwrap_model(self.model))
         if args.adaptive_kl:
             self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
         else:
             self.kl_ctl = FixedKLController(args.kl_coef)
         self._last_logps = None
         self._rewards_per_func = None
+        self._sampled_logps = None  # the rollout's old log-probabilities, read off generation
+        self._generations = 0
 
     @torch.no_grad()
     def _init_critic_from_reward(self) -> None:
@@ -123,17 +175,67 @@ class PPOTrainer(
     # their parameters or stops calling them where PPO relies on it.
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        check_every_completion_scored(self._rewards_per_func, self.reward_func_names)
         return self._rewards_per_func
 
-    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
-        logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+    def _prepare_inputs(self, generation_batch):
+        """GRPO's buffering of a rollout into mini-batches, with a fresh permutation of the rollout for every PPO epoch
+        after the first (GRPO shuffles once per rollout and reuses the same mini-batches in the same order)."""
+        steps = self.args.steps_per_generation
+        epoch_start = self._step % steps == 0 and self._step % (steps * self.num_iterations) != 0
+        if self.model.training and epoch_start and self._buffered_inputs is not None:
+            rollout = shuffle_sequence_dict(concat_mini_batches(self._buffered_inputs))
+            self._buffered_inputs = split_tensor_dict(rollout, steps)
+        return super()._prepare_inputs(generation_batch)
+
+    def log(self, logs, start_time=None):
+        mode = "train" if self.model.training else "eval"
+        for name in GRPO_ONLY_METRICS:  # GRPO's group statistics; PPO's baseline is the critic, not a group
+            self._metrics[mode].pop(name, None)
+        super().log(logs, start_time)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        sampled = self._take_sampled_logps(model, input_ids, logits_to_keep, kwargs)
+        if sampled is not None:  # the rollout's old log-probabilities: generation computed them already
+            return sampled, None, None
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
         self._last_logps = logps.detach()
         return logps, entropies, aux
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        """GRPO's generation, recording the sampled tokens' log-probabilities (transformers generation only)."""
+        self._generations += 1
+        recorder = None
+        if not self.use_vllm:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            causal_lm = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+            recorder = SampledLogps(causal_lm, self.temperature)
+        try:
+            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        finally:
+            if recorder is not None:
+                recorder.remove()
+        one_turn = self._generations == 1  # tool turns call generation again: then the forward pass decides
+        self._sampled_logps = recorder.completion_logps(completion_ids) if recorder is not None and one_turn else None
+        return completion_ids, logprobs
+
+    def _take_sampled_logps(self, model, input_ids, logits_to_keep, kwargs):
+        """The recorded log-probabilities as the `(B, T)` tensor the first policy pass after generation (the old
+        log-probabilities) would compute, or `None` when they do not fit that call exactly."""
+        rows, self._sampled_logps = self._sampled_logps, None
+        if rows is None or model is not self.model or kwargs.get("compute_entropy") or len(rows) != len(input_ids):
+            return None
+        if max(len(row) for row in rows) > logits_to_keep:
+            return None
+        return sampled_logps_tensor(rows, logits_to_keep, input_ids.device)
 
     @torch.no_grad()
     def _generate_and_score_completions(self, inputs):
         """GRPO's rollout, then PPO's: reference log-probabilities, values, KL-penalized per-token rewards, GAE
         advantages `(B, T)` and returns, and TRL's classic `objective/*` metrics; the KL controller is updated."""
+        self._sampled_logps, self._generations = None, 0
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         prompt_ids, completion_ids = output["prompt_ids"], output["completion_ids"]
@@ -147,6 +249,7 @@ class PPOTrainer(
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model, input_ids, attention_mask, n_tokens, batch_size=batch_size
             )
+        self._sampled_logps = None
         ref_logps = self._reference_logps(input_ids, attention_mask, n_tokens, batch_size)
         values = torch.cat(
             [
@@ -183,6 +286,7 @@ class PPOTrainer(
 
     def _reference_logps(self, input_ids, attention_mask, n_tokens, batch_size):
         """Per-token log-probabilities of the reference: `ref_model`, else the `ref` adapter, else adapters off."""
+        self._sampled_logps = None  # the policy's, never the reference's
         if self.ref_model is not None:
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.ref_model, input_ids, attention_mask, n_tokens, batch_size=batch_size

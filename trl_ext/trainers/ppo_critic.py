@@ -45,6 +45,26 @@ class ValueHead(nn.Module):
         return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
 
 
+def critic_lora_config(peft_config):
+    """The LoRA config of a critic model (`critic: model`): the actor's keys, on the same kinds of modules.
+
+    PEFT rewrites a config it applies in place (`all-linear` becomes the actor's full module names, such as
+    `model.layers.0.self_attn.q_proj`), and a critic model is a bare decoder whose names lack the `model.` prefix
+    (and may have other layer counts). So explicit dotted names are reduced to the module kinds they name.
+
+    Args:
+        peft_config (`peft.LoraConfig`):
+            The actor's LoRA config, as given or after PEFT applied it.
+
+    Returns:
+        `peft.LoraConfig`: A new config for a `FEATURE_EXTRACTION` model; `peft_config` is left unchanged.
+    """
+    targets = peft_config.target_modules
+    if isinstance(targets, (list, set, tuple)) and any("." in name for name in targets):
+        targets = sorted({name.rsplit(".", 1)[-1] for name in targets})
+    return dataclasses.replace(copy.deepcopy(peft_config), target_modules=targets, task_type="FEATURE_EXTRACTION")
+
+
 def _backbone(model):
     """The decoder (no LM head) of a causal LM or PeftModel: hidden states without vocabulary-sized logits."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -92,7 +112,8 @@ class PPOCriticMixin:
             align_adapter_dtype(unwrapped)
         elif args.critic == "model":
             unwrapped.add_module("ppo_critic_backbone", self._load_critic_model(args, peft_config))
-        hidden = unwrapped.config.get_text_config().hidden_size
+        critic_config = unwrapped.ppo_critic_backbone.config if args.critic == "model" else unwrapped.config
+        hidden = critic_config.get_text_config().hidden_size  # a critic model may be narrower than the actor
         unwrapped.add_module("ppo_value_head", ValueHead(hidden).to(self.accelerator.device))
         self._trainable = [p for p in unwrapped.parameters() if p.requires_grad]
         if not self._is_peft and self.ref_model is None:  # full fine-tuning: a frozen copy is the reference
@@ -119,7 +140,7 @@ class PPOCriticMixin:
 
             if quantization is not None:
                 critic = prepare_model_for_kbit_training(critic, use_gradient_checkpointing=False)
-            critic = get_peft_model(critic, dataclasses.replace(peft_config, task_type="FEATURE_EXTRACTION"))
+            critic = get_peft_model(critic, critic_lora_config(peft_config))
             align_adapter_dtype(critic)
         return critic.to(self.accelerator.device)
 

@@ -1,7 +1,9 @@
 """PPO math as pure tensor functions: KL-in-reward, GAE, whitening, the clipped losses, KL controllers.
 
 Every function works on right-padded completion tensors of shape `(B, T)` with a `mask` of the same shape that is 1 on
-completion tokens and 0 on padding (each row a contiguous run of ones from position 0, as generation produces).
+the tokens the policy generated and 0 elsewhere: padding, and in tool or environment rollouts the tool results inside
+a completion (holes in the mask). The score sits on each row's last unmasked token, and GAE runs over the unmasked
+tokens alone: values and the running advantage are carried across a hole, never cut by it.
 """
 
 from __future__ import annotations
@@ -105,10 +107,24 @@ def kl_penalized_rewards(
     kl = (logprobs - ref_logprobs) * mask_f
     non_score = -kl_coef * kl
     rewards = non_score.clone()
-    lengths = mask.long().sum(1)
-    rows = torch.nonzero(lengths > 0, as_tuple=True)[0]
-    rewards[rows, lengths[rows] - 1] += scores[rows].to(rewards.dtype)
+    last = last_unmasked_index(mask)
+    rows = torch.nonzero(last >= 0, as_tuple=True)[0]
+    rewards[rows, last[rows]] += scores[rows].to(rewards.dtype)
     return rewards, non_score, kl
+
+
+def last_unmasked_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last position where `mask` is 1 (-1 for a row without one); holes allowed.
+
+    Args:
+        mask (`torch.Tensor`):
+            Completion mask, `(B, T)`.
+
+    Returns:
+        `torch.Tensor`: The indices, `(B,)` long.
+    """
+    positions = torch.arange(1, mask.size(1) + 1, device=mask.device)
+    return (positions * (mask != 0)).max(dim=1).values - 1
 
 
 def gae_advantages_and_returns(
@@ -117,7 +133,9 @@ def gae_advantages_and_returns(
     """Generalized advantage estimation over the completion tokens.
 
     `delta_t = r_t + gamma * V_{t+1} - V_t` with `V` past the last token taken as 0, and
-    `A_t = delta_t + gamma * lam * A_{t+1}`; returns are `A_t + V_t` (the value-loss target).
+    `A_t = delta_t + gamma * lam * A_{t+1}`; returns are `A_t + V_t` (the value-loss target). `t + 1` is the next
+    unmasked token: across a hole (a tool result) the next value and the running advantage pass through unchanged,
+    as if the masked tokens were not there.
 
     Args:
         rewards (`torch.Tensor`):
@@ -139,13 +157,15 @@ def gae_advantages_and_returns(
     rewards = rewards * mask_f
     batch, length = rewards.shape
     advantages = torch.zeros_like(values)
-    last = torch.zeros(batch, dtype=values.dtype, device=values.device)
+    next_value = torch.zeros(batch, dtype=values.dtype, device=values.device)
+    running = torch.zeros_like(next_value)
     for t in reversed(range(length)):
-        next_mask = mask_f[:, t + 1] if t + 1 < length else torch.zeros_like(last)
-        next_value = values[:, t + 1] * next_mask if t + 1 < length else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = (delta + gamma * lam * next_mask * last) * mask_f[:, t]
-        advantages[:, t] = last
+        valid = mask_f[:, t]
+        advantage = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * running
+        advantages[:, t] = advantage * valid
+        # a masked step leaves both as they were: the token before a hole sees the one after it
+        next_value = torch.where(valid > 0, values[:, t], next_value)
+        running = torch.where(valid > 0, advantage, running)
     returns = (advantages + values) * mask_f
     return advantages, returns
 

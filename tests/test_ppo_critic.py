@@ -1,0 +1,87 @@
+"""The PPO critic in each of its placements: LoRA of a critic model, a critic smaller than the actor."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import RECIPES
+
+QUICKSTART = str(RECIPES / "quickstart" / "ppo.yaml")
+FULL_PRECISION = ("--load_in_4bit", "false", "--use_bnb_nested_quant", "false")
+
+
+def build(output_dir, *overrides):
+    """The quickstart's trainer, logging every step into `output_dir`, with `overrides` as command-line flags."""
+    from trl_ext.recipe import load_recipe
+    from trl_ext.train import build_trainer
+
+    recipe = load_recipe(QUICKSTART, ["--output_dir", str(output_dir), "--logging_steps", "1", *overrides])
+    return build_trainer(recipe)
+
+
+@pytest.fixture
+def small_critic_path(tmp_path, tiny_model_path) -> str:
+    """A random-weight decoder half as wide as the tiny actor, with its tokenizer."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(tiny_model_path)
+    config.update(dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1))
+    torch.manual_seed(0)
+    path = tmp_path / "small-critic"
+    AutoModel.from_config(config).save_pretrained(str(path))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(Path(tiny_model_path) / name, path / name)
+    return str(path)
+
+
+def test_smaller_critic_model_sizes_its_value_head_from_its_own_width(tmp_path, small_critic_path):
+    trainer = build(
+        tmp_path / "run", *FULL_PRECISION, "--critic", "model", "--critic_model_name_or_path", small_critic_path
+    )
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    assert unwrapped.config.hidden_size == 128
+    assert unwrapped.ppo_value_head.summary.in_features == 64
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]], device=trainer.accelerator.device)
+    values = trainer._critic_values(ids, torch.ones_like(ids), 4)
+    assert values.shape == (1, 4) and torch.isfinite(values).all()
+
+
+def test_model_critic_lora_comes_from_the_given_keys_even_when_peft_rewrote_the_actor_s_config(
+    tmp_path, tiny_model_path
+):
+    """PEFT turns `all-linear` into the actor's full module names (`model.layers.0.self_attn.q_proj`); a critic
+    model (a bare decoder: `layers.0.self_attn.q_proj`) must still get LoRA on the same kinds of modules."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_ext.trainers.ppo import PPOConfig, PPOTrainer
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path), peft_config)  # rewrites it in place
+    assert "model.layers.0.self_attn.q_proj" in peft_config.target_modules
+    args = PPOConfig(
+        output_dir=str(tmp_path / "run"),
+        bf16=False,
+        use_cpu=True,
+        per_device_train_batch_size=2,
+        critic="model",
+        critic_model_name_or_path=tiny_model_path,
+        report_to="none",
+    )
+    trainer = PPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        reward_funcs=[lambda completions, **kwargs: [0.0] * len(completions)],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model_path),
+        peft_config=peft_config,
+    )
+    backbone = trainer.accelerator.unwrap_model(trainer.model).ppo_critic_backbone
+    kinds = {name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if hasattr(module, "lora_A")}
+    assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert backbone.peft_config["default"].r == 4
