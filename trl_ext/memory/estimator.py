@@ -100,6 +100,11 @@ class MemoryEstimate:
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     reward_architecture: Architecture | None = None
+    allocated_bytes: float = 0.0  # tensors only (comparable to a trace or max_memory_allocated); peak_bytes adds CUDA
+
+    @property
+    def allocated_gib(self) -> float:
+        return self.allocated_bytes / GiB
 
     @property
     def peak_gib(self) -> float:
@@ -362,6 +367,7 @@ def estimate_settings(
         peak_bytes=peak,
         problems=problems,
         reward_architecture=reward_arch,
+        allocated_bytes=static + per_phase[peak_phase],
     )
 
 
