@@ -79,7 +79,7 @@ def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | No
     from trl_ext.memcheck_data import save_random_model, synthetic_lengths, word_tokenizer_for_loading
     from trl_ext.memory import load_architecture
     from trl_ext.memory.terms import FUSED_VOCAB_TILE
-    from trl_ext.memory.trace import LiveBytesTracer, optimizer_steps_as
+    from trl_ext.memory.trace import LiveBytesTracer, cpu_fallbacks_excluded, optimizer_steps_as
     from trl_ext.recipe import load_recipe
     from trl_ext.runtime import apply_runtime
     from trl_ext.train import build_trainer
@@ -106,7 +106,7 @@ def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | No
             kwargs["min_new_tokens"] = lengths["completion"]
             run_recipe.training.generation_kwargs = kwargs
         tracer = LiveBytesTracer(
-            vocab_sizes=(arch.vocab_size, min(arch.vocab_size, FUSED_VOCAB_TILE)),
+            vocab_sizes=(arch.vocab_size, FUSED_VOCAB_TILE),
             kv_shape=(arch.num_kv_heads, arch.head_dim),
         )
         torch.manual_seed(0)
@@ -115,6 +115,7 @@ def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | No
             word_tokenizer_for_loading(arch.vocab_size),
             tracer,
             optimizer_steps_as(tracer),
+            cpu_fallbacks_excluded(tracer),
         ):
             trainer = _build_traced(build_trainer, run_recipe, tracer)
             tracer.classify_model(trainer.model)
