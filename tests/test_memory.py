@@ -83,12 +83,13 @@ def test_qwen7b_dpo_components_match_hand_computation():
     assert lora == 40_370_176
     assert est.component("adapter weights").bytes == 2 * lora
     assert est.component("optimizer states").bytes == 2 * lora  # paged_adamw_8bit: 2 x 1 byte
-    # activations with checkpointing: T * (L*b*h + one layer + 2*b*h + 10h), T = 2 * 2 * 1024
-    h, i, q, kv = 3584, 18944, 3584, 512
-    layer = 8 * h + 2 * (2 * h + 3 * q + 3 * kv + 4 * i) + 3 * (5 * h + q + i) + 2 * 16 * 7  # dropout 0.05
-    assert est.component("activations").bytes == 4096 * (28 * 2 * h + layer + 2 * 2 * h + 10 * h)
-    # fused LM head: 4096x32768 bf16 tile + 7 fp32 stats/token + bf16 cast of a head tile + fp32 dL/dhidden
-    assert est.component("logits / log-probs").bytes == 4096 * 32768 * 2 + 4096 * 28 + 32768 * h * 2 + 4096 * h * 4
+    # activations with checkpointing: T * (L*4*h + 12h), T = 2 * 2 * 1024: every layer input in fp32 (k-bit prep
+    # upcasts the norms and embeddings, so the residual stream is fp32), plus embedding/final norm/head input
+    h = 3584
+    assert est.component("activations").bytes == 4096 * (28 * 4 * h + 12 * h)
+    # fused LM head: a full 4096x32768 bf16 tile + 7 fp32 stats/token + bf16 casts of two fp32 head chunks + fp32
+    # dL/dhidden
+    assert est.component("logits / log-probs").bytes == 4096 * 32768 * 2 + 4096 * 28 + 2 * 32768 * h * 2 + 4096 * h * 4
     assert est.peak_phase == "train"
     assert est.fits and 10 < est.peak_gib < 20
 
@@ -135,14 +136,17 @@ def test_llama8b_grpo_generation_and_full_logits_match_hand_computation():
         fused_logits=False,
     )
     est = estimate_settings(arch, s, 24e9)
-    # KV cache: 2 (k, v) * 32 layers * 8 kv heads * 128 * 2 bytes per token, 8 sequences of 768 tokens
-    assert est.component("generation KV cache").bytes == 2 * 32 * 1024 * 2 * 8 * 768
-    # completion-only full logits: B * C tokens x V x (2 logits + 4 log-softmax + 4 gradient)
-    assert est.component("logits / log-probs").bytes == 2 * 512 * 128256 * 10
+    # KV cache: 2 (k, v) * 32 layers * 8 kv heads * 128 * 4 bytes per token (fp32 k/v projections of the fp32
+    # stream), 8 sequences of 768 tokens
+    assert est.component("generation KV cache").bytes == 2 * 32 * 1024 * 4 * 8 * 768
+    # completion-only full logits: B * C tokens x V x (4 fp32 logits + 4 log-softmax + 4 gradient): the head and the
+    # stream are fp32 after k-bit preparation
+    assert est.component("logits / log-probs").bytes == 2 * 512 * 128256 * 12
     assert "reference pass" not in [c.name for c in est.components]  # beta = 0: no reference model
     fused = with_settings(est, fused_logits=True)
     assert (
-        fused.component("logits / log-probs").bytes == 1024 * 32768 * 2 + 1024 * 28 + 32768 * 4096 * 2 + 1024 * 4096 * 4
+        fused.component("logits / log-probs").bytes
+        == 1024 * 32768 * 2 + 1024 * 28 + 2 * 32768 * 4096 * 2 + 1024 * 4096 * 4
     )
     assert fused.peak_bytes < est.peak_bytes
 
@@ -182,18 +186,20 @@ def test_precomputed_reference_and_checkpointing_lower_the_peak():
 # ------------------------------------------------------------------------------------------------------- verdicts
 
 
-def test_vllm_colocate_too_small_for_its_weight_copy_is_a_problem(tmp_path):
-    recipe = write(
-        tmp_path,
-        GRPO_RECIPE.replace("Qwen2.5-1.5B", "Qwen2.5-7B") + "use_vllm: true\n"
-        "vllm_mode: colocate\nvllm_gpu_memory_utilization: 0.3\n",
-    )
-    est = estimate_memory(recipe)
-    vllm = est.component("vLLM colocate (own 16-bit weights + KV cache)")
+def test_vllm_colocate_holds_a_4bit_copy_of_a_4bit_policy(tmp_path):
+    base = GRPO_RECIPE.replace("Qwen2.5-1.5B", "Qwen2.5-7B") + "use_vllm: true\nvllm_mode: colocate\n"
+    est = estimate_memory(write(tmp_path, base + "vllm_gpu_memory_utilization: 0.3\n"))
+    vllm = est.component("vLLM colocate (own weights + KV cache)")
     assert vllm.bytes == pytest.approx(0.3 * 24e9)
-    assert (
-        not est.fits and "raise the utilization" in est.problems[0] and "16-bit weights (14.2 GiB)" in est.problems[0]
-    )
+    # TRL 1.16 starts vLLM with bitsandbytes 4-bit for a 4-bit policy: NF4 decoder linears + 16-bit embeddings/head
+    arch = est.architecture
+    four_bit = arch.linear_params * (0.5 + 1 / 64 + 4 / 16384) + (arch.embedding_params + arch.other_params) * 2
+    assert "4-bit weights 5.2 GiB inside" in vllm.formula and four_bit / GiB == pytest.approx(5.2, abs=0.05)
+    assert not est.problems  # 7.2 GB holds the 4-bit copy; a 16-bit copy (14.2 GiB) would not
+    small = estimate_memory(write(tmp_path, base + "vllm_gpu_memory_utilization: 0.2\n", "small.yaml"))
+    assert "raise the utilization" in small.problems[0] and "4-bit weights (5.2 GiB)" in small.problems[0]
+    sixteen = estimate_memory(write(tmp_path, base.replace("load_in_4bit: true", "load_in_4bit: false"), "16.yaml"))
+    assert "16-bit weights (14.2 GiB)" in sixteen.problems[0]
 
 
 def test_too_small_gpu_gets_concrete_suggestions():

@@ -16,83 +16,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+from trl_ext.memcheck_data import (  # noqa: F401  (re-exported: callers use them from here)
+    save_random_model,
+    synthetic_lengths,
+    synthetic_rows,
+    word_tokenizer,
+    word_tokenizer_for_loading,
+)
+
 GB = 1e9
 GiB = 1024**3
 
 
 class MemcheckUnavailable(RuntimeError):
     """memcheck cannot run here (no CUDA GPU)."""
-
-
-def synthetic_lengths(recipe, prompt_length: int | None = None) -> dict[str, int]:
-    """Token counts of the synthetic rows: every sequence is as long as the recipe allows.
-
-    DPO/KTO/SFT/reward: a quarter of `max_length` is prompt, the rest completion (prompt + completion = max_length).
-    GRPO/PPO: the estimator's prompt length and `max_completion_length` (generation is forced to it).
-    """
-    from trl_ext.memory import settings_from_recipe
-
-    settings = settings_from_recipe(recipe, prompt_length=prompt_length)
-    if settings.method in ("dpo", "kto", "sft", "reward"):
-        prompt = max(1, settings.max_length // 4)
-        return {"prompt": prompt, "completion": settings.max_length - prompt}
-    return {"prompt": settings.prompt_length, "completion": settings.completion_length}
-
-
-def synthetic_rows(method: str, lengths: dict[str, int], n_rows: int, vocab_size: int, seed: int = 0) -> list[dict]:
-    """Rows in TRL's standard (plain text) format; each word is one token of `word_tokenizer`."""
-    import random
-
-    rng = random.Random(seed)
-    words = max(vocab_size - 3, 1)
-
-    def text(n: int) -> str:
-        return " ".join(f"w{rng.randrange(words)}" for _ in range(n))
-
-    rows = []
-    for i in range(n_rows):
-        prompt = text(lengths["prompt"])
-        if method in ("dpo", "reward"):
-            rows.append(
-                {"prompt": prompt, "chosen": text(lengths["completion"]), "rejected": text(lengths["completion"])}
-            )
-        elif method == "kto":
-            rows.append({"prompt": prompt, "completion": text(lengths["completion"]), "label": i % 2 == 0})
-        elif method == "sft":
-            rows.append({"prompt": prompt, "completion": text(lengths["completion"])})
-        else:
-            rows.append({"prompt": prompt})
-    return rows
-
-
-def word_tokenizer(vocab_size: int):
-    """A fast word-level tokenizer with `vocab_size` ids: `w0 .. w{V-4}` plus `<unk>`, `<pad>`, `</s>`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"w{i}": i for i in range(vocab_size - 3)}
-    vocab.update({"<unk>": vocab_size - 3, "<pad>": vocab_size - 2, "</s>": vocab_size - 1})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
-
-
-def _save_random_model(config: dict, out: Path, model_class: str = "causal") -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if not k.startswith("_")})
-    cls = AutoModelForCausalLM if model_class == "causal" else AutoModelForSequenceClassification
-    if model_class != "causal":
-        cfg.num_labels = 1
-    with torch.device("cuda"):
-        model = cls.from_config(cfg, dtype=torch.bfloat16)
-    if model_class != "causal":
-        model.config.pad_token_id = cfg.vocab_size - 2
-    model.save_pretrained(out)
-    word_tokenizer(cfg.vocab_size).save_pretrained(out)
-    del model
-    torch.cuda.empty_cache()
 
 
 def memcheck(
@@ -145,11 +82,11 @@ def memcheck(
     arch = load_architecture(recipe.model.model_name_or_path)
     work = Path(workdir or tempfile.mkdtemp(prefix="trl-ext-memcheck-"))
     model_dir = work / "model"
-    _save_random_model(arch.config, model_dir)
+    save_random_model(arch.config, model_dir, device="cuda")
     run_overrides = ["--model_name_or_path", str(model_dir)]
     if recipe.script.reward_model_name_or_path:
         reward_arch = load_architecture(recipe.script.reward_model_name_or_path)
-        _save_random_model(reward_arch.config, work / "reward", model_class="classifier")
+        save_random_model(reward_arch.config, work / "reward", model_class="classifier", device="cuda")
         run_overrides += ["--reward_model_name_or_path", str(work / "reward")]
     lengths = synthetic_lengths(recipe, prompt_length)
     training = recipe.training
@@ -185,7 +122,8 @@ def memcheck(
     if memory_cap_gb:
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gb * GB / total))
     torch.cuda.reset_peak_memory_stats()
-    trainer = build_trainer(run_recipe)
+    with word_tokenizer_for_loading(arch.vocab_size):
+        trainer = build_trainer(run_recipe)
     trainer.train()
     allocated = torch.cuda.max_memory_allocated()
     reserved = torch.cuda.max_memory_reserved()
@@ -217,7 +155,20 @@ def memcheck_cli(argv: list[str] | None = None) -> int:
         "its maximum lengths, N real training steps (needs a CUDA GPU). Extra --key value pairs override recipe keys.",
     )
     parser.add_argument("recipe", help="recipe YAML")
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps to run (default 5)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps to run (default 5 on cuda, 2 on cpu)")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cuda: measure max_memory_allocated on a GPU; cpu: trace live tensor bytes of the same steps (no GPU)",
+    )
+    parser.add_argument(
+        "--depths",
+        type=str,
+        default=None,
+        help="cpu: trace at these decoder depths and extrapolate linearly, e.g. 1,2 (a third, e.g. 1,2,3, "
+        "validates the extrapolation); default: the full depth",
+    )
     parser.add_argument(
         "--memory-cap-gb",
         "--memory_cap_gb",
@@ -237,10 +188,12 @@ def memcheck_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="directory for the random model and data (default: temp)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args, overrides = parser.parse_known_args(argv)
+    if args.device == "cpu":
+        return _memcheck_cpu_cli(args, overrides)
     try:
         result = memcheck(
             args.recipe,
-            steps=args.steps,
+            steps=args.steps or 5,
             memory_cap_gb=args.cap,
             overrides=overrides,
             workdir=args.workdir,
@@ -258,4 +211,27 @@ def memcheck_cli(argv: list[str] | None = None) -> int:
             + f": max allocated {result['max_memory_allocated_gib']} GiB, max reserved "
             f"{result['max_memory_reserved_gib']} GiB (estimated {result['estimated_peak_gib']} GiB)"
         )
+    return 0
+
+
+def _memcheck_cpu_cli(args, overrides: list[str]) -> int:
+    from trl_ext.memcheck_cpu import format_trace, trace_recipe
+    from trl_ext.recipe import RecipeError
+
+    try:
+        depths = tuple(int(d) for d in args.depths.split(",")) if args.depths else None
+    except ValueError:
+        print(
+            f"trl-ext: error: --depths takes comma-separated layer counts, e.g. 1,2; got {args.depths!r}.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = trace_recipe(
+            args.recipe, overrides, steps=args.steps or 2, depths=depths, prompt_length=args.prompt_length
+        )
+    except (RecipeError, FileNotFoundError, ValueError) as err:
+        print(f"trl-ext: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_trace(result))
     return 0

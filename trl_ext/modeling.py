@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 
 import torch
 
@@ -36,12 +37,21 @@ LORA_TARGET_PRESETS: dict[str, str | list[str]] = {
 }
 
 
+#: Environment variable that sets `compute_dtype()` (`bfloat16`, `float16`, `float32`): `trl-ext memcheck --device cpu`
+#: runs a CPU trace with the dtypes the recipe would use on its GPU.
+COMPUTE_DTYPE_ENV = "TRL_EXT_COMPUTE_DTYPE"
+
+
 def compute_dtype() -> torch.dtype:
     """The dtype 4-bit layers compute in.
 
     Returns:
-        `torch.dtype`: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU.
+        `torch.dtype`: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU; the `TRL_EXT_COMPUTE_DTYPE`
+        environment variable, when set, decides instead.
     """
+    forced = os.environ.get(COMPUTE_DTYPE_ENV)
+    if forced:
+        return resolve_dtype(forced) if forced != "auto" else torch.float32
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32

@@ -32,7 +32,8 @@ The formulas (each component's `formula` repeats its own):
   precompute_ref_log_probs (then it runs once before training, as its own phase).
 - Generation with HF generate: KV cache 2*L*kv*b per token for generation_batch_size*(prompt+completion) tokens,
   a prefill working set and fp32 sampling logits (3*V*4 per sequence).
-- vLLM colocate: vLLM takes gpu_memory_utilization x the GPU's total memory, for its own 16-bit copy of the weights,
+- vLLM colocate: vLLM takes gpu_memory_utilization x the GPU's total memory, for its own copy of the weights (4-bit
+  when the policy is 4-bit, as TRL 1.16 starts it; else 16-bit),
   activations and its KV cache; with sleep mode it holds that only while generating.
 - PPO: a critic adapter + value head (only the head with `critic: shared`; a second base with `critic: model`)
   (weights, gradients, optimizer) on the same 4-bit base, and the critic's own activations in the update; the
@@ -66,7 +67,9 @@ from trl_ext.memory.terms import (  # noqa: F401  (re-exported: tests and caller
     nf4_bytes_per_param,
     no_grad_working_set,
     optimizer_bytes_per_param,
+    recompute_bytes,
     sixteen_bit_weights,
+    stream_bytes,
 )
 
 GiB = 1024**3
@@ -102,6 +105,11 @@ class MemoryEstimate:
     problems: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     reward_architecture: Architecture | None = None
+    allocated_bytes: float = 0.0  # tensors only (comparable to a trace or max_memory_allocated); peak_bytes adds CUDA
+
+    @property
+    def allocated_gib(self) -> float:
+        return self.allocated_bytes / GiB
 
     @property
     def peak_gib(self) -> float:
@@ -124,6 +132,15 @@ class MemoryEstimate:
 
 
 # --------------------------------------------------------------------------------------------------------------
+
+
+def vllm_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, str]:
+    """vLLM's own copy of the policy: TRL 1.16 starts it with bitsandbytes 4-bit when the policy is 4-bit (decoder
+    linears at the policy's quantization, embeddings/head/norms in 16-bit: no k-bit upcast inside vLLM)."""
+    if s.quantization in ("nf4", "fp4"):
+        lin, _, _, _ = base_weight_bytes(arch, s)
+        return lin + (arch.embedding_params + arch.other_params) * 2.0, "4-bit"
+    return sixteen_bit_weights(arch), "16-bit"
 
 
 def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
@@ -228,21 +245,21 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
             )
     if s.method in ("grpo", "ppo") and s.use_vllm and s.vllm_mode == "colocate":
         reserved = s.vllm_gpu_memory_utilization * gpu_bytes
-        weights = sixteen_bit_weights(arch)
+        weights, kind = vllm_weight_bytes(arch, s)
         kv_seq = 2 * arch.num_layers * arch.kv_dim * 2 * (s.prompt_length + s.completion_length)
         if weights + 1 * GiB + kv_seq > reserved:
             problems.append(
                 f"vLLM colocate gets vllm_gpu_memory_utilization {s.vllm_gpu_memory_utilization:g} x "
-                f"{gpu_bytes / GiB:.1f} GiB = {reserved / GiB:.1f} GiB, less than its 16-bit weights "
+                f"{gpu_bytes / GiB:.1f} GiB = {reserved / GiB:.1f} GiB, less than its {kind} weights "
                 f"({weights / GiB:.1f} GiB) + ~1 GiB activations + one sequence of KV cache: raise the utilization, "
                 "use vllm_mode: server on another GPU, or generate with use_vllm: false."
             )
         comps.append(
             Component(
-                "vLLM colocate (own 16-bit weights + KV cache)",
+                "vLLM colocate (own weights + KV cache)",
                 reserved,
                 "generation" if s.vllm_sleep else "static",
-                f"gpu_memory_utilization {s.vllm_gpu_memory_utilization:g} x GPU; weights "
+                f"gpu_memory_utilization {s.vllm_gpu_memory_utilization:g} x GPU; {kind} weights "
                 f"{weights / GiB:.1f} GiB inside" + ("; released while training (sleep mode)" if s.vllm_sleep else ""),
             )
         )
@@ -271,6 +288,18 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     if scored:
         lp, lp_f = logprob_bytes(arch, s, scored, grad=True)
         comps.append(Component("logits / log-probs", lp, "train", lp_f))
+    else:
+        lp = 0
+    recompute = recompute_bytes(arch, s, seqs, seq_len) - lp
+    if recompute > 0:
+        comps.append(
+            Component(
+                "checkpoint recompute (one layer)",
+                recompute,
+                "train",
+                "one layer's saved tensors rebuilt in backward, beyond the LM head buffers freed before it",
+            )
+        )
     if s.method == "ppo" and s.critic_mode != "shared":
         comps.append(Component("critic activations", act, "train", "critic forward/backward on the same tokens"))
     shapes = arch.linear_shapes()
@@ -286,13 +315,18 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
         )
     ref_tokens = seqs * seq_len
     ref_scored = scored
-    ref = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
+    ref_alone = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
+    # while the policy graph is alive the reference pass reuses the room of the LM head's backward buffers (the
+    # head's tile and gradients exist only after it has finished): count only what it needs beyond them
+    ref = max(0.0, ref_alone - lp) if s.method in ("dpo", "kto") and not s.precompute_ref else ref_alone
     ref_f = f"no-grad forward over {ref_tokens} tokens (adapters disabled)"
     if s.method in ("dpo", "kto"):
         if s.precompute_ref:
             comps.append(Component("reference pass", ref, "precompute", ref_f + ", once before training"))
         else:
-            comps.append(Component("reference pass", ref, "train", ref_f + ", while the policy graph is alive"))
+            comps.append(
+                Component("reference pass", ref, "train", ref_f + ", while the policy graph is alive (beyond LM head)")
+            )
     if s.ewc_lambda > 0 and s.ewc_fisher_mode in ("full", "kfac"):
         biggest = max(i * o for n, (i, o) in shapes.items() if n in s.lora_targets)
         chunk = min(biggest, PENALTY_CHUNK_ELEMENTS) * 4
@@ -317,13 +351,13 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
             )
         )
         if not (s.use_vllm and s.vllm_mode in ("colocate", "server")):
-            kv = 2 * arch.num_layers * arch.kv_dim * s.compute_bytes * G * total_len
+            kv = 2 * arch.num_layers * arch.kv_dim * stream_bytes(s) * G * total_len
             comps.append(
                 Component(
                     "generation KV cache",
                     kv,
                     "generation",
-                    f"2*L*kv*{s.compute_bytes} B x {G} sequences x {total_len} tokens (HF generate)",
+                    f"2*L*kv*{stream_bytes(s)} B x {G} sequences x {total_len} tokens (HF generate)",
                 )
             )
             prefill = no_grad_working_set(arch, s, G * s.prompt_length) + G * arch.vocab_size * 4 * 3
@@ -367,6 +401,7 @@ def estimate_settings(
         peak_bytes=peak,
         problems=problems,
         reward_architecture=reward_arch,
+        allocated_bytes=static + per_phase[peak_phase],
     )
 
 

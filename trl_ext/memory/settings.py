@@ -22,6 +22,7 @@ class MemorySettings:
     quantization: str = "nf4"  # nf4 | fp4 | int8 | none
     double_quant: bool = True
     kbit_prep: bool = True  # PEFT's prepare_model_for_kbit_training upcasts 16-bit params to fp32
+    lean_activations: bool = False  # residual stream / norm / 4-bit outputs in the compute dtype despite k-bit prep
     compute_bytes: int = 2  # bf16/fp16 compute on a GPU; 4 for fp32
     use_peft: bool = True
     lora_r: int = 16
@@ -72,13 +73,10 @@ def _expand_targets(targets) -> tuple[str, ...]:
 
 
 def _compute_bytes(recipe) -> int:
-    """16-bit unless the recipe asks for fp32: on a CPU-only machine a run turns bf16/fp16 off, so the raw
-    recipe keys decide what the run does on its GPU."""
-    raw = recipe.raw or {}
-    dtype = str(raw.get("dtype") or getattr(recipe.model, "dtype", None) or "auto")
-    if dtype == "float32" and not raw.get("bf16") and not raw.get("fp16"):
-        return 4
-    return 2
+    """2 when the run computes in 16-bit on its GPU (bf16/fp16 mixed precision, TRL's default), else 4. Read from the
+    recipe as loaded: on a CPU-only machine the run turns bf16/fp16 off, but the estimate is for the GPU."""
+    t = recipe.training
+    return 2 if (getattr(t, "bf16", False) or getattr(t, "fp16", False)) else 4
 
 
 def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: bool | None = None) -> MemorySettings:

@@ -38,50 +38,77 @@ def optimizer_bytes_per_param(optim: str) -> float:
     return 8.0
 
 
+def stream_bytes(s: MemorySettings) -> int:
+    """Bytes per element of the residual stream, norm outputs and 4-bit linear outputs.
+
+    PEFT's `prepare_model_for_kbit_training` upcasts embeddings and norm weights to fp32, so the residual stream, the
+    norm outputs and (bitsandbytes casts its output to its input's dtype) the 4-bit linear outputs are fp32 under
+    QLoRA, mixed precision or not. `lean_activations` keeps them in the compute dtype.
+    """
+    return 4 if (s.kbit_prep and not s.lean_activations) else s.compute_bytes
+
+
+#: Saved bytes of one decoder layer per token, in units of the stream dtype's size, per h and per I. Calibrated on
+#: CPU traces of the real stack (transformers + PEFT + bitsandbytes, SDPA, LoRA r=16 on all linears, bf16 compute,
+#: fp32 stream): 28h + 13I bytes with a 4-byte stream (tiny-chat h=128/I=256 and Qwen2.5-0.5B h=896/I=4864, one
+#: and two layers; benchmarks/results/memory_calibration.json).
+LAYER_H_UNITS, LAYER_I_UNITS = 7.0, 3.25
+
+
 def activation_bytes_per_token_layer(arch: Architecture, s: MemorySettings, seq_len: int) -> float:
     """Saved tensors of one decoder layer per token, without gradient checkpointing."""
-    b, h = s.compute_bytes, arch.hidden_size
-    per = 2 * 4 * h + b * (2 * h + 3 * arch.q_dim + 3 * arch.kv_dim + 4 * arch.intermediate_size)
+    b, sb, h = s.compute_bytes, stream_bytes(s), arch.hidden_size
+    per = sb * (LAYER_H_UNITS * h + LAYER_I_UNITS * arch.intermediate_size)
     if s.use_peft and s.lora_dropout > 0:
         shapes = arch.linear_shapes()
-        per += sum(shapes[n][0] * (b + 1) for n in s.lora_targets)
-    if s.use_peft:
-        per += b * s.lora_r * len(s.lora_targets)
+        per += sum(shapes[n][0] * (sb + 1) for n in s.lora_targets)
     if s.attn_implementation == "eager":
         per += arch.num_heads * seq_len * 2 * b
     return per
 
 
+#: Per-token bytes outside the decoder layers, in units of h: embedding output, final norm, the fp32 hidden states
+#: the LM head keeps, their fp32 gradient (traced: 11-12h).
+OUTSIDE_LAYERS_H_UNITS = 12
+
+
 def activation_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_len: int) -> float:
+    """Saved activations at the LM head's backward: every layer's (or, with checkpointing, every layer input)."""
     tokens = sequences * seq_len
-    layer = activation_bytes_per_token_layer(arch, s, seq_len)
-    b, h = s.compute_bytes, arch.hidden_size
+    h = arch.hidden_size
     if s.gradient_checkpointing:
-        per_token = arch.num_layers * b * h + layer + 2 * b * h
+        per_token = arch.num_layers * stream_bytes(s) * h
     else:
-        per_token = arch.num_layers * layer + 2 * b * h
-    return tokens * (per_token + 10 * h)  # + final norm (fp32 in, b out) and embedding output
+        per_token = arch.num_layers * activation_bytes_per_token_layer(arch, s, seq_len)
+    return tokens * (per_token + OUTSIDE_LAYERS_H_UNITS * h)
+
+
+def recompute_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_len: int) -> float:
+    """With gradient checkpointing: one layer recomputed in backward (the LM head's buffers are freed by then)."""
+    if not s.gradient_checkpointing:
+        return 0.0
+    return sequences * seq_len * activation_bytes_per_token_layer(arch, s, seq_len)
 
 
 def no_grad_working_set(arch: Architecture, s: MemorySettings, tokens: int) -> float:
-    b = s.compute_bytes
+    b = stream_bytes(s)
     return tokens * b * (2 * arch.hidden_size + arch.q_dim + 2 * arch.kv_dim + 3 * arch.intermediate_size)
 
 
 def logprob_bytes(arch: Architecture, s: MemorySettings, tokens: int, grad: bool) -> tuple[float, str]:
     b, h, V = s.compute_bytes, arch.hidden_size, arch.vocab_size
     if s.fused_logits:
-        tile = min(tokens, FUSED_TOKEN_TILE) * min(V, FUSED_VOCAB_TILE) * b
+        tile = min(tokens, FUSED_TOKEN_TILE) * FUSED_VOCAB_TILE * b  # TRL allocates a full tile, even for V < 32768
         stats = tokens * 7 * 4
-        head_cast = min(V, FUSED_VOCAB_TILE) * h * b if s.kbit_prep and b < 4 else 0
+        head_cast = 2 * min(V, FUSED_VOCAB_TILE) * h * b if s.kbit_prep and b < 4 else 0  # two chunks overlap
         grad_hidden = tokens * h * 4 if grad else 0
         return tile + stats + head_cast + grad_hidden, (
-            f"fused LM head: tile min(T,4096)x{min(V, FUSED_VOCAB_TILE)}x{b} + T*7*4 stats"
-            + (" + head tile cast" if head_cast else "")
+            f"fused LM head: tile min(T,4096)x{FUSED_VOCAB_TILE}x{b} + T*7*4 stats"
+            + (" + 2 head chunk casts" if head_cast else "")
             + (" + fp32 dL/dhidden T*h*4" if grad else "")
             + f", T={tokens}"
         )
-    per = b + 4 + (4 if grad else 0)
+    per = stream_bytes(s) + 4 + (4 if grad else 0)  # fp32 logits when the stream is fp32: 12 bytes with grad
     return tokens * V * per, f"full logits T*V*({per}) with T={tokens}, V={V}"
 
 

@@ -1,0 +1,243 @@
+"""`trl-ext memcheck --device cpu`: the traced peak of a recipe's real training steps, without a GPU.
+
+The recipe runs unchanged -- its trainer, 4-bit quantization, LoRA, reference pass, generation, critic, EWC Fisher --
+on a random-weight model built from its architecture's `config.json`, with synthetic rows that fill its maximum
+lengths, and with the dtypes it would use on its GPU (bf16/fp16 mixed precision and the 4-bit compute dtype are kept
+on, through `TRL_EXT_COMPUTE_DTYPE`). `trl_ext.memory.trace.LiveBytesTracer` counts the live tensor bytes of every
+step by phase (`fisher`, `precompute`, `generation`, `scoring`, `train`) and category.
+
+A model too big to run on a CPU is traced at reduced depth: two depths (1 and 2 decoder layers by default) and a
+linear extrapolation to the real depth, validated against a third depth traced directly (`extrapolation_error`).
+A colocated vLLM cannot run on a CPU: generation falls back to HF generate and the result says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+GiB = 1024**3
+
+#: Phase of each trainer method the tracer wraps (where the method exists).
+PHASE_METHODS = {
+    "_precompute_ref_logps": "precompute",
+    "_generate_and_score_completions": "scoring",
+    "_generate": "generation",
+    "training_step": "train",
+}
+
+
+def _run_overrides(recipe, model_dir: Path, work: Path, steps: int, lengths: dict, vocab: int) -> list[str]:
+    from trl_ext.memcheck_data import synthetic_rows
+
+    t = recipe.training
+    per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    rows = synthetic_rows(recipe.method, lengths, max(16, 2 * steps * per_step), vocab)
+    data = work / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = ["--model_name_or_path", str(model_dir), "--dataset_name", str(data), "--max_steps", str(steps)]
+    out += ["--output_dir", str(work / "out"), "--save_strategy", "no", "--eval_strategy", "no"]
+    out += ["--report_to", "none", "--logging_steps", "1", "--skip_memory_check", "true"]
+    out += ["--dataloader_num_workers", "0"]
+    for key in ("bf16", "fp16"):  # keep the GPU's mixed precision (apply_runtime keeps keys set on the command line)
+        out += [f"--{key}", "true" if getattr(t, key, False) else "false"]
+    if getattr(t, "use_vllm", False):
+        out += ["--use_vllm", "false"]
+    return out
+
+
+@contextlib.contextmanager
+def _compute_dtype_env(recipe):
+    from trl_ext.modeling import COMPUTE_DTYPE_ENV
+
+    t = recipe.training
+    dtype = "bfloat16" if getattr(t, "bf16", False) else "float16" if getattr(t, "fp16", False) else "float32"
+    old = os.environ.get(COMPUTE_DTYPE_ENV)
+    os.environ[COMPUTE_DTYPE_ENV] = dtype
+    try:
+        yield dtype
+    finally:
+        if old is None:
+            os.environ.pop(COMPUTE_DTYPE_ENV, None)
+        else:
+            os.environ[COMPUTE_DTYPE_ENV] = old
+
+
+def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | None = None, prompt_length=None) -> dict:
+    """Trace `steps` optimizer steps of the recipe on a random model of `num_layers` decoder layers (default: all).
+
+    Returns:
+        `dict`: `LiveBytesTracer.result()` plus `num_layers`, `lengths`, `compute_dtype` and `notes`.
+    """
+    import torch
+
+    from trl_ext.memcheck_data import save_random_model, synthetic_lengths, word_tokenizer_for_loading
+    from trl_ext.memory import load_architecture
+    from trl_ext.memory.terms import FUSED_VOCAB_TILE
+    from trl_ext.memory.trace import LiveBytesTracer, cpu_fallbacks_excluded, optimizer_steps_as
+    from trl_ext.recipe import load_recipe
+    from trl_ext.runtime import apply_runtime
+    from trl_ext.train import build_trainer
+
+    overrides = list(overrides or [])
+    recipe = load_recipe(recipe_path, overrides)
+    arch = load_architecture(recipe.model.model_name_or_path)
+    depth = num_layers or arch.num_layers
+    notes = []
+    if getattr(recipe.training, "use_vllm", False):
+        notes.append("vLLM cannot run on a CPU: traced with HF generate (use_vllm false)")
+    with tempfile.TemporaryDirectory(prefix="trl-ext-trace-") as tmp, _compute_dtype_env(recipe) as dtype:
+        work = Path(tmp)
+        save_random_model(arch.config, work / "model", num_layers=depth)
+        lengths = synthetic_lengths(recipe, prompt_length)
+        extra = _run_overrides(recipe, work / "model", work, steps, lengths, arch.vocab_size)
+        if recipe.script.reward_model_name_or_path:
+            reward = load_architecture(recipe.script.reward_model_name_or_path)
+            save_random_model(reward.config, work / "reward", model_class="classifier")
+            extra += ["--reward_model_name_or_path", str(work / "reward")]
+        run_recipe = apply_runtime(load_recipe(recipe_path, overrides + extra))
+        if run_recipe.method in ("grpo", "ppo"):  # every completion as long as the recipe allows
+            kwargs = dict(run_recipe.training.generation_kwargs or {})
+            kwargs["min_new_tokens"] = lengths["completion"]
+            run_recipe.training.generation_kwargs = kwargs
+        tracer = LiveBytesTracer(
+            vocab_sizes=(arch.vocab_size, FUSED_VOCAB_TILE),
+            kv_shape=(arch.num_kv_heads, arch.head_dim),
+        )
+        torch.manual_seed(0)
+        with (
+            contextlib.redirect_stdout(sys.stderr),
+            word_tokenizer_for_loading(arch.vocab_size),
+            tracer,
+            optimizer_steps_as(tracer),
+            cpu_fallbacks_excluded(tracer),
+        ):
+            trainer = _build_traced(build_trainer, run_recipe, tracer)
+            tracer.classify_model(trainer.model)
+            for method, phase in PHASE_METHODS.items():
+                tracer.wrap(trainer, method, phase=phase)
+            trainer.train()
+        result = tracer.result()
+    return {**result, "num_layers": depth, "lengths": lengths, "compute_dtype": dtype, "notes": notes}
+
+
+def _build_traced(build_trainer, run_recipe, tracer):
+    """Build the trainer; an EWC Fisher pass at start (in the trainer's `__init__`) is traced as its own phase."""
+    try:
+        from trl_ext.ewc.trainer import EWCTrainerMixin
+    except ImportError:  # pragma: no cover
+        return build_trainer(run_recipe)
+    original = EWCTrainerMixin._setup_ewc
+
+    def setup_ewc(self, config):
+        with tracer.in_phase("fisher"):
+            result = original(self, config)
+        tracer.classify_model(self.model)
+        for t in getattr(getattr(self, "ewc_penalty", None), "__dict__", {}).values():
+            if isinstance(t, dict):
+                for v in t.values():
+                    tracer.track(v, "ewc")
+        return result
+
+    EWCTrainerMixin._setup_ewc = setup_ewc
+    try:
+        return build_trainer(run_recipe)
+    finally:
+        EWCTrainerMixin._setup_ewc = original
+
+
+def _estimate_for(recipe, num_layers: int, prompt_length=None):
+    """The estimator's allocated figure (no CUDA constants) for the recipe at `num_layers` layers."""
+    from trl_ext.memory import estimate_settings, load_architecture, settings_from_recipe
+
+    settings = settings_from_recipe(recipe, prompt_length=prompt_length)
+    if settings.use_vllm:
+        settings = replace(settings, use_vllm=False)
+    arch = replace(load_architecture(settings.model), num_layers=num_layers)
+    return estimate_settings(arch, settings, 24e9)
+
+
+def trace_recipe(
+    recipe_path,
+    overrides: list[str] | None = None,
+    steps: int = 2,
+    depths: tuple[int, ...] | None = None,
+    prompt_length: int | None = None,
+) -> dict:
+    """The traced peak of a recipe on CPU, directly or by extrapolation in depth, next to the estimate.
+
+    Args:
+        recipe_path (`str`): recipe YAML.
+        overrides (`list[str]` or `None`, *optional*): `--key value` recipe overrides.
+        steps (`int`, *optional*, defaults to `2`): optimizer steps (two: the second runs with optimizer states).
+        depths (`tuple[int, ...]` or `None`, *optional*): `None` traces the full depth; `(d1, d2)` traces two reduced
+            depths and extrapolates linearly; `(d1, d2, d3)` also traces `d3` directly to validate the extrapolation.
+        prompt_length (`int` or `None`, *optional*): GRPO/PPO prompt tokens; default as `trl-ext estimate`.
+
+    Returns:
+        `dict`: `traced_peak_gib` (allocated, the quantity `max_memory_allocated` measures), `estimated_peak_gib` (the
+        estimator's allocated figure), `phase`, `by_category_gib`, `phases`, `reserved_incl_cuda_gib` (traced peak +
+        `CUDA_CONSTANTS`), `estimated_reserved_gib`, and the extrapolation's points and error when there is one.
+    """
+    from trl_ext.memory import load_architecture
+    from trl_ext.memory.trace import CUDA_CONSTANTS, cuda_overhead_bytes, extrapolate_depth
+    from trl_ext.recipe import load_recipe
+
+    if steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}.")
+    recipe = load_recipe(recipe_path, list(overrides or []))
+    arch = load_architecture(recipe.model.model_name_or_path)
+    out: dict = {"recipe": str(recipe_path), "model": arch.name, "method": recipe.method, "steps": steps}
+    if not depths:
+        traced = trace_once(recipe_path, overrides, steps, None, prompt_length)
+        out["mode"] = f"direct, {arch.num_layers} layers"
+    else:
+        if len(depths) < 2 or sorted(depths) != list(depths) or depths[-1] > arch.num_layers:
+            raise ValueError(f"--depths needs two or three increasing layer counts <= {arch.num_layers}, got {depths}.")
+        points = {d: trace_once(recipe_path, overrides, steps, d, prompt_length) for d in depths[:2]}
+        traced = {**extrapolate_depth(points, arch.num_layers), "lengths": points[depths[0]]["lengths"]}
+        traced["compute_dtype"] = points[depths[0]]["compute_dtype"]
+        traced["notes"] = points[depths[0]]["notes"]
+        out["mode"] = f"extrapolated from {depths[0]} and {depths[1]} layers to {arch.num_layers}"
+        out["points_gib"] = {d: round(p["peak_bytes"] / GiB, 4) for d, p in points.items()}
+        if len(depths) > 2:
+            check = trace_once(recipe_path, overrides, steps, depths[2], prompt_length)
+            predicted = extrapolate_depth(points, depths[2])["peak_bytes"]
+            out["points_gib"][depths[2]] = round(check["peak_bytes"] / GiB, 4)
+            out["extrapolation_error"] = round(predicted / check["peak_bytes"] - 1, 4)
+    est = _estimate_for(recipe, arch.num_layers, prompt_length)
+    peak = traced["peak_bytes"]
+    out.update(
+        traced_peak_gib=round(peak / GiB, 4),
+        estimated_peak_gib=round(est.allocated_bytes / GiB, 4),
+        estimate_ratio=round(est.allocated_bytes / peak, 4),
+        phase=traced["phase"],
+        estimated_phase=est.peak_phase,
+        by_category_gib={c: round(v / GiB, 4) for c, v in traced["by_category"].items()},
+        phases={p: round(v["peak_bytes"] / GiB, 4) for p, v in traced["phases"].items()},
+        reserved_incl_cuda_gib=round((peak + cuda_overhead_bytes(peak)) / GiB, 3),
+        estimated_reserved_gib=round(est.peak_bytes / GiB, 3),
+        cuda_constants={k: {"value": v, "source": src} for k, (v, src) in CUDA_CONSTANTS.items()},
+        lengths=traced["lengths"],
+        compute_dtype=traced["compute_dtype"],
+        notes=traced["notes"],
+    )
+    return out
+
+
+def format_trace(result: dict) -> str:
+    """Two lines a person reads: the allocated peak (traced vs estimated) and the reserved figure incl. CUDA."""
+    cats = ", ".join(f"{c} {v:.3f}" for c, v in result["by_category_gib"].items() if v)
+    return (
+        f"{result['recipe']}: traced on CPU ({result['mode']}, {result['compute_dtype']}), peak during "
+        f"{result['phase']}\n"
+        f"  allocated: traced {result['traced_peak_gib']:.3f} GiB, estimated {result['estimated_peak_gib']:.3f} GiB "
+        f"(x{result['estimate_ratio']:.2f}); by category (GiB): {cats}\n"
+        f"  reserved incl. CUDA context: {result['reserved_incl_cuda_gib']:.2f} GiB traced + constants, "
+        f"{result['estimated_reserved_gib']:.2f} GiB estimated" + "".join(f"\n  note: {n}" for n in result["notes"])
+    )
