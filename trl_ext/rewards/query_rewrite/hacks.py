@@ -100,21 +100,22 @@ def hack_variants(row: dict, doc: dict, max_tokens: int = 40, max_chars: int = 2
     return variants
 
 
-def flag_hacks(components: dict, rewrite: str, query: str) -> list[str]:
+def flag_hacks(components: dict, rewrite: str, row: dict) -> list[str]:
     """Which hacks one scored completion shows, from its `RewriteScorer.score` components.
 
     Args:
         components (`dict`):
             The completion's components.
         rewrite (`str`):
-            The completion's text.
-        query (`str`):
-            The original query.
+            The rewrite the format gate extracted from the completion.
+        row (`dict`):
+            The completion's row (`query`, optionally `reference_rewrites`).
 
     Returns:
         `list[str]`: Flags among `format:<reason>` (failed the gate: answer marker, wrong language, empty, too
         long, ...), `leakage` (answer terms or values, gold ids, statements, copied text, repetition),
-        `overlength` (longer than the reference allows), `hallucination` (invented words), `unchanged_query`.
+        `overlength` (longer than the reference allows), `hallucination` (invented words), `unchanged_query` (the
+        query's words unchanged where no reference rewrite keeps them so).
     """
     if components["format"] == 0.0:
         return [f"format:{components['format_reason']}"]
@@ -125,6 +126,8 @@ def flag_hacks(components: dict, rewrite: str, query: str) -> list[str]:
         flags.append("overlength")
     if components["hallucination"] > 0:
         flags.append("hallucination")
-    if tokenize(rewrite) == tokenize(query):
+    words = tokenize(rewrite)
+    references = [tokenize(r) for r in row.get("reference_rewrites") or []]
+    if words == tokenize(row["query"]) and words not in references:
         flags.append("unchanged_query")
     return flags
