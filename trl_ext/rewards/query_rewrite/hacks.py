@@ -39,14 +39,20 @@ _SENTENCES = re.compile(r"[^。！？.!?;；]+[。！？.!?;；]?")
 
 
 def _fit(base: str, words: list[str], fits, sep: str = " ") -> str:
-    """`base` followed by as many of `words` as `fits` accepts."""
-    text = base
-    for word in words:
-        candidate = f"{text}{sep}{word}" if text else word
-        if not fits(candidate):
-            break
-        text = candidate
-    return text
+    """`base` followed by as many of `words` as `fits` accepts (a binary search: `fits` is monotone in length)."""
+
+    def join(n: int) -> str:
+        tail = sep.join(words[:n])
+        return f"{base}{sep}{tail}" if base and tail else base or tail
+
+    lo, hi = 0, len(words)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(join(mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return join(lo)
 
 
 def hack_variants(row: dict, doc: dict, max_tokens: int = 40, max_chars: int = 200) -> dict[str, str]:

@@ -131,15 +131,17 @@ def _latin_word(run: str) -> str:
     return word
 
 
-def _surface_words(text: str) -> list[str]:
-    """Lower-cased surface words: jieba words of Chinese runs, Latin words and identifiers, stopwords included."""
+@lru_cache(maxsize=65536)
+def _surface_words(text: str) -> tuple[str, ...]:
+    """Lower-cased surface words: jieba words of Chinese runs, Latin words and identifiers, stopwords included
+    (memoised: rewards tokenize the same query, context and reference many times)."""
     words: list[str] = []
     for run in _RUN.findall(text or ""):
         if _CJK_CHAR.match(run):
             words.extend(w for w in _jieba().lcut(run, HMM=True) if w.strip())
         else:
             words.append(_latin_word(run))
-    return words
+    return tuple(words)
 
 
 def tokenize(text: str, keep_stopwords: bool = False) -> list[str]:
