@@ -13,6 +13,8 @@ _PUBLIC_API = {
     "trl_ext.trainers.grpo": ("GRPOConfig", "GRPOTrainer"),
     "trl_ext.trainers.kto": ("KTOConfig", "KTOTrainer"),
     "trl_ext.trainers.ppo": ("PPOConfig", "PPOTrainer"),
+    "trl_ext.trainers.reward": ("RewardConfig", "RewardTrainer"),
+    "trl_ext.trainers.sft": ("SFTConfig", "SFTTrainer"),
     # recipes
     "trl_ext.recipe": ("Recipe", "RecipeError", "load_recipe"),
     # modeling: quantized loading, LoRA, merge
@@ -51,3 +53,5 @@ if TYPE_CHECKING:  # pragma: no cover -- the same names, for type checkers and I
     from trl_ext.trainers.grpo import GRPOConfig, GRPOTrainer
     from trl_ext.trainers.kto import KTOConfig, KTOTrainer
     from trl_ext.trainers.ppo import PPOConfig, PPOTrainer
+    from trl_ext.trainers.reward import RewardConfig, RewardTrainer
+    from trl_ext.trainers.sft import SFTConfig, SFTTrainer

@@ -27,13 +27,13 @@ class MemcheckUnavailable(RuntimeError):
 def synthetic_lengths(recipe, prompt_length: int | None = None) -> dict[str, int]:
     """Token counts of the synthetic rows: every sequence is as long as the recipe allows.
 
-    DPO/KTO: a quarter of `max_length` is prompt, the rest completion (prompt + completion = max_length).
+    DPO/KTO/SFT/reward: a quarter of `max_length` is prompt, the rest completion (prompt + completion = max_length).
     GRPO/PPO: the estimator's prompt length and `max_completion_length` (generation is forced to it).
     """
     from trl_ext.memory import settings_from_recipe
 
     settings = settings_from_recipe(recipe, prompt_length=prompt_length)
-    if settings.method in ("dpo", "kto"):
+    if settings.method in ("dpo", "kto", "sft", "reward"):
         prompt = max(1, settings.max_length // 4)
         return {"prompt": prompt, "completion": settings.max_length - prompt}
     return {"prompt": settings.prompt_length, "completion": settings.completion_length}
@@ -52,12 +52,14 @@ def synthetic_rows(method: str, lengths: dict[str, int], n_rows: int, vocab_size
     rows = []
     for i in range(n_rows):
         prompt = text(lengths["prompt"])
-        if method == "dpo":
+        if method in ("dpo", "reward"):
             rows.append(
                 {"prompt": prompt, "chosen": text(lengths["completion"]), "rejected": text(lengths["completion"])}
             )
         elif method == "kto":
             rows.append({"prompt": prompt, "completion": text(lengths["completion"]), "label": i % 2 == 0})
+        elif method == "sft":
+            rows.append({"prompt": prompt, "completion": text(lengths["completion"])})
         else:
             rows.append({"prompt": prompt})
     return rows

@@ -168,7 +168,7 @@ def load_tokenizer(model_name_or_path: str, revision: str = "main", trust_remote
     return tokenizer
 
 
-def load_model(model_args, training_args=None, model_class=None):
+def load_model(model_args, training_args=None, model_class=None, **model_kwargs):
     """Load the base model as the recipe says: quantized or not, on the right device, ready for LoRA.
 
     The LoRA adapter itself is not attached here: the TRL trainer does that from the `peft_config` returned by
@@ -182,6 +182,8 @@ def load_model(model_args, training_args=None, model_class=None):
             `gradient_checkpointing_kwargs` are read from it.
         model_class (`type`, *optional*):
             The transformers auto class to load with. Defaults to `AutoModelForCausalLM`.
+        **model_kwargs:
+            More arguments of `from_pretrained` (`num_labels=1` for a reward model).
 
     Returns:
         `PreTrainedModel`: the base model, k-bit prepared when quantized.
@@ -198,6 +200,7 @@ def load_model(model_args, training_args=None, model_class=None):
     )
     extra = getattr(training_args, "model_init_kwargs", None) or {}
     kwargs.update(extra)
+    kwargs.update(model_kwargs)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = device_map_for_process()
@@ -216,7 +219,7 @@ def load_model(model_args, training_args=None, model_class=None):
     return model
 
 
-def load_model_and_tokenizer(model_args, training_args=None, model_class=None):
+def load_model_and_tokenizer(model_args, training_args=None, model_class=None, **model_kwargs):
     """Everything a TRL trainer needs from the recipe's model keys.
 
     Args:
@@ -226,6 +229,8 @@ def load_model_and_tokenizer(model_args, training_args=None, model_class=None):
             The method's config (see `load_model`).
         model_class (`type`, *optional*):
             The transformers auto class to load with. Defaults to `AutoModelForCausalLM`.
+        **model_kwargs:
+            More arguments of `from_pretrained`.
 
     Returns:
         `tuple`: `(model, tokenizer, peft_config)`; `peft_config` is `None` without `use_peft`.
@@ -235,8 +240,61 @@ def load_model_and_tokenizer(model_args, training_args=None, model_class=None):
         revision=model_args.model_revision,
         trust_remote_code=getattr(training_args, "trust_remote_code", False),
     )
-    model = load_model(model_args, training_args, model_class=model_class)
+    model = load_model(model_args, training_args, model_class=model_class, **model_kwargs)
     return model, tokenizer, get_peft_config(model_args)
+
+
+def load_starting_policy(model, adapter_path: str, model_name_or_path: str | None = None):
+    """Wrap `model` in the LoRA adapter it starts from (`sft_adapter_path`), trainable, as the `default` adapter.
+
+    TRL's DPO, KTO and GRPO (`beta > 0`) trainers, given a `PeftModel` and no `peft_config`, add a frozen `ref` copy
+    of the `default` adapter and take their reference log-probabilities with it; PPO does the same with
+    `add_reference_adapter`. So the reference is the starting policy, and the KL to it is zero at step 0.
+
+    Args:
+        model (`PreTrainedModel`):
+            The base model as `load_model` returns it (k-bit prepared when quantized).
+        adapter_path (`str`):
+            The adapter directory (checked by `trl_ext.configs.policy.inspect_policy_adapter`).
+        model_name_or_path (`str`, *optional*):
+            The recipe's model; when given, the adapter must have been trained on it.
+
+    Returns:
+        `peft.PeftModel`: the model with the adapter loaded as `default`, its LoRA weights trainable.
+
+    Raises:
+        ValueError: the adapter was trained on another base model.
+    """
+    from peft import PeftModel
+
+    from trl_ext.configs.policy import check_policy_adapter
+
+    check_policy_adapter(adapter_path, model_name_or_path)
+    return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+
+
+def add_reference_adapter(model, name: str = "ref", source: str = "default") -> None:
+    """Add a frozen copy of adapter `source` named `name` to a `PeftModel`, in place (what TRL's DPO trainer does
+    for a `PeftModel` it is given): the reference that equals the starting policy.
+
+    Args:
+        model (`peft.PeftModel`):
+            The model holding adapter `source`.
+        name (`str`, *optional*, defaults to `"ref"`):
+            The new adapter's name (`ref` is the name TRL's trainers and PPO look for).
+        source (`str`, *optional*, defaults to `"default"`):
+            The adapter to copy.
+    """
+    active = model.active_adapter
+    model.add_adapter(name, copy.deepcopy(model.peft_config[source]))
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if f".{source}." in param_name:
+                model.get_parameter(param_name.replace(f".{source}.", f".{name}.")).copy_(param)
+    model.set_adapter(active)
+    for param_name, param in model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(False)
 
 
 def align_adapter_dtype(model) -> int:

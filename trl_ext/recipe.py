@@ -39,6 +39,8 @@ METHODS: dict[str, str] = {
     "grpo": "GRPOConfig",
     "kto": "KTOConfig",
     "ppo": "PPOConfig",
+    "sft": "SFTConfig",
+    "reward": "RewardConfig",
 }
 
 #: Keys TRL's parser handles itself rather than through a dataclass field.
@@ -51,7 +53,7 @@ class RecipeArguments:
 
     Args:
         method (`str`):
-            Training method: ``dpo``, ``grpo``, ``kto`` or ``ppo``.
+            Training method: ``dpo``, ``grpo``, ``kto``, ``ppo``, ``sft`` or ``reward``.
         dataset_name (`str`, *optional*):
             Dataset to load: ``builtin:<name>`` for a bundled one, a local file or directory (JSON/JSONL/CSV/Parquet),
             or a Hub dataset id. Ignored if ``datasets`` (TRL's mixture) is given.
@@ -80,7 +82,7 @@ class RecipeArguments:
             memory, before loading weights. Set true to train anyway.
     """
 
-    method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto or ppo."})
+    method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto, ppo, sft or reward."})
     dataset_name: str | None = field(default=None, metadata={"help": "builtin:<name>, a local path or a Hub id."})
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})

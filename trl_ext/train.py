@@ -23,6 +23,8 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "grpo": ("trl_ext.trainers.grpo", "GRPOTrainer"),
     "kto": ("trl_ext.trainers.kto", "KTOTrainer"),
     "ppo": ("trl_ext.trainers.ppo", "PPOTrainer"),
+    "sft": ("trl_ext.trainers.sft", "SFTTrainer"),
+    "reward": ("trl_ext.trainers.reward", "RewardTrainer"),
 }
 
 
@@ -51,10 +53,25 @@ def check_reward_funcs(recipe: Recipe) -> None:
             raise RecipeError(f"reward_funcs entry {name!r} in {source} cannot be loaded: {err}") from None
 
 
+def check_sft_adapter(recipe: Recipe) -> None:
+    """Refuse (RecipeError) an `sft_adapter_path` that is not a LoRA adapter of the recipe's model, before loading."""
+    path = getattr(recipe.training, "sft_adapter_path", None)
+    if not path:
+        return
+    from trl_ext.configs.policy import check_policy_adapter
+
+    try:
+        check_policy_adapter(path, recipe.model.model_name_or_path)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
+
+
 def preflight(recipe: Recipe) -> Recipe:
-    """Every check that runs before a process loads weights: rewards importable, output_dir safe to write."""
+    """Every check that runs before a process loads weights: rewards importable, output_dir safe to write, the
+    starting adapter fits the model."""
     check_reward_funcs(recipe)
     check_output_dir(recipe)
+    check_sft_adapter(recipe)
     return recipe
 
 
@@ -105,15 +122,26 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
 
     The recipe is first applied to the process (`apply_runtime`: its ``env:``, the CPU precision fallback).
     """
-    from trl_ext.modeling import load_model_and_tokenizer
+    from trl_ext.modeling import load_model_and_tokenizer, load_starting_policy
 
     recipe = apply_runtime(recipe)
     check_output_dir(recipe)
+    check_sft_adapter(recipe)
     check_gpu_memory(recipe)
     train_dataset, eval_dataset = load_datasets(recipe)
     method_kwargs = _trainer_kwargs(recipe)  # imports reward code (and builds indexes) before weights load
-    model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training)
-    trainer = trainer_class(recipe.method)(
+    trainer_cls = trainer_class(recipe.method)
+    loading = getattr(trainer_cls, "model_loading", {})  # e.g. the reward model: a sequence classifier
+    if loading:
+        from transformers import set_seed
+
+        set_seed(recipe.training.seed)  # a fresh classification head: seeded, as TRL seeds it
+    model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training, **loading)
+    sft_adapter_path = getattr(recipe.training, "sft_adapter_path", None)
+    if sft_adapter_path:  # the policy starts from the SFT adapter; the trainer adds its frozen copy as the reference
+        model = load_starting_policy(model, sft_adapter_path)
+        peft_config = None
+    trainer = trainer_cls(
         model=model,
         args=recipe.training,
         train_dataset=train_dataset,

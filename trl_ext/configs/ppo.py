@@ -14,6 +14,7 @@ from pathlib import Path
 import trl
 
 from trl_ext.configs.ewc import EWCArguments, document_ewc_fields
+from trl_ext.configs.policy import StartingPolicyArguments, document_policy_fields
 
 CRITIC_MODES = ("adapter", "shared", "model")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -70,9 +71,10 @@ def inspect_reward_adapter(path: str) -> tuple[dict, str]:
     )
 
 
+@document_policy_fields
 @document_ewc_fields
 @dataclass
-class PPOConfig(EWCArguments, trl.GRPOConfig):
+class PPOConfig(EWCArguments, StartingPolicyArguments, trl.GRPOConfig):
     """TRL's `trl.GRPOConfig` plus the fields of RLHF PPO and the EWC and forgetting-monitor keys of
     `trl_ext.ewc.EWCArguments` (listed below). Every GRPO field works unchanged; PPO changes the defaults of
     `num_generations` (1: the critic is the baseline) and `loss_type` (`bnpo`: token mean over the mini-batch, as
@@ -118,6 +120,10 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
             by TRL's `RewardTrainer` with a `peft_config`: LoRA weights plus the `score` head). Loaded as a
             frozen `reward` adapter on the actor's base (needs LoRA), it scores each rollout as one more reward
             function after `reward_funcs`, counted in `reward_weights` and logged as `rewards/<dir name>/mean`.
+        critic_init_from_reward (`bool`, *optional*, defaults to `False`):
+            Initialise the critic from the reward model, as OpenRLHF does: the critic adapter starts as a copy of
+            the reward adapter's LoRA weights and the value head as a copy of its `score` head. Needs
+            `reward_adapter_path` and `critic: adapter`.
     """
 
     num_generations: int | None = field(default=1, metadata={"help": "Completions per prompt (PPO: 1)."})
@@ -144,6 +150,9 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
     reward_adapter_path: str | None = field(
         default=None, metadata={"help": "LoRA sequence-classification reward adapter on the actor's base."}
     )
+    critic_init_from_reward: bool = field(
+        default=False, metadata={"help": "Start the critic (adapter + value head) as a copy of the reward adapter."}
+    )
 
     def __post_init__(self):
         if self.critic not in CRITIC_MODES:
@@ -156,6 +165,12 @@ class PPOConfig(EWCArguments, trl.GRPOConfig):
             )
         if self.reward_adapter_path is not None:
             inspect_reward_adapter(self.reward_adapter_path)  # file checks only: fails before any weights load
+        if self.critic_init_from_reward and (self.reward_adapter_path is None or self.critic != "adapter"):
+            raise ValueError(
+                "critic_init_from_reward copies the reward adapter into the critic adapter: it needs "
+                f"reward_adapter_path and critic: adapter (got reward_adapter_path={self.reward_adapter_path!r}, "
+                f"critic={self.critic!r})."
+            )
         for name in ("gamma", "lam"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}.")

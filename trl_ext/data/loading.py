@@ -21,6 +21,8 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "kto": ("prompt", "completion", "label"),
     "grpo": ("prompt",),
     "ppo": ("prompt",),
+    "sft": (),  # messages, text (dataset_text_field) or prompt + completion: TRL's SFTTrainer names what is missing
+    "reward": ("chosen", "rejected"),
 }
 
 #: File suffix -> ``datasets`` builder.

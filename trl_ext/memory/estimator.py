@@ -160,6 +160,16 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
             )
         )
     needs_ref = (s.method in ("dpo", "kto") and not s.precompute_ref) or (s.method in ("grpo", "ppo") and s.beta > 0)
+    if needs_ref and s.use_peft and s.sft_adapter:
+        ref_params = lora_params(arch, s)
+        comps.append(
+            Component(
+                "reference adapter (frozen SFT copy)",
+                ref_params * pb,
+                "static",
+                f"{ref_params / 1e6:.1f}M x {pb} B, no gradient or optimizer state",
+            )
+        )
     if needs_ref and not s.use_peft:
         comps.append(
             Component(
@@ -255,17 +265,21 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     if s.method == "dpo":
         seqs, seq_len, scored = 2 * B, s.max_length, 2 * B * s.max_length
         shape = f"2 x {B} sequences (chosen+rejected concatenated) x {seq_len} tokens"
-    elif s.method == "kto":
+    elif s.method in ("kto", "sft"):
         seqs, seq_len, scored = B, s.max_length, B * s.max_length
         shape = f"{B} sequences x {seq_len} tokens"
+    elif s.method == "reward":  # a score head on the last token: no vocabulary-sized logits
+        seqs, seq_len, scored = 2 * B, s.max_length, 0
+        shape = f"2 x {B} sequences (chosen+rejected concatenated) x {seq_len} tokens"
     else:
         seqs, seq_len, scored = B, s.prompt_length + s.completion_length, B * s.completion_length
         shape = f"{B} sequences x ({s.prompt_length} prompt + {s.completion_length} completion) tokens"
     ckpt = "with" if s.gradient_checkpointing else "without"
     act = activation_bytes(arch, s, seqs, seq_len)
     comps.append(Component("activations", act, "train", f"{shape}, {ckpt} gradient checkpointing"))
-    lp, lp_f = logprob_bytes(arch, s, scored, grad=True)
-    comps.append(Component("logits / log-probs", lp, "train", lp_f))
+    if scored:
+        lp, lp_f = logprob_bytes(arch, s, scored, grad=True)
+        comps.append(Component("logits / log-probs", lp, "train", lp_f))
     if s.method == "ppo" and s.critic_mode != "shared":
         comps.append(Component("critic activations", act, "train", "critic forward/backward on the same tokens"))
     shapes = arch.linear_shapes()

@@ -27,8 +27,8 @@ def suggest(est: MemoryEstimate) -> list[str]:
                 {"batch_size": b, "grad_accum": ga},
             )
         )
-    if s.method in ("dpo", "kto"):
-        if not s.precompute_ref:
+    if s.method in ("dpo", "kto", "sft", "reward"):
+        if s.method in ("dpo", "kto") and not s.precompute_ref:
             tries.append(("precompute_ref_log_probs: true", {"precompute_ref": True}))
         n = _round_len(s.max_length * 3 // 4)
         if n < s.max_length:

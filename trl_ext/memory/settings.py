@@ -32,7 +32,7 @@ class MemorySettings:
     attn_implementation: str = "sdpa"
     batch_size: int = 1  # per_device_train_batch_size
     grad_accum: int = 1
-    max_length: int = 1024  # DPO/KTO: prompt + completion
+    max_length: int = 1024  # DPO/KTO/SFT/reward: prompt + completion
     prompt_length: int = DEFAULT_PROMPT_LENGTH  # GRPO/PPO
     prompt_length_assumed: bool = True
     completion_length: int = 256  # GRPO/PPO max_completion_length
@@ -52,6 +52,7 @@ class MemorySettings:
     )
     reward_model: str | None = None
     reward_adapter: bool = False
+    sft_adapter: bool = False  # the policy starts from an SFT adapter; a frozen copy of it is the reference
     # EWC
     ewc_lambda: float = 0.0
     ewc_fisher_mode: str = "full"
@@ -158,6 +159,7 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         critic_mode=critic_mode if critic_mode in ("adapter", "shared", "model") else "adapter",
         reward_model=recipe.script.reward_model_name_or_path,
         reward_adapter=bool(getattr(t, "reward_adapter_path", None) or getattr(t, "reward_adapter", None)),
+        sft_adapter=bool(getattr(t, "sft_adapter_path", None)),
         ewc_lambda=float(getattr(t, "ewc_lambda", 0.0) or 0.0),
         ewc_fisher_mode=str(getattr(t, "ewc_fisher_mode", "full") or "full"),
         ewc_fisher_bytes=2 if str(getattr(t, "ewc_fisher_dtype", "float32")) in ("bfloat16", "float16") else 4,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trl_ext.callbacks import ForgettingMonitorCallback
 from trl_ext.configs.ewc import EWCArguments
-from trl_ext.modeling import align_adapter_dtype
+from trl_ext.modeling import align_adapter_dtype, eval_mode
 
 
 class SharedTrainerMixin:
@@ -12,6 +12,8 @@ class SharedTrainerMixin:
 
     - QLoRA adapters compute in the 4-bit compute dtype (`trl_ext.modeling.align_adapter_dtype`): TRL casts them to
       bf16, which on CPU or pre-Ampere GPUs is not the dtype the layer computes in.
+    - Evaluation keeps bitsandbytes 4-bit layers in their training flag (`trl_ext.modeling.eval_mode`): on CPU, an
+      evaluation forward in eval mode repacks their weights and breaks the next training step.
     - With `forgetting_anchor_dataset` set in the config, the forgetting monitor (`ForgettingMonitorCallback`) is
       attached with the config's `forgetting_*` keys, with or without EWC.
     """
@@ -29,3 +31,7 @@ class SharedTrainerMixin:
                 max_length=config.forgetting_max_length,
                 seed=config.seed,
             ).attach(self)
+
+    def prediction_step(self, model, *args, **kwargs):
+        eval_mode(model)  # `Trainer.evaluation_loop` called `model.eval()`; 4-bit layers must keep their flag
+        return super().prediction_step(model, *args, **kwargs)

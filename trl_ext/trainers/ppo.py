@@ -3,7 +3,8 @@
 GRPO's machinery does generation (including vLLM), reward functions and reward models, the PEFT reference (adapters
 off) and logging. PPO adds only the critic, the per-token KL-penalized reward, GAE and the value loss: the per-token
 advantages, shape `(B, T)`, go through GRPO's PPO-clip loss unchanged. With LoRA, every role lives on one base:
-actor = the `default` adapter, critic = a second adapter plus a scalar value head, reference = adapters disabled.
+actor = the `default` adapter, critic = a second adapter plus a scalar value head, reference = adapters disabled, or,
+when the actor starts from `sft_adapter_path`, a frozen copy of that adapter named `ref` (the starting policy).
 The critic (setup, values, save/load/resume) is `trl_ext.trainers.ppo_critic`; a reward model that is a LoRA adapter
 on the same base (`reward_adapter_path`) is `trl_ext.trainers.ppo_reward`; the math is `trl_ext.trainers.ppo_math`.
 """
@@ -17,6 +18,7 @@ import trl
 
 from trl_ext.configs.ppo import PPOConfig
 from trl_ext.ewc.trainer import EWCTrainerMixin
+from trl_ext.modeling import add_reference_adapter
 from trl_ext.trainers.base import SharedTrainerMixin
 from trl_ext.trainers.ppo_critic import PPOCriticMixin
 from trl_ext.trainers.ppo_math import (
@@ -30,7 +32,7 @@ from trl_ext.trainers.ppo_math import (
     masked_var,
     masked_whiten,
 )
-from trl_ext.trainers.ppo_reward import PPORewardAdapterMixin
+from trl_ext.trainers.ppo_reward import REWARD_ADAPTER, PPORewardAdapterMixin
 
 
 class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedTrainerMixin, trl.GRPOTrainer):
@@ -69,14 +71,46 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
         # (`critic: model`, a bare decoder) does not have: the critic gets the config as it was given.
         critic_peft_config = copy.deepcopy(peft_config)
         super().__init__(model, reward_funcs, args, *posargs, peft_config=peft_config, **kwargs)
+        if args.sft_adapter_path is not None:  # the reference is the starting policy: a frozen copy of its adapter
+            add_reference_adapter(self.accelerator.unwrap_model(self.model))
         self._attach_critic(args, critic_peft_config)
         self._attach_reward_adapter()
+        if args.critic_init_from_reward:
+            self._init_critic_from_reward()
         if args.adaptive_kl:
             self.kl_ctl = AdaptiveKLController(args.kl_coef, args.target_kl, args.kl_horizon)
         else:
             self.kl_ctl = FixedKLController(args.kl_coef)
         self._last_logps = None
         self._rewards_per_func = None
+
+    @torch.no_grad()
+    def _init_critic_from_reward(self) -> None:
+        """Start the critic as the reward model (OpenRLHF's critic initialisation): the critic adapter's LoRA weights
+        become the reward adapter's, the value head's weight its `score` head's (bias zero when the head has none).
+
+        Raises:
+            ValueError: The reward adapter's LoRA shape (rank, alpha, modules) differs from the critic adapter's.
+        """
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        critic, reward = unwrapped.peft_config[self._critic_adapter], unwrapped.peft_config[REWARD_ADAPTER]
+        if (critic.r, critic.lora_alpha) != (reward.r, reward.lora_alpha) or set(critic.target_modules) != set(
+            reward.target_modules
+        ):
+            raise ValueError(
+                "critic_init_from_reward copies the reward adapter into the critic adapter, but their LoRA shapes "
+                f"differ (critic r={critic.r}, lora_alpha={critic.lora_alpha}, modules "
+                f"{sorted(critic.target_modules)}; reward r={reward.r}, lora_alpha={reward.lora_alpha}, modules "
+                f"{sorted(reward.target_modules)}). Train the reward model with the actor's lora_r, lora_alpha and "
+                "lora_target_modules."
+            )
+        for name, param in unwrapped.named_parameters():
+            if f".{self._critic_adapter}." in name:
+                param.copy_(unwrapped.get_parameter(name.replace(f".{self._critic_adapter}.", f".{REWARD_ADAPTER}.")))
+        head = unwrapped.ppo_value_head.summary
+        head.weight.copy_(self._reward_head.weight.to(head.weight.dtype))
+        head.bias.copy_(self._reward_head.bias if self._reward_head.bias is not None else torch.zeros_like(head.bias))
+        self._restore_trainable()
 
     # --------------------------------------------------------------------------------------------- rollout scoring
     # GRPO's rollout has no public hook, so PPO extends three private methods of `GRPOTrainer`: the rollout itself
