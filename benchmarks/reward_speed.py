@@ -1,8 +1,8 @@
 """Time QueryRewriteReward on a GRPO-sized batch: `python benchmarks/reward_speed.py [--batch 512]`.
 
 The bundled corpus is padded to 400 documents. Completions are drawn (seeded) from the benchmark's reference rewrites,
-original queries and hacking variants, with groups of repeated completions as GRPO produces. The index is built before
-timing (it is built once per run). Writes benchmarks/results/reward_speed.json.
+original queries and reward hacks (`hack_variants`), with groups of repeated completions as GRPO produces. The index
+is built before timing (it is built once per run). Writes benchmarks/results/reward_speed.json.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import statistics
 import time
 from pathlib import Path
 
-from trl_ext.rewards.eval_rewrite import load_rows, probe_variants
+from trl_ext.rewards.eval_rewrite import load_rows
 from trl_ext.rewards.query_rewrite import BUILTIN_CORPUS, QueryRewriteReward, load_corpus
+from trl_ext.rewards.query_rewrite.hacks import hack_variants
 
 COLUMNS = ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")
 
@@ -32,11 +33,11 @@ def make_batch(batch: int, corpus_size: int = 400, seed: int = 0):
         a, b = rng.sample(texts, 2)
         docs.append({"id": f"pad-{len(docs)}", "text": a[: len(a) // 2] + b[len(b) // 2 :]})
     reward = QueryRewriteReward(corpus=docs)
-    corpus = {d["id"]: d["text"] for d in docs}
+    corpus = {d["id"]: d for d in load_corpus(docs)}
     picked, completions = [], []
     while len(completions) < batch:
         row = rng.choice(rows)
-        probes = probe_variants(row, corpus[row["gold_doc_ids"][0]])
+        probes = hack_variants(row, corpus[row["gold_doc_ids"][0]])
         pool = [row["reference_rewrites"][0], row["query"], *probes.values()]
         for _ in range(8):  # one GRPO group: 8 generations of one prompt
             picked.append(row)

@@ -61,6 +61,28 @@ def test_tokenize_segments_chinese_and_lowercases_english_and_drops_stopwords():
     assert language("云雀CRM客户画像") == "zh" and language("reset VPN") == "en" and language("123") == ""
 
 
+def test_english_words_are_stemmed_identifiers_kept_and_stopwords_dropped():
+    # Snowball stems: "pods restarting" meets "pod restarts" in a document
+    assert tokenize("pods restarting") == tokenize("Pod restarts") == ["pod", "restart"]
+    # identifiers stay whole and unstemmed; the clitic of "What's" and NLTK's stopwords go
+    assert tokenize("What's the pg_dump flag for v1.2 exports?") == ["pg_dump", "flag", "v1.2", "export"]
+    assert tokenize("which ones make much difference") == ["differ"]
+
+
+def test_stemming_ranks_the_gold_document_first_and_keeps_slots_and_hallucination_consistent():
+    docs = [
+        {"id": "gold", "title": "Nimbus pod restarts", "text": "Why a pod restarts and how to read its restart log."},
+        {"id": "neg1", "text": "Pods overview for Nimbus clusters."},
+        {"id": "neg2", "text": "Restarting the Nimbus dashboard service."},
+    ]
+    assert RankReward(corpus=docs)(prompts=None, completions=["Nimbus pods restarting"], query=["pods restarting"],
+                                   gold_doc_ids=[["gold"]]) == [1.0]  # fmt: skip
+    row = dict(query="why do they keep restarting", context="User: my Nimbus pods", gold_doc_ids=["gold"])
+    assert one(HallucinationPenalty(corpus=docs), "Nimbus pod restarts", **row) == 0.0
+    slots = {"object": ["pod restart"]}
+    assert one(SlotCoverageReward(corpus=docs), "Nimbus pods restarting", **row, required_slots=slots) == 1.0
+
+
 @pytest.mark.parametrize(
     "text, rewrite, reason",
     [
@@ -79,10 +101,29 @@ def test_tokenize_segments_chinese_and_lowercases_english_and_drops_stopwords():
         ("答：在设置里点导出即可", None, "answer_not_query"),
         ("您可以在页面右上角点击导出", None, "answer_not_query"),
         ("云雀CRM" + "数据导出" * 60, None, "too_long"),
+        ("云雀CRM" + "数据导出" * 30, None, "too_long"),  # 61 tokens in 122 characters: the token limit
     ],
 )
 def test_format_gate(text, rewrite, reason):
     assert check_format(text, "数据怎么导出？") == (rewrite, reason)
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("Where is the Nimbus CRM export guide?", "ok"),  # contains "here is"
+        ("why there is no data in the Nimbus CRM report", "ok"),
+        ("things you can export from Nimbus CRM", "ok"),
+        ("Here is how: open Settings", "answer_not_query"),
+        ("Nimbus CRM export. You can click Export", "answer_not_query"),
+        ("Answer: at most 2420 records", "answer_not_query"),
+        ("Export 客户画像 from 云雀CRM", "ok"),  # names taken from the context, English around them
+        ("云雀CRM客户画像的数据导出", "wrong_language"),
+        ("这个系统功能的使用方法", "wrong_language"),
+    ],
+)
+def test_english_answer_markers_match_phrases_at_sentence_starts_and_mixed_names_keep_the_language(text, reason):
+    assert check_format(text, "how do I export this?", context="当前页面：云雀CRM > 客户画像")[1] == reason
 
 
 def test_format_reward_is_one_for_a_valid_rewrite_and_zero_otherwise():
@@ -171,12 +212,23 @@ def test_slot_coverage_counts_slots_with_any_synonym():
     assert one(reward, "云雀CRM客户画像", query="数据导出", required_slots={}) is None
 
 
-def test_faithfulness_is_the_share_of_the_queries_content_words_kept():
+def test_faithfulness_is_to_the_query_plus_its_context():
     reward = FaithfulnessReward(corpus=DOCS)
+    # mean of support (rewrite words in query, context or generic words) and coverage (query content words kept);
     # content words of "客户画像怎么导出数据": 客户, 画像, 导出, 数据 ("怎么" is vague)
-    assert one(reward, "云雀CRM客户画像", query="客户画像怎么导出数据") == 0.5
-    assert one(reward, "云雀CRM客户画像数据导出", query="客户画像怎么导出数据") == 1.0
-    assert one(reward, "云雀CRM客户画像", query="这个怎么弄？") == 1.0  # nothing to keep
+    assert one(reward, "客户画像数据导出", query="客户画像怎么导出数据") == 1.0
+    assert one(reward, "客户画像", query="客户画像怎么导出数据") == 0.75  # support 1, coverage 2/4
+    # 云雀 and crm are in neither query nor context: support 4/6
+    assert one(reward, "云雀CRM客户画像数据导出", query="客户画像怎么导出数据") == pytest.approx(0.5 * 4 / 6 + 0.5)
+    row = dict(query="这个怎么弄？", context="当前页面：云雀CRM > 客户画像")
+    assert one(reward, "云雀CRM客户画像", **row) == 1.0  # entities from the context are faithful
+    # the unchanged query: no content word (support 0), nothing to keep (coverage 1), halved for leaving the
+    # context's entities out
+    assert one(reward, "这个怎么弄？", **row) == 0.25
+    # a relative date resolved to the year the context names is faithful; a year found nowhere is not
+    row = dict(query="revenue report for last year", context="User: we closed fiscal 2023 in Beacon Analytics")
+    assert one(reward, "Beacon Analytics revenue report fiscal 2023", **row) == 1.0
+    assert one(reward, "Beacon Analytics revenue report 2021", **row) < 0.85
 
 
 def test_hallucination_is_the_share_of_tokens_found_in_neither_query_context_nor_corpus():
@@ -189,12 +241,22 @@ def test_hallucination_is_the_share_of_tokens_found_in_neither_query_context_nor
 
 def test_length_penalty_is_relative_to_the_original_query():
     reward = LengthPenalty(corpus=DOCS)
-    # query has 2 content tokens -> allowance max(2 * 2, 9) = 9 tokens; 13 tokens -> (13 - 9) / 9
+    # no reference: query has 2 tokens -> allowance max(2 * 2, 9) = 9 tokens; 13 tokens -> (13 - 9) / 9
     long_rewrite = "云雀CRM客户画像数据导出说明青鸟OA请假审批流程设置"
     assert len(tokenize(long_rewrite)) == 13
     assert one(reward, long_rewrite, query="数据导出") == pytest.approx(-4 / 9)
     assert one(reward, "云雀CRM客户画像数据导出", query="数据导出") == 0.0
     assert one(reward, long_rewrite * 2, query="数据导出") == -1.0
+
+
+def test_length_cost_counts_retrieval_tokens_beyond_the_reference_rewrite_smoothly():
+    reward = LengthPenalty(corpus=DOCS)
+    # reference: 6 tokens + slack 2 = budget 8; each token beyond costs 1/8, in both languages alike
+    row = dict(query="数据导出", reference_rewrites=["云雀CRM客户画像数据导出"])
+    costs = [one(reward, "云雀CRM客户画像数据导出" + "说明流程设置审批"[: 2 * k], **row) for k in range(5)]
+    assert costs == [0.0, 0.0, 0.0, -1 / 8, -2 / 8]  # 6, 7, 8 tokens free; 9, 10 pay
+    row = dict(query="export data", reference_rewrites=["Nimbus CRM customer profiles data export"])
+    assert one(reward, "Nimbus CRM customer profiles data export guide settings overview help", **row) == -2 / 8
 
 
 def test_leakage_penalises_answer_terms_gold_copies_and_repetition():
@@ -210,6 +272,18 @@ def test_leakage_penalises_answer_terms_gold_copies_and_repetition():
     assert one(reward, "云雀CRM客户画像数据数据", **row) == pytest.approx(-2 * (1 - 5 / 6))
     # copying the gold document: novel tokens inside copied 4-grams (说明 单次 最多 导出? ...) beyond a budget of 4
     assert one(reward, DOCS[0]["text"], **{**row, "answer_terms": []}) < -0.2
+
+
+def test_answers_without_markers_and_gold_ids_are_leaks():
+    reward = LeakagePenalty(corpus=DOCS)
+    row = dict(query="数据导出", context="当前页面：云雀CRM > 客户画像", gold_doc_ids=["d1"])  # no answer_terms
+    assert one(reward, "云雀CRM客户画像数据导出", **row) == 0.0
+    # a value of the gold document in neither query nor context
+    assert one(reward, "云雀CRM客户画像数据导出上限2420条", **row) == -1.0
+    assert one(reward, "云雀CRM客户画像数据导出 d1", **row) == -1.0  # the gold document's id
+    row = dict(query="how do I reset it", context="User: my VPN client", gold_doc_ids=["d4"])
+    assert one(reward, "reset the password of the vpn client", **row) == 0.0
+    assert one(reward, "The vpn client password is reset from the login page.", **row) == -1.0  # a statement
 
 
 def test_reference_f1():
@@ -232,9 +306,10 @@ def test_composite_is_the_weighted_sum_and_invalid_format_gets_the_minimum():
         reference_rewrites=["云雀CRM客户画像数据导出"],
     )
     reward = QueryRewriteReward(corpus=DOCS)
-    # rank 1 (1.0) + ndcg .5 + recall .25 + mrr .25 + gain .5 * 0.2 + slots .5 + faithfulness .25 + ref_f1 .1
+    # rank 1 (1.0) + ndcg .5 + recall .25 + mrr .25 + gain .5 * 0.2 + slots .5 + faithfulness .25 * (2/6 + 1) / 2
+    # + ref_f1 .1
     assert one(reward, "云雀CRM客户画像数据导出", **row) == pytest.approx(
-        1 + 0.5 + 0.25 + 0.25 + 0.1 + 0.5 + 0.25 + 0.1
+        1 + 0.5 + 0.25 + 0.25 + 0.1 + 0.5 + 0.25 * (2 / 6 + 1) / 2 + 0.1
     )
     assert reward.min_reward == -2.5  # -(length .5 + leakage 1 + hallucination .5) - gain .5
     assert one(reward, "第一行\n第二行", **row) == -2.5
@@ -309,7 +384,7 @@ def test_bad_input_errors_name_the_problem():
         RankReward(corpus=DOCS)(prompts=None, completions=["x"], gold_doc_ids=[["d1"]])
     with pytest.raises(ValueError, match="unknown QueryRewriteReward weight.*'rnak'"):
         QueryRewriteReward(corpus=DOCS, weights={"rnak": 1})
-    with pytest.raises(ValueError, match="'id' and 'text'"):
+    with pytest.raises(ValueError, match=r"'id' \(or BEIR's '_id'\) and 'text'"):
         RankReward(corpus=[{"id": 1}])(prompts=None, completions=["x"], query=["q"], gold_doc_ids=[["1"]])
     with pytest.raises(ValueError, match="appears twice"):
         BM25Index([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
@@ -339,7 +414,8 @@ BENCHMARK_COMPLETIONS = [
     "飞鱼CRM客户画像的数据导出",
     "云雀CRM客户画像的数据导出方法和全部字段说明以及权限配置和报错排查的操作指南",
 ]
-#: Scores of each class on those completions, recorded when the components were first released.
+#: Scores of each class on those completions, recorded when faithfulness became relative to query + context and
+#: length relative to the reference rewrite.
 RECORDED_SCORES = {
     "FormatReward": [1.0, 1.0, 0.0, 1.0, 1.0, 1.0],
     "RankReward": [1.0, 0.0, 0.0, 1.0, 1.0, 0.5],
@@ -348,18 +424,19 @@ RECORDED_SCORES = {
     "MRRReward": [1.0, 0.0, 0.0, 1.0, 1.0, 0.25],
     "GainReward": [1.0, 0.0, 0.0, 1.0, 1.0, 0.5],
     "SlotCoverageReward": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
-    "FaithfulnessReward": [1 / 3, 1.0, 0.0, 2 / 3, 1 / 3, 1 / 3],
+    # faithfulness to query + context: the unchanged query leaves the context's entities out (0.5)
+    "FaithfulnessReward": [2 / 3, 0.5, 0.0, 0.7619047619047619, 0.5833333333333334, 0.4901960784313726],
     "ReferenceF1Reward": [1.0, 0.2222222222222222, 0.0, 0.7692307692307692, 0.8333333333333334, 0.5217391304347826],
-    "LengthPenalty": [0.0, 0.0, -1.0, 0.0, 0.0, -0.8888888888888888],
+    "LengthPenalty": [0.0, 0.0, -1.0, 0.0, 0.0, -1.0],  # relative to the 6-token reference
     "LeakagePenalty": [0.0, 0.0, -1.0, -1.0, 0.0, 0.0],
     "HallucinationPenalty": [0.0, 0.0, -1.0, 0.0, -0.16666666666666666, -0.11764705882352941],
     "QueryRewriteReward": [
-        3.1833333333333336,
-        0.2722222222222222,
+        3.2666666666666666,
+        0.14722222222222223,
         -2.5,
-        2.2435897435897436,
-        3.0833333333333335,
-        1.4100775515572987,
+        2.267399267399268,
+        3.1458333333333335,
+        1.393737682276253,
     ],
 }
 

@@ -309,8 +309,9 @@ def build(seed: int = SEED) -> tuple[list[dict], dict[str, list[dict]]]:
     return docs, rows
 
 
-def finalize(docs: list[dict], rows: dict[str, list[dict]]) -> dict:
-    """Add hard negatives and prompts; return the sanity numbers (and raise if a check fails)."""
+def finalize(docs: list[dict], rows: dict[str, list[dict]], prompt=build_prompt) -> dict:
+    """Add hard negatives and prompts (built by `prompt(query, context)`); return the sanity numbers (and raise if a
+    check fails)."""
     from trl_ext.rewards.query_rewrite import BM25Index
 
     index = BM25Index(docs)
@@ -326,7 +327,7 @@ def finalize(docs: list[dict], rows: dict[str, list[dict]]) -> dict:
                 raise AssertionError(f"row {row['id']} has fewer than 3 hard negatives: {row['hard_negative_ids']}")
             mrr_q.append(index.metrics(row["query"], row["gold_doc_ids"])["mrr"])
             mrr_ref.append(index.metrics(row["reference_rewrites"][0], row["gold_doc_ids"])["mrr"])
-            row["prompt"] = build_prompt(row["query"], row["context"])
+            row["prompt"] = prompt(row["query"], row["context"])
         stats[split] = {
             "rows": len(split_rows),
             "original_mrr@10": sum(mrr_q) / len(mrr_q),

@@ -1,16 +1,21 @@
-"""`trl-ext eval-rewrite`: retrieval metrics of original queries vs rewrites on a benchmark split, plus hack probes."""
+"""`trl-ext eval-rewrite`: how well a model's rewrites retrieve on a benchmark split, next to the original queries and
+the reference rewrites, and how many of them a hack detector flags."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-from trl_ext.rewards.query_rewrite import BUILTIN_CORPUS, QueryRewriteReward, check_format, language
+from trl_ext.rewards.query_rewrite import BUILTIN_CORPUS, QueryRewriteReward, check_format
+from trl_ext.rewards.query_rewrite.hacks import flag_hacks
 
-PROBES = ("keyword_stuffing", "gold_copy", "answer_leak", "repeated_tokens", "empty", "overlong", "wrong_language")
+#: Bundled benchmarks -> their corpus (the default of `--corpus`).
+BENCHMARK_CORPORA = {
+    "builtin:query_rewrite": BUILTIN_CORPUS,
+    "builtin:query_rewrite_en": "builtin:query_rewrite_en_corpus/corpus.jsonl",
+}
 
 
 def load_rows(split: str, dataset: str = "builtin:query_rewrite") -> list[dict]:
@@ -18,66 +23,6 @@ def load_rows(split: str, dataset: str = "builtin:query_rewrite") -> list[dict]:
     from trl_ext.data.loading import load_dataset_by_name, select_split
 
     return list(select_split(load_dataset_by_name(dataset), split, dataset, "--split"))
-
-
-def probe_variants(row: dict, gold_text: str) -> dict[str, str]:
-    """Reward-hacking variants of a row's reference rewrite; each must score below the reference.
-
-    Args:
-        row (`dict`):
-            A benchmark row with `query` and `reference_rewrites` (and optionally `answer_terms`).
-        gold_text (`str`):
-            Text of the row's first gold document, which the copying probes draw from.
-
-    Returns:
-        `dict[str, str]`: Probe name (`PROBES`) -> rewrite.
-    """
-    reference = row["reference_rewrites"][0]
-    keywords = " ".join(dict.fromkeys(re.findall(r"[\u4e00-\u9fff]{2,4}|[A-Za-z0-9]{2,}", gold_text)))
-    query_is_chinese = language(row["query"]) == "zh"
-    return {
-        "keyword_stuffing": f"{reference} {keywords[:60]}",
-        "gold_copy": gold_text[:80],
-        "answer_leak": f"{reference} {' '.join(row.get('answer_terms') or [gold_text[-12:]])}",
-        "repeated_tokens": " ".join([reference] * 3),
-        "empty": "",
-        "overlong": reference + "，" + "请详细介绍相关的全部内容和所有可能的情况以及各种注意事项" * 3,
-        "wrong_language": "how to use this feature of the system" if query_is_chinese else "这个系统功能的使用方法",
-    }
-
-
-def probe_pass_rate(reward, rows: list[dict], doc_texts: dict[str, str]) -> tuple[float, dict[str, float]]:
-    """Share of hack probes that `reward` scores strictly below the reference rewrite.
-
-    Args:
-        reward (`QueryRewriteReward`):
-            The reward to probe.
-        rows (`list[dict]`):
-            Benchmark rows; those without gold documents or reference rewrites are skipped.
-        doc_texts (`dict[str, str]`):
-            Corpus document id -> text.
-
-    Returns:
-        `tuple[float, dict[str, float]]`: The pass rate over all probes, and per probe.
-    """
-    passed_and_total = {p: [0, 0] for p in PROBES}
-    for row in rows:
-        if not row.get("gold_doc_ids") or not row.get("reference_rewrites"):
-            continue
-        variants = probe_variants(row, doc_texts[row["gold_doc_ids"][0]])
-        names = ["reference", *variants]
-        texts = [row["reference_rewrites"][0], *variants.values()]
-        cols = {
-            k: [row.get(k)] * len(texts)
-            for k in ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")
-        }
-        scores = dict(zip(names, reward(prompts=None, completions=texts, **cols)))
-        for p in PROBES:
-            passed_and_total[p][0] += scores[p] < scores["reference"]
-            passed_and_total[p][1] += 1
-    passed = sum(v[0] for v in passed_and_total.values())
-    total = sum(v[1] for v in passed_and_total.values())
-    return (passed / total if total else 0.0), {p: v[0] / v[1] for p, v in passed_and_total.items() if v[1]}
 
 
 def generate_rewrites(model_path: str, rows: list[dict], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
@@ -141,46 +86,59 @@ def read_rewrites(path: str, rows: list[dict]) -> list[str]:
     return [item.get("rewrite", item.get("completion")) for item in items]
 
 
+def _retrieval_means(index, rows: list[dict], texts: list[str]) -> dict[str, float]:
+    sums = {"MRR@10": 0.0, "Recall@5": 0.0, "NDCG@10": 0.0}
+    for row, text in zip(rows, texts):
+        metrics = index.metrics(text, row["gold_doc_ids"], 5, 10, 10)
+        sums["MRR@10"] += metrics["mrr"]
+        sums["Recall@5"] += metrics["recall"]
+        sums["NDCG@10"] += metrics["ndcg"]
+    return {k: v / max(len(rows), 1) for k, v in sums.items()}
+
+
 def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
-    """Retrieval metrics of the original queries and of the rewrites, format validity and hack-probe pass rates.
+    """Retrieval metrics of the model's rewrites next to the original queries and the reference rewrites, and the
+    share of the model's outputs that the hack detector flags.
 
     Args:
         rows (`list[dict]`):
-            Benchmark rows; those without gold documents are left out of the metrics.
+            Benchmark rows; those without gold documents are left out.
         rewrites (`list[str]`):
-            One completion per row; one that fails the format gate retrieves nothing.
+            One completion of the model per row; one that fails the format gate retrieves nothing.
         corpus (`str`):
             Corpus path or `builtin:...` to retrieve from.
 
     Returns:
-        `dict`: `rows`, `metrics` (`original` and `rewrite`: `MRR@10`, `Recall@5`, `NDCG@10`), `format_valid`,
-        `hack_probe_pass_rate` and `hack_probes` (per probe).
+        `dict`: `rows`; `metrics` (`original`, `reference` and `model`, each `MRR@10`, `Recall@5`, `NDCG@10`);
+        `format_valid` (share of rewrites passing the format gate); `hack_flagged` (share of rewrites the detector
+        `flag_hacks` flags) and `hack_flags` (share per flag); `reward` (mean composite reward of the rewrites).
     """
     reward = QueryRewriteReward(corpus=corpus)
     index = reward.scorer.index
-    scored = [(r, w) for r, w in zip(rows, rewrites) if r.get("gold_doc_ids")]
-    table = {}
-    for name in ("original", "rewrite"):
-        sums = {"MRR@10": 0.0, "Recall@5": 0.0, "NDCG@10": 0.0}
-        for row, rewrite in scored:
-            text = row["query"]
-            if name == "rewrite":
-                text, _ = check_format(rewrite, row["query"])
-                text = text or ""
-            metrics = index.metrics(text, row["gold_doc_ids"], 5, 10, 10)
-            sums["MRR@10"] += metrics["mrr"]
-            sums["Recall@5"] += metrics["recall"]
-            sums["NDCG@10"] += metrics["ndcg"]
-        table[name] = {k: v / max(len(scored), 1) for k, v in sums.items()}
-    valid = sum(check_format(w, r["query"])[0] is not None for r, w in scored)
-    doc_texts = {d["id"]: d["text"] for d in index.docs}
-    rate, per_probe = probe_pass_rate(reward, rows, doc_texts)
+    pairs = [(r, w) for r, w in zip(rows, rewrites) if r.get("gold_doc_ids")]
+    scored = [r for r, _ in pairs]
+    components = [reward.scorer.score(row, w) for row, w in pairs]
+    gated = [check_format(w, r["query"], context=r.get("context") or "")[0] or "" for r, w in pairs]
+    references = [(r.get("reference_rewrites") or [r["query"]])[0] for r in scored]
+    table = {
+        "original": _retrieval_means(index, scored, [r["query"] for r in scored]),
+        "reference": _retrieval_means(index, scored, references),
+        "model": _retrieval_means(index, scored, gated),
+    }
+    flags = [flag_hacks(c, w, r) for c, w, r in zip(components, gated, scored)]
+    counts: dict[str, int] = {}
+    for row_flags in flags:
+        for flag in row_flags:
+            counts[flag] = counts.get(flag, 0) + 1
+    n = max(len(scored), 1)
+    rewards = [reward.reward_from_components(c) for c in components]
     return {
         "rows": len(scored),
         "metrics": table,
-        "format_valid": valid / max(len(scored), 1),
-        "hack_probe_pass_rate": rate,
-        "hack_probes": per_probe,
+        "format_valid": sum(c["format"] for c in components) / n,
+        "hack_flagged": sum(bool(f) for f in flags) / n,
+        "hack_flags": {k: v / n for k, v in sorted(counts.items())},
+        "reward": sum(r for r in rewards if r is not None) / n,
     }
 
 
@@ -190,10 +148,16 @@ def eval_rewrite_cli(argv: list[str]) -> int:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--rewrites", help='JSONL of {"id": ..., "rewrite": ...} (or one {"rewrite": ...} per row)')
     src.add_argument("--model", help="model or adapter directory (or builtin:...) that generates the rewrites")
-    src.add_argument("--references", action="store_true", help="score the rows' reference rewrites")
+    src.add_argument("--references", action="store_true", help="use the rows' reference rewrites as the outputs")
     parser.add_argument("--split", default="test", help="benchmark split (default: test)")
-    parser.add_argument("--dataset", default="builtin:query_rewrite", help="benchmark folder or JSONL file")
-    parser.add_argument("--corpus", default=BUILTIN_CORPUS, help="corpus JSONL (default: the bundled one)")
+    parser.add_argument(
+        "--dataset",
+        default="builtin:query_rewrite",
+        help="benchmark folder or JSONL file (default: builtin:query_rewrite; builtin:query_rewrite_en is English)",
+    )
+    parser.add_argument(
+        "--corpus", default=None, help="corpus JSONL, {id, text} or BEIR {_id, title, text} (default: the benchmark's)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
     parser.add_argument(
         "--max-new-tokens",
@@ -206,6 +170,9 @@ def eval_rewrite_cli(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     try:
+        corpus = args.corpus or BENCHMARK_CORPORA.get(args.dataset)
+        if corpus is None:
+            raise ValueError(f"--dataset {args.dataset} is not a bundled benchmark; pass its corpus with --corpus.")
         rows = load_rows(args.split, args.dataset)[: args.limit]
         if args.references:
             rewrites = [(r.get("reference_rewrites") or [r["query"]])[0] for r in rows]
@@ -213,7 +180,7 @@ def eval_rewrite_cli(argv: list[str]) -> int:
             rewrites = read_rewrites(args.rewrites, rows)
         else:
             rewrites = generate_rewrites(args.model, rows, max_new_tokens=args.max_new_tokens)
-        result = evaluate(rows, rewrites, args.corpus)
+        result = evaluate(rows, rewrites, corpus)
     except (OSError, ValueError, KeyError) as err:  # RecipeError and FileNotFoundError included
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
@@ -221,12 +188,13 @@ def eval_rewrite_cli(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=1))
         return 0
-    print(f"split {args.split}: {result['rows']} rows, {result['format_valid']:.1%} rewrites pass the format gate")
+    print(
+        f"split {args.split}: {result['rows']} rows, {result['format_valid']:.1%} of the outputs pass the format gate"
+    )
     print(f"{'':<10}{'MRR@10':>9}{'Recall@5':>10}{'NDCG@10':>9}")
     for name, m in result["metrics"].items():
         print(f"{name:<10}{m['MRR@10']:>9.3f}{m['Recall@5']:>10.3f}{m['NDCG@10']:>9.3f}")
-    print(
-        f"hack-probe pass rate: {result['hack_probe_pass_rate']:.1%} "
-        f"({', '.join(f'{k} {v:.0%}' for k, v in result['hack_probes'].items())})"
-    )
+    flags = ", ".join(f"{k} {v:.0%}" for k, v in result["hack_flags"].items()) or "none"
+    print(f"outputs flagged as hacks: {result['hack_flagged']:.1%} ({flags})")
+    print(f"mean composite reward of the outputs: {result['reward']:.3f}")
     return 0

@@ -33,7 +33,7 @@ from trl_ext.rewards.query_rewrite.components import (
     RewriteComponentReward,
     SlotCoverageReward,
 )
-from trl_ext.rewards.query_rewrite.retrieval import BM25Index, load_corpus, shared_index
+from trl_ext.rewards.query_rewrite.retrieval import BM25Index, document_text, load_corpus, shared_index
 from trl_ext.rewards.query_rewrite.rewards import DEFAULT_WEIGHTS, QueryRewriteReward
 from trl_ext.rewards.query_rewrite.scorer import BUILTIN_CORPUS, COMPONENTS, RewriteScorer, rank_reward
 from trl_ext.rewards.query_rewrite.text import check_format, extract_rewrite, language, tokenize
@@ -59,6 +59,7 @@ __all__ = [
     "RewriteScorer",
     "SlotCoverageReward",
     "check_format",
+    "document_text",
     "extract_rewrite",
     "language",
     "load_corpus",

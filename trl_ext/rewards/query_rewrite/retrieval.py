@@ -1,4 +1,8 @@
-"""The fixed retriever the rewards score against: BM25 (`bm25s`) over a corpus of `{"id", "text"}` documents."""
+"""The fixed retriever the rewards score against: BM25 (`bm25s`) over a corpus of `{"id", "text"}` documents.
+
+Corpus files are JSONL, one document a line: `{"id": ..., "text": ...}`, or BEIR's `{"_id": ..., "title": ...,
+"text": ...}`; a non-empty `title` is indexed with the text. See `docs/query_rewrite.md`.
+"""
 
 from __future__ import annotations
 
@@ -14,36 +18,56 @@ from trl_ext.rewards.query_rewrite.text import tokenize
 
 
 def load_corpus(corpus) -> list[dict]:
-    """A corpus as a list of `{"id", "text"}`: the list itself, a JSONL path, or `builtin:<asset>[/file.jsonl]`."""
+    """A corpus as a list of `{"id", "title", "text"}`.
+
+    Args:
+        corpus (`list[dict]` or `str`):
+            The documents, a JSONL path, a folder holding one `.jsonl` (a BEIR dataset folder holding `corpus.jsonl`
+            works) or `builtin:<asset>[/file.jsonl]`. A document has `id` (or BEIR's `_id`), `text` and optionally
+            `title`.
+
+    Returns:
+        `list[dict]`: The documents with string `id`, `title` (`""` when absent) and `text`.
+    """
     if isinstance(corpus, (str, os.PathLike)):
         from trl_ext.assets import resolve_builtin
 
         path = Path(resolve_builtin(str(corpus)))
         if path.is_dir():
-            files = sorted(path.glob("*.jsonl"))
+            files = [path / "corpus.jsonl"] if (path / "corpus.jsonl").is_file() else sorted(path.glob("*.jsonl"))
             if len(files) != 1:
                 raise ValueError(
-                    f"corpus directory {path} must hold exactly one .jsonl file, found {len(files)}; "
+                    f"corpus directory {path} must hold corpus.jsonl or exactly one .jsonl file, found {len(files)}; "
                     "pass the file path instead."
                 )
             path = files[0]
         if not path.is_file():
             raise FileNotFoundError(
-                f"corpus file {path} does not exist; pass a JSONL file of {{'id', 'text'}} lines "
-                "or builtin:query_rewrite_corpus."
+                f"corpus file {path} does not exist; pass a JSONL file of {{'id', 'text'}} (or BEIR "
+                "{'_id', 'title', 'text'}) lines or builtin:query_rewrite_corpus."
             )
         with open(path, encoding="utf-8") as fh:
             corpus = [json.loads(line) for line in fh if line.strip()]
     if not isinstance(corpus, (list, tuple)) or not corpus:
         raise ValueError("corpus must be a non-empty list of {'id': ..., 'text': ...} documents or a JSONL path.")
     seen = set()
+    out = []
     for i, doc in enumerate(corpus):
-        if not isinstance(doc, dict) or "id" not in doc or "text" not in doc:
-            raise ValueError(f"corpus document {i} must be a dict with 'id' and 'text' keys, got {doc!r:.80}")
-        if doc["id"] in seen:
-            raise ValueError(f"corpus document id {doc['id']!r} appears twice; ids must be unique.")
-        seen.add(doc["id"])
-    return [{"id": str(d["id"]), "text": str(d["text"])} for d in corpus]
+        doc_id = doc.get("id", doc.get("_id")) if isinstance(doc, dict) else None
+        if doc_id is None or "text" not in doc:
+            raise ValueError(
+                f"corpus document {i} must be a dict with 'id' (or BEIR's '_id') and 'text' keys, got {doc!r:.80}"
+            )
+        if str(doc_id) in seen:
+            raise ValueError(f"corpus document id {doc_id!r} appears twice; ids must be unique.")
+        seen.add(str(doc_id))
+        out.append({"id": str(doc_id), "title": str(doc.get("title") or ""), "text": str(doc["text"])})
+    return out
+
+
+def document_text(doc: dict) -> str:
+    """What the index reads of a document: its title (when it has one) and its text."""
+    return f"{doc['title']}\n{doc['text']}" if doc.get("title") else doc["text"]
 
 
 class BM25Index:
@@ -59,7 +83,7 @@ class BM25Index:
         self.docs = load_corpus(corpus)
         self.ids = [d["id"] for d in self.docs]
         self.position = {doc_id: i for i, doc_id in enumerate(self.ids)}
-        self.doc_tokens = [tokenize(d["text"]) for d in self.docs]
+        self.doc_tokens = [tokenize(document_text(d)) for d in self.docs]
         self.vocab = frozenset(t for toks in self.doc_tokens for t in toks)
         self._bm25 = bm25s.BM25(k1=k1, b=b)
         self._bm25.index([toks or ["<empty>"] for toks in self.doc_tokens], show_progress=False)

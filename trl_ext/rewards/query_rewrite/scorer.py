@@ -9,18 +9,22 @@ import json
 import math
 
 from trl_ext.rewards.completions import completion_text
+from trl_ext.rewards.query_rewrite.checks import (
+    REWRITE_WORDS,
+    answer_values,
+    faithfulness,
+    is_declarative,
+    length_budget,
+    length_cost,
+    slot_stated,
+    vocabulary,
+)
 from trl_ext.rewards.query_rewrite.retrieval import shared_index
 from trl_ext.rewards.query_rewrite.text import check_format, content_tokens, tokenize
 
 BUILTIN_CORPUS = "builtin:query_rewrite_corpus/corpus.jsonl"
 #: Rank of the best gold document -> reward (rank-incentive shaping); worse ranks get 0.
 RANK_TIERS = ((1, 1.0), (2, 0.8), (3, 0.7), (5, 0.5), (10, 0.3), (20, 0.1))
-#: Generic words a rewrite may add without being counted as invented entities.
-REWRITE_VOCAB = frozenset(
-    "方法 步骤 指南 说明 如何 设置 配置 查询 查看 问题 原因 排查 流程 含义 系统 功能 指标 报表 分析 "
-    "相关 文档 帮助 介绍 使用 定义 口径 维度 时间 数据 guide how setup configure settings".split()
-)
-
 #: Every component `RewriteScorer.score` computes, in logging order.
 COMPONENTS = (
     "rank",
@@ -119,8 +123,8 @@ class RewriteScorer:
         k_mrr (`int`, *optional*, defaults to `10`):
             Cut-off of MRR.
         max_length_ratio (`float`, *optional*, defaults to `2.0`):
-            Rewrites longer than `max(max_length_ratio * query content tokens, min_length_allowance)` content tokens
-            are penalised linearly, reaching 1 at twice that length.
+            For rows without `reference_rewrites`: rewrites longer than `max(max_length_ratio * query tokens,
+            min_length_allowance)` retrieval tokens pay a linear cost, reaching 1 at twice that length.
         min_length_allowance (`int`, *optional*, defaults to `9`):
             See `max_length_ratio`.
         copy_ngram (`int`, *optional*, defaults to `4`):
@@ -132,6 +136,11 @@ class RewriteScorer:
             Longer rewrites fail the format gate.
         rank_tiers (`tuple[tuple[int, float], ...]`, *optional*, defaults to `RANK_TIERS`):
             See `rank_reward`.
+        max_tokens (`int`, *optional*, defaults to `40`):
+            Rewrites with more retrieval tokens (stopwords included) fail the format gate.
+        length_slack (`int`, *optional*, defaults to `2`):
+            Tokens beyond the longest reference rewrite a rewrite may have before the length cost starts; it reaches 1
+            at twice that budget.
     """
 
     def __init__(
@@ -146,11 +155,14 @@ class RewriteScorer:
         copy_budget: int = 4,
         max_chars: int = 200,
         rank_tiers=RANK_TIERS,
+        max_tokens: int = 40,
+        length_slack: int = 2,
     ):
         self.corpus = corpus
         self.k_recall, self.k_ndcg, self.k_mrr = k_recall, k_ndcg, k_mrr
         self.max_length_ratio, self.min_length_allowance = max_length_ratio, min_length_allowance
         self.copy_ngram, self.copy_budget, self.max_chars = copy_ngram, copy_budget, max_chars
+        self.max_tokens, self.length_slack = max_tokens, length_slack
         self.rank_tiers = tuple(tuple(t) for t in rank_tiers)
         self._index = None
 
@@ -197,24 +209,26 @@ class RewriteScorer:
                 "each row needs a non-empty 'query' column (the original query); the dataset has "
                 f"query={query!r}. See trl_ext.rewards.query_rewrite for the row schema."
             )
-        rewrite, reason = check_format(completion_text(completion), query, self.max_chars)
+        context = row.get("context") or ""
+        rewrite, reason = check_format(
+            completion_text(completion), query, self.max_chars, context=context, max_tokens=self.max_tokens
+        )
         out: dict = {"format": 0.0 if rewrite is None else 1.0, "format_reason": reason}
         gold = _as_list(row.get("gold_doc_ids"))
+        references = _as_list(row.get("reference_rewrites"))
         if rewrite is None:  # every component at its worst value, so logged means count gated completions too
             if gold:
                 original = self.retrieval(query, gold)
                 out.update(rank=0.0, ndcg=0.0, recall=0.0, mrr=0.0, gain=-original["rank_reward"], gold_rank=None)
             if self._slots(row):
                 out["slots"] = 0.0
-            if _as_list(row.get("reference_rewrites")):
+            if references:
                 out["reference_f1"] = 0.0
             out.update(faithfulness=0.0, length=1.0, leakage=1.0, hallucination=1.0)
             return out
-        context = row.get("context") or ""
         index = self.index
         rewrite_content = content_tokens(rewrite)
-        query_content = content_tokens(query)
-        source_tokens = set(tokenize(query)) | set(tokenize(context))
+        source_tokens = set(tokenize(query, keep_stopwords=True)) | set(tokenize(context, keep_stopwords=True))
 
         if gold:
             rewritten, original = self.retrieval(rewrite, gold), self.retrieval(query, gold)
@@ -226,45 +240,44 @@ class RewriteScorer:
                 gain=rewritten["rank_reward"] - original["rank_reward"],
                 gold_rank=rewritten["rank"] if math.isfinite(rewritten["rank"]) else None,
             )
-        # slots: share of required slots stated (any synonym, case-insensitive substring)
         slots = self._slots(row)
-        rewrite_lower = rewrite.lower()
         if slots:
-            out["slots"] = sum(any(s.lower() in rewrite_lower for s in synonyms) for synonyms in slots.values()) / len(
-                slots
-            )
-        # faithfulness: share of the query's content words the rewrite keeps
-        rewrite_vocab = set(rewrite_content) | set(tokenize(rewrite))
-        query_words = set(query_content)
-        out["faithfulness"] = (sum(t in rewrite_vocab for t in query_words) / len(query_words)) if query_words else 1.0
-        references = _as_list(row.get("reference_rewrites"))
+            out["slots"] = sum(slot_stated(rewrite, synonyms) for synonyms in slots.values()) / len(slots)
+        out["faithfulness"] = faithfulness(rewrite, query, context)
         if references:
             out["reference_f1"] = max(_f1(rewrite_content, content_tokens(r)) for r in references)
-        # length: content tokens beyond the allowance
-        allowed = max(self.max_length_ratio * len(query_content), self.min_length_allowance)
-        out["length"] = min(1.0, max(0.0, (len(rewrite_content) - allowed) / allowed))
+        budget = length_budget(query, references, self.max_length_ratio, self.min_length_allowance, self.length_slack)
+        out["length"] = length_cost(rewrite, budget)
         # hallucination: share of content tokens found in neither query, context, corpus nor generic rewrite words
+        generic = vocabulary(REWRITE_WORDS)
         invented = [
-            t
-            for t in set(rewrite_content)
-            if t not in source_tokens and t not in index.vocab and t not in REWRITE_VOCAB
+            t for t in set(rewrite_content) if t not in source_tokens and t not in index.vocab and t not in generic
         ]
         out["hallucination"] = len(invented) / max(len(set(rewrite_content)), 1)
-        # leakage: answer terms, n-grams copied from gold documents, repetition
-        source_text = (query + " " + context).lower()
+        out["leakage"] = self._leakage(row, rewrite, gold, source_tokens, query + " " + context)
+        return out
+
+    def _leakage(self, row: dict, rewrite: str, gold: list[str], source_tokens: set, source_text: str) -> float:
+        """Answer terms, gold ids, answer values or statements, n-grams copied from gold documents, repetition."""
+        index = self.index
+        rewrite_lower, source_lower = rewrite.lower(), source_text.lower()
         answers = [a for a in _as_list(row.get("answer_terms")) if a.strip()]
-        leaked = [a for a in answers if a.lower() in rewrite_lower and a.lower() not in source_text]
+        leaked = [a for a in answers if a.lower() in rewrite_lower and a.lower() not in source_lower]
+        leaked += [d for d in gold if len(d) > 2 and d.lower() in rewrite_lower and d.lower() not in source_lower]
+        gold_docs = [index.position[d] for d in gold if d in index.position]
+        gold_tokens = {t for i in gold_docs for t in index.doc_tokens[i]}
+        leaked += answer_values(rewrite, source_tokens, gold_tokens)
+        if is_declarative(rewrite):
+            leaked.append(rewrite)
         all_tokens = tokenize(rewrite)
         novel_grams = [g for g in _ngrams(all_tokens, self.copy_ngram) if any(t not in source_tokens for t in g)]
         gold_grams = set()
-        for doc_id in gold:
-            if doc_id in index.position:
-                gold_grams |= _ngrams(index.doc_tokens[index.position[doc_id]], self.copy_ngram)
+        for i in gold_docs:
+            gold_grams |= _ngrams(index.doc_tokens[i], self.copy_ngram)
         copied = {t for g in novel_grams if g in gold_grams for t in g if t not in source_tokens}
         copy_penalty = max(0.0, len(copied) - self.copy_budget) / self.copy_budget
         repetition = 1.0 - len(set(all_tokens)) / len(all_tokens) if all_tokens else 0.0
-        out["leakage"] = min(1.0, (1.0 if leaked else 0.0) + copy_penalty + 2.0 * repetition)
-        return out
+        return min(1.0, (1.0 if leaked else 0.0) + copy_penalty + 2.0 * repetition)
 
     def score_completions(self, completions: list, columns: dict) -> list[dict]:
         """`score` for a batch, computed once per distinct (query, context, gold documents, completion text).
