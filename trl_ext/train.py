@@ -55,7 +55,20 @@ def preflight(recipe: Recipe) -> Recipe:
     """Every check that runs before a process loads weights: rewards importable, output_dir safe to write."""
     check_reward_funcs(recipe)
     check_output_dir(recipe)
+    prepare_packaged_model(recipe)
     return recipe
+
+
+def prepare_packaged_model(recipe: Recipe) -> None:
+    """Convert a real ``builtin:`` model made on first use (``builtin:smollm2-135m-instruct``) once, before any process.
+
+    Raises a `RecipeError` that says what to install when the model cannot be made.
+    """
+    from trl_ext.data.real_models import ensure_packaged_model, packaged_model_source
+
+    name = recipe.model.model_name_or_path
+    if packaged_model_source(name) is not None:
+        ensure_packaged_model(name.removeprefix("builtin:"))
 
 
 def _trainer_kwargs(recipe: Recipe) -> dict:
