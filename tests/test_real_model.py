@@ -43,6 +43,14 @@ def test_builtin_names_list_the_packaged_model_and_a_typo_names_it():
         resolve_builtin("builtin:smollm2-135m-instuct")
 
 
+def test_listing_builtin_names_loads_neither_torch_nor_transformers():
+    code = "import sys, trl_ext.assets as a; a.builtin_names(); "
+    code += "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_cache_folder_follows_trl_ext_cache_then_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("TRL_EXT_CACHE", str(tmp_path / "a"))
     assert model_dir("smollm2-135m-instruct") == tmp_path / "a" / "smollm2-135m-instruct"
