@@ -25,12 +25,15 @@ class UnknownAssetError(FileNotFoundError, ValueError):
 
 
 def builtin_names() -> list[str]:
-    """The bundled assets, sorted: every folder of `DATA_DIR` (a name after ``builtin:``).
+    """The bundled assets, sorted: every folder of `DATA_DIR` and every packaged model (a name after ``builtin:``).
 
     Returns:
-        `list[str]`: folder names such as ``"preferences"`` and ``"tiny-chat"``.
+        `list[str]`: names such as ``"preferences"``, ``"smollm2-135m-instruct"`` and ``"tiny-chat"``.
     """
-    return sorted(p.name for p in DATA_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    from trl_ext.data.real_models import PACKAGED_MODELS  # stdlib only: made on first use from a PyPI package
+
+    folders = [p.name for p in DATA_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")]
+    return sorted({*folders, *PACKAGED_MODELS})
 
 
 def resolve_builtin(name_or_path: str) -> str:
@@ -45,6 +48,8 @@ def resolve_builtin(name_or_path: str) -> str:
 
     Raises:
         UnknownAssetError: no bundled asset has that name; the message names the closest ones.
+        ModelUnavailableError: a packaged model (``builtin:smollm2-135m-instruct``) is not converted yet and its
+            package or the converter is missing (a `RecipeError`; the message says what to install).
 
     Example:
         ```python
@@ -57,6 +62,11 @@ def resolve_builtin(name_or_path: str) -> str:
     if not isinstance(name_or_path, str) or not name_or_path.startswith(BUILTIN_PREFIX):
         return name_or_path
     key = name_or_path[len(BUILTIN_PREFIX) :]
+    from trl_ext.data.real_models import PACKAGED_MODELS, ensure_packaged_model  # stdlib only until it converts
+
+    model, _, rest = key.partition("/")
+    if model in PACKAGED_MODELS:  # a real model made on first use from a PyPI package (torch loads only then)
+        return str(ensure_packaged_model(model) / rest) if rest else str(ensure_packaged_model(model))
     path = DATA_DIR / key
     if not path.exists():
         close = _closest_names(key)
@@ -73,6 +83,7 @@ def _closest_names(key: str) -> list[str]:
     for depth, part in enumerate(parts):
         if not (parent / part).exists():
             siblings = sorted(p.name for p in parent.iterdir() if not p.name.startswith("_")) if parent.is_dir() else []
+            siblings = builtin_names() if depth == 0 else siblings  # packaged models too (no folder here)
             prefix = BUILTIN_PREFIX + "".join(f"{p}/" for p in parts[:depth])
             return [prefix + name for name in difflib.get_close_matches(part, siblings, n=3, cutoff=0.6)]
         parent = parent / part

@@ -83,6 +83,7 @@ def preflight(recipe: Recipe) -> Recipe:
     starting adapter fits the model."""
     check_reward_funcs(recipe)
     check_output_dir(recipe)
+    prepare_packaged_model(recipe)
     check_sft_adapter(recipe)
     check_inputs(recipe)
     return recipe
@@ -162,6 +163,18 @@ def check_reward_kwargs(recipe: Recipe) -> None:
             raise RecipeError(
                 f"reward_kwargs[{key!r}] in {source} do not fit {obj.__name__}({params}): {err}."
             ) from None
+
+
+def prepare_packaged_model(recipe: Recipe) -> None:
+    """Convert a real ``builtin:`` model made on first use (``builtin:smollm2-135m-instruct``) once, before any process.
+
+    Raises a `RecipeError` that says what to install when the model cannot be made.
+    """
+    from trl_ext.data.real_models import ensure_packaged_model, packaged_model_source
+
+    name = recipe.model.model_name_or_path
+    if packaged_model_source(name) is not None:
+        ensure_packaged_model(name.removeprefix("builtin:"))
 
 
 def _trainer_kwargs(recipe: Recipe) -> dict:

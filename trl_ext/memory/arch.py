@@ -117,7 +117,11 @@ def bundled_config_names() -> list[str]:
 def find_config(name_or_path: str) -> Path | None:
     """The `config.json` for a model name or path, or None. Never touches the network."""
     from trl_ext.assets import resolve_builtin
+    from trl_ext.data.real_models import packaged_model_source
 
+    # a real model converted on first use (builtin:smollm2-135m-instruct): read its original's bundled config, so an
+    # estimate never converts (the conversion keeps every shape)
+    name_or_path = packaged_model_source(name_or_path) or name_or_path
     try:
         path = Path(resolve_builtin(name_or_path))
     except FileNotFoundError:
