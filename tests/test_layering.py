@@ -36,6 +36,7 @@ LAYERS = {
     "trl_ext.cli": (4, "entry"),
     "trl_ext.memcheck": (4, "entry"),
     "trl_ext.check": (4, "entry"),
+    "trl_ext.preflight": (4, "entry"),
     "trl_ext.pipeline": (4, "entry"),
 }
 PUBLIC_FACE = "trl_ext"  # the package __init__ re-exports every layer lazily

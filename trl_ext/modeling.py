@@ -305,6 +305,8 @@ def add_reference_adapter(model, name: str = "ref", source: str = "default") -> 
     for param_name, param in model.named_parameters():
         if f".{name}." in param_name:
             param.requires_grad_(False)
+
+
 def record_builtin_base(adapter_dir: str, model_name_or_path: str) -> bool:
     """Make a saved adapter name its bundled base as ``builtin:<name>`` instead of this machine's path.
 

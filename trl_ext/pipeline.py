@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 
-from trl_ext.recipe import METHODS, PARSER_KEYS, Recipe, RecipeError, _split_cli, build_recipe, recipe_fields
+from trl_ext.recipe import METHODS, PARSER_KEYS, Recipe, RecipeError, build_recipe, recipe_fields
+from trl_ext.recipe_syntax import split_cli
 
 #: Keys whose value may be the name of an earlier stage, and what of that stage's output it then means.
 REFERENCE_KEYS: dict[str, str] = {
@@ -204,7 +205,7 @@ def build_pipeline(raw: dict, overrides: list[str] | None = None, path: str | No
     shared = {k: v for k, v in raw.items() if k != "stages"}
     if "method" in shared:
         raise RecipeError(f"{source} has a top-level 'method'; each stage names its own method. Remove it.")
-    cli = _split_cli(list(overrides or []))
+    cli = split_cli(list(overrides or []))
     root = next((v for k, v in cli if k == "output_dir"), None) or shared.pop("output_dir", None)
     shared.pop("output_dir", None)
     if not root:

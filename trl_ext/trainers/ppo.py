@@ -34,8 +34,8 @@ from trl_ext.trainers.ppo_math import (
     masked_whiten,
 )
 from trl_ext.trainers.ppo_reward import REWARD_ADAPTER, PPORewardAdapterMixin
-from trl_ext.trainers.reward_policy import RewardPolicyMixin
 from trl_ext.trainers.ppo_rollout import SampledLogps, sampled_logps_tensor
+from trl_ext.trainers.reward_policy import RewardPolicyMixin
 
 GRPO_ONLY_METRICS = ("frac_reward_zero_std",)  # constant 1 with one completion per prompt
 
