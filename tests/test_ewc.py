@@ -343,7 +343,7 @@ def test_recipe_keys_validate_before_weights_load(tmp_path):
         load_recipe(bad)
     with pytest.raises(RecipeError, match=r"ewc_fisher_path .*does not exist.*trl-ext fisher"):
         load_recipe(recipe, ["--ewc_fisher_path", str(tmp_path / "nope.safetensors")])
-    with pytest.raises(RecipeError, match="ewc_lambda must be >= 0"):
+    with pytest.raises(RecipeError, match="'ewc_lambda' has value -1.0, but it must be >= 0"):
         load_recipe(recipe, ["--ewc_lambda", "-1"])
     for method in ("grpo", "kto"):
         from trl_ext.recipe import recipe_fields

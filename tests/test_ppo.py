@@ -77,7 +77,9 @@ def test_quickstart_recipe_validates_on_every_load_and_unknown_ppo_key_is_named(
         assert recipe.script.reward_kwargs == {"KeywordReward": {"keywords": ["river"]}}
     with pytest.raises(RecipeError, match="Did you mean 'kl_coef'"):
         load_recipe(QUICKSTART, ["--kl_coeff", "0.1"])
-    with pytest.raises(RecipeError, match="Invalid command-line override"):
+    with pytest.raises(
+        RecipeError, match="--critic nope: Recipe key 'critic' has value 'nope'; allowed values: adapter, shared, model"
+    ):
         load_recipe(QUICKSTART, ["--critic", "nope"])
 
 

@@ -250,6 +250,11 @@ def load_model_and_tokenizer(model_args, training_args=None, model_class=None, *
         revision=model_args.model_revision,
         trust_remote_code=getattr(training_args, "trust_remote_code", False),
     )
+    template_path = getattr(training_args, "chat_template_path", None)
+    if template_path and not tokenizer.chat_template:
+        from trl_ext.model_source import read_chat_template
+
+        tokenizer.chat_template = read_chat_template(template_path)
     model = load_model(model_args, training_args, model_class=model_class, **model_kwargs)
     return model, tokenizer, get_peft_config(model_args)
 

@@ -86,7 +86,7 @@ def check_inputs(recipe: Recipe) -> None:
     check_chat_template(
         recipe.model.model_name_or_path,
         train_dataset[0],
-        recipe.script.chat_template_path,
+        getattr(recipe.training, "chat_template_path", None),
         label,
         revision=recipe.model.model_revision,
     )

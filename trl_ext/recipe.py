@@ -50,7 +50,7 @@ METHODS: dict[str, str] = {
     "reward": "RewardConfig",
 }
 
-from trl_ext.configs.script import RecipeArguments  # noqa: E402,F401  (the script-level keys; re-exported)
+from trl_ext.recipe_arguments import RecipeArguments  # noqa: E402,F401  (the script-level keys; re-exported)
 
 #: Keys TRL's parser handles itself rather than through a dataclass field.
 PARSER_KEYS = {"env"}

@@ -14,12 +14,13 @@ import trl
 
 from trl_ext.configs.ewc import EWCArguments, document_ewc_fields
 from trl_ext.configs.policy import StartingPolicyArguments, document_policy_fields
+from trl_ext.recipe_arguments import ChatTemplateArguments
 
 
 @document_policy_fields
 @document_ewc_fields
 @dataclass
-class DPOConfig(EWCArguments, StartingPolicyArguments, trl.DPOConfig):
+class DPOConfig(EWCArguments, StartingPolicyArguments, ChatTemplateArguments, trl.DPOConfig):
     """TRL's `trl.DPOConfig`; every TRL field works unchanged, plus the EWC and forgetting-monitor keys
     of `trl_ext.configs.ewc.EWCArguments` and `sft_adapter_path` (listed below)."""
 
@@ -27,7 +28,7 @@ class DPOConfig(EWCArguments, StartingPolicyArguments, trl.DPOConfig):
 @document_policy_fields
 @document_ewc_fields
 @dataclass
-class GRPOConfig(EWCArguments, StartingPolicyArguments, trl.GRPOConfig):
+class GRPOConfig(EWCArguments, StartingPolicyArguments, ChatTemplateArguments, trl.GRPOConfig):
     """TRL's `trl.GRPOConfig`; every TRL field works unchanged, plus the EWC and forgetting-monitor keys
     of `trl_ext.configs.ewc.EWCArguments` and `sft_adapter_path` (listed below; the reference adapter is used when
     `beta > 0`)."""
@@ -36,7 +37,7 @@ class GRPOConfig(EWCArguments, StartingPolicyArguments, trl.GRPOConfig):
 @document_policy_fields
 @document_ewc_fields
 @dataclass
-class KTOConfig(EWCArguments, StartingPolicyArguments, trl.KTOConfig):
+class KTOConfig(EWCArguments, StartingPolicyArguments, ChatTemplateArguments, trl.KTOConfig):
     """TRL's `trl.KTOConfig`; every TRL field works unchanged, plus the EWC and forgetting-monitor keys
     of `trl_ext.configs.ewc.EWCArguments` and `sft_adapter_path` (listed below)."""
 

@@ -15,6 +15,7 @@ import trl
 
 from trl_ext.configs.ewc import EWCArguments, document_ewc_fields
 from trl_ext.configs.policy import StartingPolicyArguments, document_policy_fields
+from trl_ext.recipe_arguments import ChatTemplateArguments
 
 CRITIC_MODES = ("adapter", "shared", "model")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -74,7 +75,7 @@ def inspect_reward_adapter(path: str) -> tuple[dict, str]:
 @document_policy_fields
 @document_ewc_fields
 @dataclass
-class PPOConfig(EWCArguments, StartingPolicyArguments, trl.GRPOConfig):
+class PPOConfig(EWCArguments, StartingPolicyArguments, ChatTemplateArguments, trl.GRPOConfig):
     """TRL's `trl.GRPOConfig` plus the fields of RLHF PPO and the EWC and forgetting-monitor keys of
     `trl_ext.ewc.EWCArguments` (listed below). Every GRPO field works unchanged; PPO changes the defaults of
     `num_generations` (1: the critic is the baseline) and `loss_type` (`bnpo`: token mean over the mini-batch, as

@@ -1,4 +1,6 @@
-"""`RecipeArguments`: a recipe's script-level keys (TRL's `ScriptArguments` fields plus trl-ext's own)."""
+"""`RecipeArguments`: a recipe's script-level keys (TRL's `ScriptArguments` fields plus trl-ext's own), and
+`ChatTemplateArguments`. A top-level module, not part of `trl_ext.configs`, so that parsing a recipe imports no TRL
+until a method's config is needed (the CLI silences known library messages before TRL loads)."""
 
 from __future__ import annotations
 
@@ -39,10 +41,6 @@ class RecipeArguments:
         skip_memory_check (`bool`, *optional*, defaults to `False`):
             On a GPU, ``trl-ext train`` refuses a recipe that ``trl-ext estimate`` predicts not to fit the visible GPU
             memory, before loading weights. Set true to train anyway.
-        chat_template_path (`str`, *optional*):
-            A chat template for a tokenizer without one (as TRL's ``SFTConfig`` has it): a Jinja file, or a tokenizer
-            folder (or ``builtin:`` model) whose template to use. A conversational dataset needs a chat template;
-            this is checked before any weight loads.
     """
 
     method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto, ppo, sft or reward."})
@@ -61,6 +59,19 @@ class RecipeArguments:
     skip_memory_check: bool = field(
         default=False, metadata={"help": "Train even if the memory estimate says the recipe does not fit the GPU."}
     )
+
+
+@dataclass
+class ChatTemplateArguments:
+    """`chat_template_path` for the methods whose TRL config lacks it (TRL's `SFTConfig` and `RewardConfig` have it).
+
+    Args:
+        chat_template_path (`str`, *optional*):
+            A chat template for a tokenizer without one: a Jinja file, or a tokenizer folder (or `builtin:` model)
+            whose template to use. A conversational dataset needs a chat template; this is checked before any weight
+            loads, and the template is set on the tokenizer when it loads.
+    """
+
     chat_template_path: str | None = field(
         default=None, metadata={"help": "Jinja chat template file (or tokenizer folder) for a tokenizer without one."}
     )
