@@ -91,6 +91,17 @@ def test_bad_sft_adapter_path_is_a_recipe_error_before_weights_load(sft_adapter,
         load_recipe(PPO, ["--critic_init_from_reward", "true"])
 
 
+def test_estimate_counts_the_frozen_reference_adapter(sft_adapter):
+    from trl_ext.memory import estimate_memory
+
+    plain = estimate_memory(load_recipe(DPO))
+    started = estimate_memory(load_recipe(DPO, ["--sft_adapter_path", str(sft_adapter)]))
+    ref = started.component("reference adapter (frozen SFT copy)")
+    assert ref.bytes == started.component("adapter weights").bytes > 0  # the same LoRA, weights only
+    assert "reference adapter (frozen SFT copy)" not in {c.name for c in plain.components}
+    assert started.peak_bytes > plain.peak_bytes
+
+
 # ------------------------------------------------------------------------------------------------------- DPO
 @pytest.mark.slow
 def test_dpo_from_sft_adapter_has_zero_kl_at_step_0_and_the_base_would_not(sft_adapter, tmp_path):
@@ -241,3 +252,21 @@ def test_ppo_critic_init_from_reward_starts_the_critic_as_the_reward_model(rewar
     )
     fresh = _lora(plain.accelerator.unwrap_model(plain.model), "critic")
     assert not all(torch.equal(fresh[k], reward[k]) for k in fresh)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "extra"), [("kto.yaml", []), ("grpo.yaml", ["--beta", "0.04"])])
+def test_kto_and_grpo_from_sft_adapter_reference_the_same_adapter(sft_adapter, tmp_path, recipe, extra):
+    from peft.utils import load_peft_weights
+
+    from trl_ext.train import build_trainer
+
+    args = ["--sft_adapter_path", str(sft_adapter), "--output_dir", str(tmp_path / "out"), *extra]
+    trainer = build_trainer(load_recipe(str(RECIPES / "quickstart" / recipe), args))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    assert trainer.ref_model is None and set(model.peft_config) == {"default", "ref"}  # TRL uses the `ref` adapter
+    saved = load_peft_weights(str(sft_adapter), device="cpu")
+    policy, ref = _lora(model, "default"), _lora(model, "ref")
+    assert policy.keys() == saved.keys()
+    assert all(torch.equal(policy[k], saved[k]) and torch.equal(ref[k], saved[k]) for k in saved)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".ref." in n)
