@@ -43,21 +43,11 @@ def reward_run(seed: int, out: str) -> dict[str, float]:
     return {"heldout_accuracy": metrics["eval_accuracy"], "heldout_margin": metrics["eval_margin"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    args = parser.parse_args(argv)
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            runs.append({"run": "sft", "seed": seed, **sft_run(seed, f"{tmp}/sft-{seed}", [])})
-            runs.append({"run": "sft+ewc", "seed": seed, **sft_run(seed, f"{tmp}/ewc-{seed}", EWC)})
-            runs.append({"run": "reward", "seed": seed, **reward_run(seed, f"{tmp}/rm-{seed}")})
-            print(runs[-3:], flush=True)
+def write_results(runs: list[dict]) -> None:
+    """Write every run (JSON) and the mean, min and max per run kind (Markdown)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"machine": platform.platform(), "seeds": args.seeds, "runs": runs}
+    result = {"machine": platform.platform(), "runs": runs}
     (RESULTS / "sft_reward_quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
-
     lines = [
         "# SFT and reward-model quickstarts: held-out figures",
         "",
@@ -68,17 +58,39 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name in ("sft", "sft+ewc", "reward"):
         rows = [r for r in runs if r["run"] == name]
+        if not rows:
+            continue
 
         def mean(key, rows=rows):
             values = [r[key] for r in rows if key in r]
             return f"{statistics.mean(values):.3f} (min {min(values):.3f}, max {max(values):.3f})" if values else "-"
 
+        seeds = ", ".join(str(r["seed"]) for r in rows)
         lines.append(
-            f"| {name} | {len(rows)} | {mean('heldout_loss_before')} | {mean('heldout_loss_after')} | "
+            f"| {name} | {seeds} | {mean('heldout_loss_before')} | {mean('heldout_loss_after')} | "
             f"{mean('heldout_accuracy')} | {mean('heldout_margin')} |"
         )
     (RESULTS / "sft_reward_quickstart.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = parser.parse_args(argv)
+    runs: list[dict] = []
+    plan = [("reward", seed) for seed in args.seeds] + [
+        (run, seed) for seed in args.seeds for run in ("sft", "sft+ewc")
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, seed in plan:
+            out = f"{tmp}/{name}-{seed}"
+            if name == "reward":
+                metrics = reward_run(seed, out)
+            else:
+                metrics = sft_run(seed, out, EWC if name == "sft+ewc" else [])
+            runs.append({"run": name, "seed": seed, **metrics})
+            print(runs[-1], flush=True)
+            write_results(runs)  # after every run, so an interrupted benchmark keeps what it measured
     return 0
 
 
