@@ -91,6 +91,17 @@ def test_bad_sft_adapter_path_is_a_recipe_error_before_weights_load(sft_adapter,
         load_recipe(PPO, ["--critic_init_from_reward", "true"])
 
 
+def test_estimate_counts_the_frozen_reference_adapter(sft_adapter):
+    from trl_ext.memory import estimate_memory
+
+    plain = estimate_memory(load_recipe(DPO))
+    started = estimate_memory(load_recipe(DPO, ["--sft_adapter_path", str(sft_adapter)]))
+    ref = started.component("reference adapter (frozen SFT copy)")
+    assert ref.bytes == started.component("adapter weights").bytes > 0  # the same LoRA, weights only
+    assert "reference adapter (frozen SFT copy)" not in {c.name for c in plain.components}
+    assert started.peak_bytes > plain.peak_bytes
+
+
 # ------------------------------------------------------------------------------------------------------- DPO
 @pytest.mark.slow
 def test_dpo_from_sft_adapter_has_zero_kl_at_step_0_and_the_base_would_not(sft_adapter, tmp_path):
@@ -112,9 +123,12 @@ def test_dpo_from_sft_adapter_has_zero_kl_at_step_0_and_the_base_would_not(sft_a
     trainer = build_trainer(recipe)
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert model.is_loaded_in_4bit and set(model.peft_config) == {"default", "ref"}
-    saved = {k.replace(".default.", "."): v for k, v in _lora(model, "default").items()}
+    from peft.utils import load_peft_weights
+
+    saved = load_peft_weights(str(sft_adapter), device="cpu")
     policy, ref = _lora(model, "default"), _lora(model, "ref")
-    assert policy.keys() == ref.keys() and all(torch.equal(policy[k], ref[k]) for k in policy)
+    assert policy.keys() == ref.keys() == saved.keys()
+    assert all(torch.equal(policy[k], ref[k]) and torch.equal(policy[k], saved[k]) for k in policy)  # exactly
     assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # the SFT adapter, not a fresh one
     assert all(p.requires_grad for n, p in model.named_parameters() if ".default." in n)
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".ref." in n)
@@ -134,6 +148,9 @@ def test_dpo_from_sft_adapter_has_zero_kl_at_step_0_and_the_base_would_not(sft_a
 
     from trl.trainer.utils import use_adapter
 
+    from trl_ext.modeling import eval_mode
+
+    eval_mode(model)  # a plain eval() forward would repack the 4-bit weights on CPU and break training
     policy_logps = seq_logps(nullcontext())
     assert torch.equal(policy_logps, seq_logps(use_adapter(model, "ref")))
     assert (policy_logps - seq_logps(use_adapter(model, None))).abs().max() > 0.5  # the base is another policy
@@ -177,13 +194,19 @@ def test_ppo_from_sft_adapter_logs_zero_kl_at_step_0_and_the_base_would_not(sft_
     trainer = build_trainer(load_recipe(PPO, _ppo_args(tmp_path, "--sft_adapter_path", str(sft_adapter))))
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert set(model.peft_config) == {"default", "ref", "critic"}
+    from peft.utils import load_peft_weights
+
+    saved = load_peft_weights(str(sft_adapter), device="cpu")
     policy, ref = _lora(model, "default"), _lora(model, "ref")
-    assert all(torch.equal(policy[k], ref[k]) for k in policy)
+    assert all(torch.equal(policy[k], ref[k]) and torch.equal(policy[k], saved[k]) for k in policy)
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".ref." in n)
 
     text = trainer.processing_class(["Which river is Velmar on? Velmar sits by the Quiet river."], return_tensors="pt")
     ids, mask = text["input_ids"], text["attention_mask"]
     n = ids.size(1) - 1
+    from trl_ext.modeling import eval_mode
+
+    eval_mode(model)  # a plain eval() forward would repack the 4-bit weights on CPU and break training
     with torch.no_grad():
         policy_logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, n, batch_size=1)
         ref_logps = trainer._reference_logps(ids, mask, n, 1)
@@ -229,3 +252,21 @@ def test_ppo_critic_init_from_reward_starts_the_critic_as_the_reward_model(rewar
     )
     fresh = _lora(plain.accelerator.unwrap_model(plain.model), "critic")
     assert not all(torch.equal(fresh[k], reward[k]) for k in fresh)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "extra"), [("kto.yaml", []), ("grpo.yaml", ["--beta", "0.04"])])
+def test_kto_and_grpo_from_sft_adapter_reference_the_same_adapter(sft_adapter, tmp_path, recipe, extra):
+    from peft.utils import load_peft_weights
+
+    from trl_ext.train import build_trainer
+
+    args = ["--sft_adapter_path", str(sft_adapter), "--output_dir", str(tmp_path / "out"), *extra]
+    trainer = build_trainer(load_recipe(str(RECIPES / "quickstart" / recipe), args))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    assert trainer.ref_model is None and set(model.peft_config) == {"default", "ref"}  # TRL uses the `ref` adapter
+    saved = load_peft_weights(str(sft_adapter), device="cpu")
+    policy, ref = _lora(model, "default"), _lora(model, "ref")
+    assert policy.keys() == saved.keys()
+    assert all(torch.equal(policy[k], saved[k]) and torch.equal(ref[k], saved[k]) for k in saved)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".ref." in n)

@@ -57,7 +57,7 @@ def test_assistant_only_loss_trains_the_assistant_turns_and_plain_text_every_tok
     trainer = build_trainer(load_recipe(SFT, ["--output_dir", str(tmp_path / "a")]))
     tokenizer = trainer.processing_class
     row = next(r for r in trainer.train_dataset if tokenizer.decode(r["input_ids"]).count("<|im_start|>user") == 2)
-    trained = tokenizer.decode([t for t, m in zip(row["input_ids"], row["assistant_masks"], strict=True) if m])
+    trained = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
     text = tokenizer.decode(row["input_ids"])
     answers = [part.split("<|im_end|>")[0] + "<|im_end|>" for part in text.split("<|im_start|>assistant\n")[1:]]
     assert trained == "".join(answers)  # both answers with their end-of-turn token, no user turn, no role header
@@ -78,8 +78,6 @@ def test_assistant_only_loss_trains_the_assistant_turns_and_plain_text_every_tok
             ],
         )
     )
-    sample = plain.train_dataset[0]
-    assert "assistant_masks" not in sample and "completion_mask" not in sample
     batch = plain.data_collator([plain.train_dataset[i] for i in range(2)])
     assert ((batch["labels"] != -100) == (batch["attention_mask"] == 1)).all()  # every real token is trained
 
@@ -116,3 +114,18 @@ def test_sft_with_ewc_lowers_the_held_out_loss_and_applies_the_penalty(tmp_path)
     assert after < 0.75 * before, (before, after)
     penalties = logged_values(trainer, "ewc/penalty")
     assert len(penalties) == 8 and penalties[-1] > 0 and all(torch.isfinite(torch.tensor(penalties)))
+
+
+@pytest.mark.slow
+def test_packing_fills_max_length_blocks_and_keeps_the_assistant_only_labels(tmp_path):
+    from trl_ext.train import build_trainer
+
+    overrides = ["--output_dir", str(tmp_path), "--packing", "true", "--packing_strategy", "wrapped"]
+    trainer = build_trainer(load_recipe(SFT, [*overrides, "--eval_strategy", "no"]))
+    rows = trainer.train_dataset
+    lengths = [len(row["input_ids"]) for row in rows]
+    assert len(rows) < 230 and all(n == 128 for n in lengths[:-1])  # conversations packed into 128-token blocks
+    text = trainer.processing_class.decode(rows[0]["input_ids"])
+    assert text.count("<|im_start|>user") >= 3  # several conversations per block
+    masked = sum(label == -100 for label in rows[0]["labels"])
+    assert 0 < masked < 128  # user turns and headers still carry no loss

@@ -287,14 +287,58 @@ def add_reference_adapter(model, name: str = "ref", source: str = "default") -> 
     """
     active = model.active_adapter
     model.add_adapter(name, copy.deepcopy(model.peft_config[source]))
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if f".{source}." in param_name:
-                model.get_parameter(param_name.replace(f".{source}.", f".{name}.")).copy_(param)
     model.set_adapter(active)
-    for param_name, param in model.named_parameters():
-        if f".{name}." in param_name:
-            param.requires_grad_(False)
+    copy_adapter(model, source, name)
+
+
+def copy_adapter(model, source: str, target: str) -> int:
+    """Make adapter `target` an exact, frozen copy of adapter `source` (values and dtype), in place.
+
+    Args:
+        model (`peft.PeftModel`):
+            The model holding both adapters (same LoRA configuration).
+        source (`str`):
+            The adapter copied.
+        target (`str`):
+            The adapter overwritten; its parameters stop requiring gradients.
+
+    Returns:
+        `int`: how many tensors were copied.
+    """
+    params = dict(model.named_parameters())
+    copied = 0
+    for param_name, param in params.items():
+        if f".{source}." in param_name:
+            other = params[param_name.replace(f".{source}.", f".{target}.")]
+            other.data = param.detach().clone()
+            other.requires_grad_(False)
+            copied += 1
+    return copied
+
+
+def restore_adapter_weights(model, adapter_path: str, adapter_name: str = "default") -> None:
+    """Load the weights saved in `adapter_path` into adapter `adapter_name` again, exactly (after a trainer cast them).
+
+    TRL's trainers cast a quantized model's trainable adapter weights to bf16; for an adapter the policy starts from,
+    that rounds the starting policy itself. This puts the saved values back (in the parameters' current dtype).
+
+    Args:
+        model (`peft.PeftModel`):
+            The model holding `adapter_name`.
+        adapter_path (`str`):
+            The adapter directory it was loaded from.
+        adapter_name (`str`, *optional*, defaults to `"default"`):
+            The adapter to restore.
+    """
+    from peft import set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+
+    params = dict(model.named_parameters())
+    weights = load_peft_weights(adapter_path, device="cpu")
+    for name, param in params.items():
+        if f".{adapter_name}." in name:
+            param.data = param.data.float()  # full precision before the saved values go in
+    set_peft_model_state_dict(model, weights, adapter_name=adapter_name)
 
 
 def align_adapter_dtype(model) -> int:

@@ -94,19 +94,22 @@ class PPOTrainer(PPOCriticMixin, PPORewardAdapterMixin, EWCTrainerMixin, SharedT
         """
         unwrapped = self.accelerator.unwrap_model(self.model)
         critic, reward = unwrapped.peft_config[self._critic_adapter], unwrapped.peft_config[REWARD_ADAPTER]
-        if (critic.r, critic.lora_alpha) != (reward.r, reward.lora_alpha) or set(critic.target_modules) != set(
-            reward.target_modules
-        ):
+        params = dict(unwrapped.named_parameters())
+        pairs = {n: n.replace(f".{self._critic_adapter}.", f".{REWARD_ADAPTER}.") for n in params}
+        pairs = {n: r for n, r in pairs.items() if r != n}
+        n_reward = sum(f".{REWARD_ADAPTER}." in n for n in params)
+        fits = len(pairs) == n_reward and all(
+            r in params and params[r].shape == params[n].shape for n, r in pairs.items()
+        )
+        if not fits or (critic.r, critic.lora_alpha) != (reward.r, reward.lora_alpha):
             raise ValueError(
                 "critic_init_from_reward copies the reward adapter into the critic adapter, but their LoRA shapes "
-                f"differ (critic r={critic.r}, lora_alpha={critic.lora_alpha}, modules "
-                f"{sorted(critic.target_modules)}; reward r={reward.r}, lora_alpha={reward.lora_alpha}, modules "
-                f"{sorted(reward.target_modules)}). Train the reward model with the actor's lora_r, lora_alpha and "
-                "lora_target_modules."
+                f"differ (critic r={critic.r}, lora_alpha={critic.lora_alpha}; reward r={reward.r}, "
+                f"lora_alpha={reward.lora_alpha}; or other adapted modules). Train the reward model with the actor's "
+                "lora_r, lora_alpha and lora_target_modules."
             )
-        for name, param in unwrapped.named_parameters():
-            if f".{self._critic_adapter}." in name:
-                param.copy_(unwrapped.get_parameter(name.replace(f".{self._critic_adapter}.", f".{REWARD_ADAPTER}.")))
+        for name, reward_name in pairs.items():
+            params[name].copy_(params[reward_name])
         head = unwrapped.ppo_value_head.summary
         head.weight.copy_(self._reward_head.weight.to(head.weight.dtype))
         head.bias.copy_(self._reward_head.bias if self._reward_head.bias is not None else torch.zeros_like(head.bias))
