@@ -135,6 +135,10 @@ def test_ppo_takes_its_policy_and_its_reward_model_from_earlier_stages(tmp_path)
     assert ppo_stage.recipe.training.sft_adapter_path == str(tmp_path / "out" / "sft")
     assert ppo_stage.recipe.training.reward_adapter_path == str(tmp_path / "out" / "reward")
     assert pipeline.dependencies(ppo_stage) == pipeline.stages[:2]
+    # a key whose check needs the reward adapter is set with it, from the recipe or the command line
+    critic_from_reward = load_pipeline(path, ["--critic_init_from_reward", "true"]).stage("ppo")
+    assert critic_from_reward.recipe.training.critic_init_from_reward is True
+    assert critic_from_reward.raw["critic_init_from_reward"] is True and critic_from_reward.overrides == []
     path = write_pipeline(tmp_path, [sft, reward, {**ppo, "sft_adapter_path": "reward"}])
     with pytest.raises(RecipeError, match=r"stage 'ppo'.*stage 'reward' trains a reward model, not a policy"):
         load_pipeline(path)

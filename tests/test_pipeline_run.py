@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY_MODEL
+from conftest import RECIPES, REPO, TINY_MODEL
 
 CRASHING_REWARD = '''
 import os
@@ -32,10 +32,10 @@ class CountingKeywordReward(KeywordReward):
 '''
 
 
-def train(path: Path, tmp_path: Path, **env) -> subprocess.CompletedProcess:
+def train(path: Path, tmp_path: Path, *overrides: str, **env) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
     full_env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO), full_env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "trl_ext.cli", "train", str(path)]
+    cmd = [sys.executable, "-m", "trl_ext.cli", "train", str(path), *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=REPO, env=full_env)
 
 
@@ -90,3 +90,31 @@ def test_a_pipeline_killed_during_stage_2_resumes_at_stage_2_from_its_checkpoint
     state = json.loads((out / "ppo" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and (out / "ppo" / "stage_complete.json").is_file()
     assert f"{out / 'ppo'}  (complete)" in second.stdout
+
+
+def readme_chat_snippet() -> str:
+    readme = (REPO / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:]
+    return next(b.split("```")[0] for b in blocks if "AutoPeftModelForCausalLM" in b)
+
+
+@pytest.mark.slow
+def test_quickstart_rlhf_pipeline_trains_every_stage_and_ppo_starts_at_the_sft_policy(tmp_path):
+    out = tmp_path / "quickstart-rlhf"
+    result = train(RECIPES / "quickstart" / "rlhf.yaml", tmp_path, "--output_dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("sft", "reward", "ppo"):
+        assert (out / name / "stage_complete.json").is_file() and (out / name / "adapter_config.json").is_file()
+        assert f"{out / name}  (complete)" in result.stdout
+    assert json.loads((out / "reward" / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    assert json.loads((out / "ppo" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+
+    # PPO is scored by the reward stage's adapter and its reference is the SFT stage's policy: KL 0 at the start
+    history = json.loads((out / "ppo" / "trainer_state.json").read_text())["log_history"]
+    logged = [row for row in history if "rewards/reward/mean" in row]
+    assert len(logged) == 12, history  # one line per rollout
+    assert abs(logged[0]["objective/kl"]) < 1e-6 and max(abs(row["objective/kl"]) for row in logged) > 1e-3
+
+    snippet = readme_chat_snippet().replace("outputs/quickstart-rlhf/ppo", str(out / "ppo"))
+    chat = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr[-2000:]

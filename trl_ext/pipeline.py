@@ -44,6 +44,8 @@ REFERENCE_KEYS: dict[str, str] = {
     "ewc_anchor_adapter": "policy",
     "ewc_fisher_path": "fisher",
 }
+#: Keys whose config check needs a reference key set (they are set with it, after validation).
+DEPENDENT_KEYS: dict[str, str] = {"critic_init_from_reward": "reward_adapter_path"}
 #: Methods whose output is not a policy (a later stage cannot start from it).
 NON_POLICY_METHODS = ("reward",)
 #: File names a stage writes next to its trainer's output.
@@ -266,11 +268,22 @@ def _build_stage(i, entry, shared, root, cli, earlier, names, path) -> Stage:
     references = _references(merged, own, where, earlier, names, name)
     resolved = {key: _resolve(key, ref, root) for key, ref in references.items()}
     # The references are set after validation: their outputs do not exist until the earlier stages have run.
+    for key, needs in DEPENDENT_KEYS.items():
+        if needs not in resolved:
+            continue
+        if key in merged:
+            resolved[key] = merged[key]
+        given = [v for k, v in stage_cli if k == key]
+        if given:  # from the command line: into the stage's recipe file, set with its reference
+            resolved[key] = True if given[-1] is None else yaml.safe_load(given[-1])
+            overrides = [tok for k, v in stage_cli if k != key for tok in ([f"--{k}"] if v is None else [f"--{k}", v])]
     checked = {k: v for k, v in merged.items() if k not in resolved}
     try:
         recipe = build_recipe(checked, overrides, path=path, deferred=resolved)
     except RecipeError as err:
         raise RecipeError(f"{where}: {err}") from None
+    if resolved.get("critic_init_from_reward") and recipe.training.critic != "adapter":
+        raise RecipeError(f"{where}: critic_init_from_reward needs critic: adapter (got {recipe.training.critic!r}).")
     ewc_refs, ewc_values = _online_ewc(recipe, merged, references, earlier, where)
     references.update(ewc_refs)
     resolved.update(ewc_values)
