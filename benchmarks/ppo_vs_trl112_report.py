@@ -33,6 +33,49 @@ def speed_rows(runs, epochs):
     return rows
 
 
+def _cpu(runs, **match):
+    group = _group(runs, **match)
+    return _mean([r["cpu_seconds_per_rollout"] for r in group]) if group else None
+
+
+def changes(runs, epochs) -> list[str]:
+    """What reading the old log-probabilities off generation bought, and where trl-ext still spends more than TRL 1.12
+    (the phases of the fp32 compute model), computed from the runs."""
+    match = dict(model="small", precision="fp32", epochs=epochs)
+    ours, recompute, trl = (_cpu(runs, variant=v, **match) for v in ("ours", "ours-recompute", "trl112"))
+    if None in (ours, recompute, trl):
+        return []
+    phase = lambda variant, name: _mean([r["phases"].get(name, 0.0) for r in _group(runs, variant=variant, **match)])  # noqa: E731
+    saved, left = phase("ours-recompute", "old log-probs"), phase("ours", "old log-probs")
+    lines = [
+        "## What was changed in trl-ext's PPO for speed, and what it bought",
+        "",
+        "- The rollout's old log-probabilities are read off generation (`trl_ext/trainers/ppo_rollout.py`: a forward "
+        "hook keeps each sampled token's log-probability at the trainer's temperature, one vocabulary row at a time) "
+        "instead of a second policy pass over the rollout, as TRL 1.12 did. On the fp32 compute model the "
+        f"`old log-probs` phase went from {saved:.3f} to {left:.3f} CPU s per rollout "
+        f"({100 * (saved - left) / recompute:.0f} % of the rollout). The whole runs measured {recompute:.2f} "
+        f"(recomputing) and {ours:.2f} CPU s per rollout ({recompute / trl:.2f}x and {ours / trl:.2f}x TRL 1.12's "
+        f"{trl:.2f}); the difference beyond the phase itself is run-to-run spread (one seed per variant, runs "
+        "sharing an overloaded machine).",
+        "",
+        "Where trl-ext still spends more CPU than TRL 1.12 (fp32 compute model, s per rollout):",
+        "",
+        "| phase | trl-ext | TRL 1.12 | difference |",
+        "|---|---|---|---|",
+    ]
+    ours_forward = phase("ours", "train forward: policy") + phase("ours", "train forward: critic")
+    pairs = [
+        (name, phase("ours", name), phase("trl112", name))
+        for name in _group(runs, variant="ours", **match)[0]["phases"]
+    ]
+    pairs = [p for p in pairs if not p[0].startswith("train forward")]
+    pairs.append(("train forward (policy + critic)", ours_forward, phase("trl112", "train forward: policy + critic")))
+    for name, a, b in sorted(pairs, key=lambda p: p[2] - p[1]):
+        lines.append(f"| {name} | {a:.3f} | {b:.3f} | {a - b:+.3f} |")
+    return lines + [""]
+
+
 def write_markdown(summary: dict, path: Path) -> None:
     runs = summary["runs"]
     s = summary["settings"]
@@ -52,7 +95,7 @@ def write_markdown(summary: dict, path: Path) -> None:
         "which inflates wall time by a factor that changes from run to run. Wall seconds are listed too.",
         "",
         "| model | precision | side | CPU s / rollout | wall s / rollout | vs TRL 1.12 (CPU) | peak RSS MiB | "
-        "weights MiB | base models | tokens / rollout | TRL's gc.collect s / rollout |",
+        "weights MiB | base models | tokens / rollout | TRL's gc.collect, wall s / rollout |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = speed_rows(runs, s["ppo_epochs"])
@@ -108,6 +151,7 @@ def write_markdown(summary: dict, path: Path) -> None:
         cpu = [_mean([r["cpu_seconds_per_rollout"] for r in g]) for g in per_key.values()]
         lines.append("| CPU s / rollout | " + " | ".join(f"{x:.2f}" for x in cpu) + " |")
         lines.append("")
+    lines += changes(runs, s["ppo_epochs"])
     lines += summary.get("notes", [])
     lines += [
         "",
