@@ -18,6 +18,7 @@ from pathlib import Path
 from trl_ext.rewards.eval_rewrite import load_rows
 from trl_ext.rewards.query_rewrite import BUILTIN_CORPUS, QueryRewriteReward, load_corpus
 from trl_ext.rewards.query_rewrite.hacks import hack_variants
+from trl_ext.rewards.query_rewrite.text import _surface_words
 
 COLUMNS = ("query", "context", "gold_doc_ids", "required_slots", "answer_terms", "reference_rewrites")
 
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
         # a fresh instance per repeat would rebuild nothing (the index is shared); clear the query cache to time
         # the cold path of every call
         reward.scorer.index.scores.cache_clear()
+        _surface_words.cache_clear()  # and the tokenization memo
         t = time.perf_counter()
         reward(prompts=None, completions=completions, **cols)
         times.append(time.perf_counter() - t)

@@ -70,6 +70,8 @@ def test_benchmark_shape_categories_and_schema(bench):
         assert set(COLUMNS) <= set(r) and r["gold_doc_ids"] and all(g in bench["docs"] for g in r["gold_doc_ids"])
         assert r["language"] == bench["lang"]
         assert r["prompt"][-1]["role"] == "user" and "<rewrite>" in r["prompt"][-1]["content"]
+        # the SFT target: the reference in the format the gate accepts
+        assert r["completion"] == [{"role": "assistant", "content": f"<rewrite>{r['reference_rewrites'][0]}</rewrite>"}]
         if r["category"] == "clear":
             assert r["reference_rewrites"] == [r["query"]]
         if r["category"] == "unresolvable":  # the reference invents no system or feature

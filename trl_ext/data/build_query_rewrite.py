@@ -8,7 +8,9 @@ hard negatives (other documents the original query also matches).
 
 Row schema: ``id``, ``category`` (missing_entity | ambiguity | metric_clarification | clear | unresolvable), ``language``,
 ``query``, ``context``, ``gold_doc_ids``, ``required_slots`` (slot -> list of accepted values), ``answer_terms``,
-``reference_rewrites``, ``hard_negative_ids`` and ``prompt`` (chat messages built with the rewrite prompt template).
+``reference_rewrites``, ``hard_negative_ids``, ``prompt`` (chat messages built with the rewrite prompt template) and
+``completion`` (the first reference as an assistant message in the ``<rewrite>`` format: ``method: sft`` trains on
+``prompt`` + ``completion``).
 """
 
 from __future__ import annotations
@@ -328,6 +330,8 @@ def finalize(docs: list[dict], rows: dict[str, list[dict]], prompt=build_prompt)
             mrr_q.append(index.metrics(row["query"], row["gold_doc_ids"])["mrr"])
             mrr_ref.append(index.metrics(row["reference_rewrites"][0], row["gold_doc_ids"])["mrr"])
             row["prompt"] = prompt(row["query"], row["context"])
+            # the SFT target (TRL's conversational prompt-completion format): the reference in the gate's format
+            row["completion"] = [{"role": "assistant", "content": f"<rewrite>{row['reference_rewrites'][0]}</rewrite>"}]
         stats[split] = {
             "rows": len(split_rows),
             "original_mrr@10": sum(mrr_q) / len(mrr_q),

@@ -7,15 +7,19 @@ Dataset row schema (columns arrive as keyword arguments, one value per completio
 - `gold_doc_ids` (`list[str]`): ids of the corpus documents the query should retrieve. Rows without any are not
   scored on retrieval (`None`).
 - `required_slots` (`dict`, optional): slot -> value or list of accepted synonyms the rewrite must state.
-- `answer_terms` (`list[str]`, optional): terms of the answer; a rewrite must not contain them.
-- `reference_rewrites` (`list[str]`, optional): good rewrites, used for a low-weight token F1.
+- `answer_terms` (`list[str]`, optional): terms of the answer; a rewrite must not contain them (values of a gold
+  document in neither query nor context are caught without them).
+- `reference_rewrites` (`list[str]`, optional): good rewrites: the length budget and a low-weight token F1.
 
-The corpus (a list of `{"id", "text"}`, a JSONL path or `builtin:query_rewrite_corpus`) is indexed once with BM25.
+The corpus (a list of `{"id", "text"}` or BEIR `{"_id", "title", "text"}`, a JSONL path or
+`builtin:query_rewrite_corpus`) is indexed once with BM25. The formats, with an example on a user's own files, are
+documented in `docs/query_rewrite.md`.
 Completions may be plain strings or chat messages; a completion holds one rewrite, as plain text,
 `<rewrite>...</rewrite>` or `{"query": "..."}`.
 
-`QueryRewriteReward` (in `rewards.py`) is the weighted composite; each of its components is also a reward class of
-its own (in `components.py`); `RewriteScorer` (in `scorer.py`) computes them all.
+`QueryRewriteReward` (in `rewards.py`) is the weighted composite and the reward to train on; each of its components
+is also a reward class of its own (in `components.py`) for logging and study, as each alone prefers some hack;
+`RewriteScorer` (in `scorer.py`) computes them all.
 """
 
 from trl_ext.rewards.query_rewrite.components import (

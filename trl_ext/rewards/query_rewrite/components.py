@@ -16,7 +16,8 @@ class RewriteComponentReward:
     A reward returns the component's value and a penalty minus it. A row without the data a component needs (no
     `gold_doc_ids` for the retrieval components, no `required_slots`, no `reference_rewrites`) gets `None`, which TRL
     leaves out of the sum. Completions of one call are scored once per distinct text and row. Instances pickle without
-    their BM25 index, which is rebuilt on first use.
+    their BM25 index, which is rebuilt on first use. These classes are for logging and study: train on
+    `QueryRewriteReward`, the composite, since every component alone prefers some hack.
 
     Args:
         corpus (`list[dict]` or `str`, *optional*, defaults to `BUILTIN_CORPUS`):
@@ -47,8 +48,9 @@ class FormatReward(RewriteComponentReward):
     """1.0 when the completion passes the format gate, else 0.0.
 
     The gate (`trl_ext.rewards.query_rewrite.check_format`) accepts one rewrite on one line, as plain text,
-    `<rewrite>...</rewrite>` or `{"query": "..."}`, in the language of the query, that is not an answer. Every
-    other component takes its worst value for a completion that fails it.
+    `<rewrite>...</rewrite>` or `{"query": "..."}`, within `max_chars` characters and `max_tokens` tokens, in the
+    language of the query (names copied from the query or context count for neither language), that does not open a
+    sentence with an answer marker. Every other component takes its worst value for a completion that fails it.
 
     Args:
         corpus (`list[dict]` or `str`, *optional*, defaults to `BUILTIN_CORPUS`):
@@ -227,9 +229,12 @@ class SlotCoverageReward(RewriteComponentReward):
 
 
 class FaithfulnessReward(RewriteComponentReward):
-    """Share of the original query's content words the rewrite keeps.
+    """Faithfulness of the rewrite to the query **plus its context** (`trl_ext.rewards.query_rewrite.checks`).
 
-    Content words leave out stopwords and vague words (`怎么`, `东西`, ...); a query without any gets 1.0.
+    The mean of support (the rewrite's content words found in the query, the context or generic search words: an
+    entity or value found in neither is unfaithful) and coverage (the query's content words kept; a relative date
+    resolved to a value the context names counts as kept), halved when the context names entities the query lacks and
+    the rewrite takes none of them. Not meant to be trained on alone (the composite is).
 
     Args:
         corpus (`list[dict]` or `str`, *optional*, defaults to `BUILTIN_CORPUS`):
@@ -242,8 +247,9 @@ class FaithfulnessReward(RewriteComponentReward):
     >>> from trl_ext.rewards.query_rewrite import FaithfulnessReward
 
     >>> reward = FaithfulnessReward()
-    >>> reward(prompts=None, completions=["云雀CRM客户画像数据导出", "云雀CRM客户画像"], query=["客户画像怎么导出数据"] * 2)
-    [1.0, 0.5]
+    >>> reward(prompts=None, completions=["云雀CRM客户画像数据导出", "客户画像数据导出", "能导出吗"],
+    ...        query=["客户画像怎么导出数据"] * 3, context=["当前页面：云雀CRM > 客户画像"] * 3)
+    [1.0, 0.5, 0.3125]
     ```
     """
 
@@ -274,18 +280,19 @@ class ReferenceF1Reward(RewriteComponentReward):
 
 
 class LengthPenalty(RewriteComponentReward):
-    """Minus the overlength of the rewrite, in [-1, 0].
+    """Minus the length cost of the rewrite, in [-1, 0], counted in tokens of the retrieval tokenizer.
 
-    A rewrite may have `max(max_length_ratio * query content tokens, min_length_allowance)` content tokens; beyond
-    that the penalty grows linearly and reaches 1 at twice the allowance.
+    The budget is the longest reference rewrite plus `length_slack` tokens (without references: `max(max_length_ratio
+    * query tokens, min_length_allowance)`); each token beyond it costs `1 / budget`, up to 1 at twice the budget.
+    Chinese and English get the same room.
 
     Args:
         corpus (`list[dict]` or `str`, *optional*, defaults to `BUILTIN_CORPUS`):
             Documents to retrieve from: a list of `{"id", "text"}`, a JSONL path or `builtin:...`.
         max_length_ratio (`float`, *optional*, defaults to `2.0`):
-            Allowance per content token of the query.
+            Allowance per query token, for rows without `reference_rewrites`.
         min_length_allowance (`int`, *optional*, defaults to `9`):
-            Smallest allowance.
+            Smallest allowance without `reference_rewrites`.
         **scorer_kwargs:
             Other settings of `RewriteScorer`.
 
@@ -304,10 +311,13 @@ class LengthPenalty(RewriteComponentReward):
 
 
 class LeakagePenalty(RewriteComponentReward):
-    """Minus the leakage of the rewrite, in [-1, 0]: answer terms, gold-document copies, repetition.
+    """Minus the leakage of the rewrite, in [-1, 0]: answers, gold ids, gold-document copies, repetition.
 
-    An answer term of the row (`answer_terms`) the user did not write costs 1; tokens new to the query and context
-    inside n-grams copied from a gold document cost beyond a budget; repeated tokens cost twice their share.
+    An answer term of the row (`answer_terms`) the user did not write, a gold document's id, a value (a token with a
+    digit) of a gold document found in neither query nor context, or an English statement instead of a query (see
+    `checks.is_declarative`) costs 1: answers are caught without markers and without `answer_terms`. Tokens new to
+    the query and context inside n-grams copied from a gold document cost beyond a budget; repeated tokens cost twice
+    their share.
 
     Args:
         corpus (`list[dict]` or `str`, *optional*, defaults to `BUILTIN_CORPUS`):
@@ -336,7 +346,7 @@ class LeakagePenalty(RewriteComponentReward):
 class HallucinationPenalty(RewriteComponentReward):
     """Minus the share of the rewrite's content tokens found in neither query, context, corpus nor generic words.
 
-    Generic words a rewrite may add (`方法`, `步骤`, `guide`, ...) are listed in `REWRITE_VOCAB`.
+    Generic words a rewrite may add (`方法`, `步骤`, `guide`, ...) are listed in `checks.REWRITE_WORDS`.
 
     Args:
         corpus (`list[dict]` or `str`, *optional*, defaults to `BUILTIN_CORPUS`):

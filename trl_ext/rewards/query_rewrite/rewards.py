@@ -25,6 +25,10 @@ DEFAULT_WEIGHTS = {
 class QueryRewriteReward:
     """Composite query-rewrite reward: weighted retrieval and content components minus weighted penalties.
 
+    This is the reward to train on: each component alone prefers some hack (retrieval pays for stuffing the gold
+    document's words, faithfulness for the unchanged query, the penalties for saying nothing), the composite ranks a
+    faithful rewrite above every hack `hacks.hack_variants` generates on both bundled benchmarks.
+
     A completion that fails the format gate gets `min_reward` (by default the lowest score a valid rewrite can get);
     a row without gold documents gets `None`. Per-component means are logged through TRL's `log_metric` as
     `query_rewrite/<component>`. Instances pickle without their BM25 index, which is rebuilt on first use.
@@ -48,7 +52,7 @@ class QueryRewriteReward:
     >>> reward(prompts=None, completions=["<rewrite>云雀CRM客户画像的数据导出</rewrite>", "答：点右上角的导出按钮"],
     ...        query=["能导出成表格吗？"] * 2, context=["当前页面：云雀CRM > 客户画像"] * 2,
     ...        gold_doc_ids=[["crm-0-export"]] * 2)
-    [2.5833333333333335, -2.5]
+    [2.6666666666666665, -2.5]
     ```
     """
 
