@@ -198,6 +198,13 @@ def test_missing_fisher_file_is_refused_up_front(tmp_path, capsys):
     assert str(tmp_path / "f.st") in line and "trl-ext fisher RECIPE.yaml" in line
 
 
+def test_fisher_command_refuses_a_missing_model_before_loading(tmp_path, capsys):
+    path = recipe(tmp_path, base=RECIPES / "quickstart" / "dpo-ewc.yaml")
+    out = str(tmp_path / "f.safetensors")
+    line = one_error_line(capsys, "fisher", path, "--model_name_or_path", str(tmp_path / "nope"), "--output", out)
+    assert f"model_name_or_path {tmp_path / 'nope'} does not exist" in line
+
+
 def test_wrong_typed_override_is_one_line_without_the_usage(tmp_path, capsys):
     line = one_error_line(capsys, "check", recipe(tmp_path), "--learning_rate", "fast")
     assert line == "trl-ext: error: --learning_rate fast: dpo expects float."

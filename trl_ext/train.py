@@ -62,7 +62,7 @@ def preflight(recipe: Recipe) -> Recipe:
 def check_inputs(recipe: Recipe) -> None:
     """Refuse (RecipeError) bad input that would otherwise fail after loading: reward constructor arguments, an
     output_dir that is not a writable folder, a model that cannot be found, a dataset that cannot be read or lacks
-    the method's columns, a conversational dataset for a tokenizer without a chat template, a bad EWC Fisher file."""
+    the method's columns, a conversational dataset for a tokenizer without a chat template."""
     from trl_ext.model_source import check_chat_template, check_model_source
 
     check_reward_kwargs(recipe)
