@@ -192,10 +192,33 @@ def test_fisher_mismatch_is_one_line_without_traceback(tmp_path, capsys, monkeyp
     assert err == ["trl-ext: error: fisher.safetensors was computed for another model (abc), this model is def."]
 
 
+def test_fisher_file_for_another_model_is_refused_before_loading(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from trl_ext.ewc.io import FORMAT
+
+    fisher = tmp_path / "f.safetensors"
+    save_file({"w": torch.zeros(1)}, str(fisher), metadata={"format": FORMAT, "base_model": "Qwen/Qwen2.5-7B"})
+    path = recipe(tmp_path, base=RECIPES / "quickstart" / "dpo-ewc.yaml", ewc_fisher_path=str(fisher))
+    line = one_error_line(capsys, "check", path)
+    assert f"Fisher file {fisher} was computed for base model 'Qwen/Qwen2.5-7B', but this model is " in line
+    assert "'builtin:tiny-chat'; recompute it with `trl-ext fisher`" in line
+    fisher.write_bytes(b"not a safetensors file")
+    assert "is not a safetensors file" in one_error_line(capsys, "check", path)
+
+
 def test_missing_fisher_file_is_refused_up_front(tmp_path, capsys):
     path = recipe(tmp_path, base=RECIPES / "quickstart" / "dpo-ewc.yaml", ewc_fisher_path=str(tmp_path / "f.st"))
     line = one_error_line(capsys, "check", path)
     assert str(tmp_path / "f.st") in line and "trl-ext fisher RECIPE.yaml" in line
+
+
+def test_fisher_command_refuses_a_missing_model_before_loading(tmp_path, capsys):
+    path = recipe(tmp_path, base=RECIPES / "quickstart" / "dpo-ewc.yaml")
+    out = str(tmp_path / "f.safetensors")
+    line = one_error_line(capsys, "fisher", path, "--model_name_or_path", str(tmp_path / "nope"), "--output", out)
+    assert f"model_name_or_path {tmp_path / 'nope'} does not exist" in line
 
 
 def test_wrong_typed_override_is_one_line_without_the_usage(tmp_path, capsys):

@@ -45,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"trl-ext: error: unknown command {name!r}.{hint} Commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
+    from trl_ext.assets import UnknownAssetError
     from trl_ext.recipe_validation import RecipeError
 
     module, func = COMMANDS[name][0].split(":")
     try:
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
-    except RecipeError as err:  # bad input a subcommand did not report itself: one line, never a traceback
+    except (RecipeError, UnknownAssetError) as err:  # bad input a subcommand did not report: one line, no traceback
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2
 

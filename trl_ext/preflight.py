@@ -61,12 +61,18 @@ def preflight(recipe: Recipe) -> Recipe:
 def check_inputs(recipe: Recipe) -> None:
     """Refuse (RecipeError) bad input that would otherwise fail after loading: reward constructor arguments, an
     output_dir that is not a writable folder, a model that cannot be found, a dataset that cannot be read or lacks
-    the method's columns, a conversational dataset for a tokenizer without a chat template, a bad EWC Fisher file."""
+    the method's columns, a conversational dataset for a tokenizer without a chat template, an EWC Fisher file
+    computed for another model or mode."""
     from trl_ext.model_source import check_chat_template, check_model_source
 
     check_reward_kwargs(recipe)
     check_output_dir_writable(recipe.training.output_dir)
     check_model_source(recipe.model.model_name_or_path, recipe.model.model_revision)
+    fisher = getattr(recipe.training, "ewc_fisher_path", None)
+    if fisher:
+        from trl_ext.ewc.io import check_fisher_header
+
+        check_fisher_header(fisher, recipe.model.model_name_or_path, recipe.training.ewc_fisher_mode)
     if getattr(recipe.training, "critic_model_name_or_path", None):
         check_model_source(recipe.training.critic_model_name_or_path, key="critic_model_name_or_path")
     if recipe.script.dataset_streaming:

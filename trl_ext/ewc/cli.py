@@ -44,6 +44,9 @@ def fisher_cli(argv: list[str] | None = None) -> int:
                 f"{args.recipe} has use_peft: false; the EWC Fisher is over LoRA-adapted modules, so "
                 "set use_peft: true (and lora_target_modules)."
             )
+        from trl_ext.model_source import check_model_source
+
+        check_model_source(recipe.model.model_name_or_path, recipe.model.model_revision)
     except RecipeError as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2

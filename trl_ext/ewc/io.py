@@ -136,6 +136,59 @@ def read_fisher(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, metadata
 
 
+def model_name_identity(name: str) -> str:
+    """How `model_identity` names the model a recipe's ``model_name_or_path`` loads, without loading it."""
+    from trl_ext.assets import resolve_builtin
+
+    resolved = resolve_builtin(name)
+    if os.path.isdir(resolved):
+        path = Path(resolved).resolve()
+        return f"builtin:{path.name}" if path.parent == DATA_DIR else str(path)
+    return name
+
+
+def check_fisher_header(path: str | os.PathLike, model_name_or_path: str, mode: str | None = None) -> None:
+    """The checks of `load_fisher` that need no weights, from the file's header only: a trl-ext Fisher file, for
+    this base model, in this mode. `trl_ext.train.preflight` runs them before anything loads.
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The recipe's ``ewc_fisher_path``.
+        model_name_or_path (`str`):
+            The recipe's model.
+        mode (`str`, *optional*):
+            The recipe's ``ewc_fisher_mode``.
+
+    Raises:
+        FisherMismatchError: naming the mismatch and the fix.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except FileNotFoundError:
+        raise FisherMismatchError(
+            f"Fisher file {path} does not exist; create it with `trl-ext fisher RECIPE.yaml`."
+        ) from None
+    except Exception as err:  # safetensors raises its own error type on a header it cannot read
+        raise FisherMismatchError(f"Fisher file {path} is not a safetensors file ({err}).") from None
+    if meta.get("format") != FORMAT:
+        raise FisherMismatchError(f"{path} is not a trl-ext Fisher file (format {meta.get('format')!r}).")
+    name = model_name_identity(model_name_or_path)
+    if meta.get("base_model") and meta["base_model"] != name:
+        raise FisherMismatchError(
+            f"Fisher file {path} was computed for base model {meta['base_model']!r}, but this model is "
+            f"{name!r}; recompute it with `trl-ext fisher` on this recipe."
+        )
+    file_mode = meta.get("mode", "full")
+    if mode is not None and file_mode != mode:
+        raise FisherMismatchError(
+            f"Fisher file {path} holds a {file_mode!r} Fisher but ewc_fisher_mode is {mode!r}; set "
+            f"ewc_fisher_mode: {file_mode} or recompute the file."
+        )
+
+
 def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate:
     """Read a Fisher file and check it against `model` and its adapted `modules`.
 
