@@ -30,8 +30,7 @@ state = {
     n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if "lora_" in n or "value_head" in n
 }
 rank = trainer.accelerator.process_index
-save_file(state, os.path.join(recipe.training.output_dir, f"rank{rank}.safetensors"))
-trainer.accelerator.wait_for_everyone()
+save_file(state, os.path.join(recipe.training.output_dir, f"rank{rank}.safetensors"))  # run() ended the group
 sys.stdout.flush()
 os._exit(0)
 """
