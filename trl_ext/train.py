@@ -112,7 +112,9 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
     check_gpu_memory(recipe)
     train_dataset, eval_dataset = load_datasets(recipe)
     method_kwargs = _trainer_kwargs(recipe)  # imports reward code (and builds indexes) before weights load
-    model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training)
+    model, tokenizer, peft_config = load_model_and_tokenizer(
+        recipe.model, recipe.training, fp32_activations=recipe.script.kbit_fp32_activations
+    )
     trainer = trainer_class(recipe.method)(
         model=model,
         args=recipe.training,
