@@ -89,9 +89,9 @@ def test_qwen7b_dpo_components_match_hand_computation():
     assert est.component("activations").bytes == 4096 * (28 * 2 * h + 12 * h)
     fp32 = estimate_memory(DPO_PRESET, overrides=["--kbit_fp32_activations", "true"])
     assert fp32.component("activations").bytes == 4096 * (28 * 4 * h + 12 * h)
-    # fused LM head: a full 4096x32768 bf16 tile + 7 fp32 stats/token + bf16 casts of two fp32 head chunks + fp32
-    # dL/dhidden
-    assert est.component("logits / log-probs").bytes == 4096 * 32768 * 2 + 4096 * 28 + 2 * 32768 * h * 2 + 4096 * h * 4
+    # fused LM head over the 3072 labelled (completion, 3/4 of max_length) tokens: a full-width 3072x32768 bf16 tile +
+    # 7 fp32 stats/token + bf16 casts of two fp32 head chunks + fp32 dL/dhidden
+    assert est.component("logits / log-probs").bytes == 3072 * 32768 * 2 + 3072 * 28 + 2 * 32768 * h * 2 + 3072 * h * 4
     assert est.peak_phase == "train"
     assert est.fits and 10 < est.peak_gib < 20
 
