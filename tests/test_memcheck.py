@@ -50,10 +50,11 @@ def test_trl_cpu_fallbacks_the_trace_leaves_out_still_exist():
     """The trace wraps these private TRL functions (no public hook): fail loudly when TRL moves them."""
     import importlib
 
-    from trl_ext.memory.trace import CPU_FALLBACKS
+    from trl_ext.memory.trace import COMPACT_SWITCH, CPU_FALLBACKS
 
     module = importlib.import_module(CPU_FALLBACKS[0])
     assert all(callable(getattr(module, name, None)) for name in CPU_FALLBACKS[1])
+    assert callable(getattr(importlib.import_module(COMPACT_SWITCH[0]), COMPACT_SWITCH[1], None))
 
 
 def test_tracer_counts_live_bytes_by_phase_and_frees_them():

@@ -83,13 +83,15 @@ def test_qwen7b_dpo_components_match_hand_computation():
     assert lora == 40_370_176
     assert est.component("adapter weights").bytes == 2 * lora
     assert est.component("optimizer states").bytes == 2 * lora  # paged_adamw_8bit: 2 x 1 byte
-    # activations with checkpointing: T * (L*4*h + 12h), T = 2 * 2 * 1024: every layer input in fp32 (k-bit prep
-    # upcasts the norms and embeddings, so the residual stream is fp32), plus embedding/final norm/head input
+    # activations with checkpointing: T * (L*2*h + 12h), T = 2 * 2 * 1024: every layer input in bf16 (lean
+    # activations), plus embedding/final norm/head input; 4 bytes per layer input with k-bit prep's fp32 stream
     h = 3584
-    assert est.component("activations").bytes == 4096 * (28 * 4 * h + 12 * h)
-    # fused LM head: a full 4096x32768 bf16 tile + 7 fp32 stats/token + bf16 casts of two fp32 head chunks + fp32
-    # dL/dhidden
-    assert est.component("logits / log-probs").bytes == 4096 * 32768 * 2 + 4096 * 28 + 2 * 32768 * h * 2 + 4096 * h * 4
+    assert est.component("activations").bytes == 4096 * (28 * 2 * h + 12 * h)
+    fp32 = estimate_memory(DPO_PRESET, overrides=["--kbit_fp32_activations", "true"])
+    assert fp32.component("activations").bytes == 4096 * (28 * 4 * h + 12 * h)
+    # fused LM head over the 3072 labelled (completion, 3/4 of max_length) tokens: a full-width 3072x32768 bf16 tile +
+    # 7 fp32 stats/token + bf16 casts of two fp32 head chunks + fp32 dL/dhidden
+    assert est.component("logits / log-probs").bytes == 3072 * 32768 * 2 + 3072 * 28 + 2 * 32768 * h * 2 + 3072 * h * 4
     assert est.peak_phase == "train"
     assert est.fits and 10 < est.peak_gib < 20
 
@@ -134,6 +136,7 @@ def test_llama8b_grpo_generation_and_full_logits_match_hand_computation():
         completion_length=512,
         beta=0.0,
         fused_logits=False,
+        lean_activations=False,  # k-bit prep's fp32 stream: fp32 logits and KV cache
     )
     est = estimate_settings(arch, s, 24e9)
     # KV cache: 2 (k, v) * 32 layers * 8 kv heads * 128 * 4 bytes per token (fp32 k/v projections of the fp32

@@ -178,7 +178,7 @@ def load_tokenizer(model_name_or_path: str, revision: str = "main", trust_remote
     return tokenizer
 
 
-def load_model(model_args, training_args=None, model_class=None, **model_kwargs):
+def load_model(model_args, training_args=None, model_class=None, fp32_activations: bool = False, **model_kwargs):
     """Load the base model as the recipe says: quantized or not, on the right device, ready for LoRA.
 
     The LoRA adapter itself is not attached here: the TRL trainer does that from the `peft_config` returned by
@@ -192,6 +192,9 @@ def load_model(model_args, training_args=None, model_class=None, **model_kwargs)
             `gradient_checkpointing_kwargs` are read from it.
         model_class (`type`, *optional*):
             The transformers auto class to load with. Defaults to `AutoModelForCausalLM`.
+        fp32_activations (`bool`, *optional*, defaults to `False`):
+            Keep k-bit preparation's fp32 embeddings and norms (an fp32 residual stream); by default they go back to
+            the compute dtype (`lean_activations`).
         **model_kwargs:
             More arguments of `from_pretrained` (`num_labels=1` for a reward model).
 
@@ -226,10 +229,46 @@ def load_model(model_args, training_args=None, model_class=None, **model_kwargs)
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs=getattr(training_args, "gradient_checkpointing_kwargs", None),
         )
+        if not fp32_activations:
+            lean_activations(model)
     return model
 
 
-def load_model_and_tokenizer(model_args, training_args=None, model_class=None, **model_kwargs):
+def lean_activations(model) -> int:
+    """Undo k-bit preparation's fp32 upcast of the input embeddings and norm weights, in place.
+
+    PEFT's `prepare_model_for_kbit_training` upcasts every non-quantized weight to fp32, which makes the residual
+    stream, every norm output, every 4-bit linear output (bitsandbytes returns its input's dtype) and the KV cache
+    fp32: about twice the activation memory of a 16-bit stream. Here the input embeddings and the norm weights go back
+    to the 4-bit compute dtype (`compute_dtype()`), as torchtune, LitGPT and unsloth keep them; the norm statistics
+    are still computed in fp32 inside the HF norm layers, the trainable adapters keep their dtype, and an untied output
+    head stays fp32 (TRL's fused LM head casts it tile by tile). A no-op when the compute dtype is fp32 (CPU).
+
+    Args:
+        model (`PreTrainedModel`): a k-bit prepared model.
+
+    Returns:
+        `int`: how many tensors changed dtype.
+    """
+    target = compute_dtype()
+    if target == torch.float32:
+        return 0
+    tensors = [model.get_input_embeddings().weight]
+    for module in model.modules():
+        if "norm" in type(module).__name__.lower():
+            tensors += [p for p in module.parameters(recurse=False)]
+    changed = 0
+    for param in tensors:
+        if param.dtype == torch.float32 and (param is tensors[0] or not param.requires_grad):
+            param.data = param.data.to(target)
+            changed += 1
+    return changed
+
+
+def load_model_and_tokenizer(model_args, training_args=None, model_class=None, fp32_activations: bool = False):
+def load_model_and_tokenizer(
+    model_args, training_args=None, model_class=None, fp32_activations: bool = False, **model_kwargs
+):
     """Everything a TRL trainer needs from the recipe's model keys.
 
     Args:
@@ -239,6 +278,8 @@ def load_model_and_tokenizer(model_args, training_args=None, model_class=None, *
             The method's config (see `load_model`).
         model_class (`type`, *optional*):
             The transformers auto class to load with. Defaults to `AutoModelForCausalLM`.
+        fp32_activations (`bool`, *optional*, defaults to `False`):
+            See `load_model`.
         **model_kwargs:
             More arguments of `from_pretrained`.
 
@@ -255,7 +296,9 @@ def load_model_and_tokenizer(model_args, training_args=None, model_class=None, *
         from trl_ext.model_source import read_chat_template
 
         tokenizer.chat_template = read_chat_template(template_path)
-    model = load_model(model_args, training_args, model_class=model_class, **model_kwargs)
+    model = load_model(
+        model_args, training_args, model_class=model_class, fp32_activations=fp32_activations, **model_kwargs
+    )
     return model, tokenizer, get_peft_config(model_args)
 
 

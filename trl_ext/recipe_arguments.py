@@ -41,6 +41,10 @@ class RecipeArguments:
         skip_memory_check (`bool`, *optional*, defaults to `False`):
             On a GPU, ``trl-ext train`` refuses a recipe that ``trl-ext estimate`` predicts not to fit the visible GPU
             memory, before loading weights. Set true to train anyway.
+        kbit_fp32_activations (`bool`, *optional*, defaults to `False`):
+            Under QLoRA/8-bit, keep PEFT's fp32 embeddings and norm weights, so the residual stream, norm outputs,
+            4-bit linear outputs and KV cache are fp32 (the behaviour before lean activations; about twice the
+            activation memory). By default they are in the compute dtype (bf16/fp16).
     """
 
     method: str | None = field(default=None, metadata={"help": "Training method: dpo, grpo, kto, ppo, sft or reward."})
@@ -58,6 +62,9 @@ class RecipeArguments:
     reward_model_name_or_path: str | None = field(default=None, metadata={"help": "Reward model path or Hub id."})
     skip_memory_check: bool = field(
         default=False, metadata={"help": "Train even if the memory estimate says the recipe does not fit the GPU."}
+    )
+    kbit_fp32_activations: bool = field(
+        default=False, metadata={"help": "QLoRA: keep an fp32 residual stream (k-bit prep's upcast) instead of bf16."}
     )
 
 

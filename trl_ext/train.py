@@ -137,7 +137,9 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
         from transformers import set_seed
 
         set_seed(recipe.training.seed)  # a fresh classification head: seeded, as TRL seeds it
-    model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training, **loading)
+    model, tokenizer, peft_config = load_model_and_tokenizer(
+        recipe.model, recipe.training, fp32_activations=recipe.script.kbit_fp32_activations, **loading
+    )
     sft_adapter_path = getattr(recipe.training, "sft_adapter_path", None)
     if sft_adapter_path:  # the policy starts from the SFT adapter; the trainer adds its frozen copy as the reference
         model = load_starting_policy(model, sft_adapter_path)

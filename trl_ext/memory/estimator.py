@@ -25,8 +25,8 @@ The formulas (each component's `formula` repeats its own):
 - Log-probabilities: TRL >= 1.16 runs a fused LM head (tiles of 4096 tokens x 32768 vocabulary in b bytes, seven
   fp32 statistics per token, an fp32 gradient of the hidden states T*h*4, and the b-byte cast of one fp32 head tile);
   otherwise the full logits T*V*(b + 4 + 4): the logits, an fp32 log-softmax and its fp32 gradient.
-  Scored tokens: DPO 2*B*max_length (chosen and rejected concatenated, prompt included), KTO B*max_length,
-  GRPO/PPO B*max_completion_length (completion-only logits).
+  Scored tokens (on a GPU the fused head scores labelled positions only): DPO 2*B*C, KTO B*C with C = 3/4 of
+  max_length taken as completion, GRPO/PPO B*max_completion_length.
 - Reference pass (no grad, adapters disabled; DPO/KTO run it while the policy graph is alive, so it adds to the
   training phase): one layer's working set T*b*(2h+q+2kv+3I) plus its log-prob buffers. None with
   precompute_ref_log_probs (then it runs once before training, as its own phase).
@@ -132,6 +132,12 @@ class MemoryEstimate:
 
 
 # --------------------------------------------------------------------------------------------------------------
+
+
+def completion_tokens(s: MemorySettings) -> int:
+    """DPO/KTO tokens the fused LM head scores per sequence: the completion (labelled) part, taken as 3/4 of
+    max_length (what `trl-ext memcheck` synthesises); TRL's fused head scores only labelled positions on a GPU."""
+    return s.max_length - s.max_length // 4
 
 
 def vllm_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, str]:
@@ -271,9 +277,12 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     comps: list[Component] = []
     B = s.batch_size
     if s.method == "dpo":
-        seqs, seq_len, scored = 2 * B, s.max_length, 2 * B * s.max_length
+        seqs, seq_len, scored = 2 * B, s.max_length, 2 * B * completion_tokens(s)
         shape = f"2 x {B} sequences (chosen+rejected concatenated) x {seq_len} tokens"
-    elif s.method in ("kto", "sft"):
+    elif s.method == "kto":
+        seqs, seq_len, scored = B, s.max_length, B * completion_tokens(s)
+        shape = f"{B} sequences x {seq_len} tokens"
+    elif s.method == "sft":  # logits over every position (the loss masks, it does not skip)
         seqs, seq_len, scored = B, s.max_length, B * s.max_length
         shape = f"{B} sequences x {seq_len} tokens"
     elif s.method == "reward":  # a score head on the last token: no vocabulary-sized logits

@@ -22,7 +22,7 @@ class MemorySettings:
     quantization: str = "nf4"  # nf4 | fp4 | int8 | none
     double_quant: bool = True
     kbit_prep: bool = True  # PEFT's prepare_model_for_kbit_training upcasts 16-bit params to fp32
-    lean_activations: bool = False  # residual stream / norm / 4-bit outputs in the compute dtype despite k-bit prep
+    lean_activations: bool = True  # residual stream / norm / 4-bit outputs in the compute dtype despite k-bit prep
     compute_bytes: int = 2  # bf16/fp16 compute on a GPU; 4 for fp32
     use_peft: bool = True
     lora_r: int = 16
@@ -130,6 +130,7 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         quantization=quant,
         double_quant=bool(getattr(m, "use_bnb_nested_quant", False)),
         kbit_prep=quant != "none",  # trl_ext.modeling.load_model always runs k-bit preparation on quantized bases
+        lean_activations=not bool(getattr(recipe.script, "kbit_fp32_activations", False)),
         compute_bytes=_compute_bytes(recipe),
         use_peft=bool(m.use_peft),
         lora_r=int(m.lora_r or 16),

@@ -53,12 +53,19 @@ def stream_bytes(s: MemorySettings) -> int:
 #: fp32 stream): 28h + 13I bytes with a 4-byte stream (tiny-chat h=128/I=256 and Qwen2.5-0.5B h=896/I=4864, one
 #: and two layers; benchmarks/results/memory_calibration.json).
 LAYER_H_UNITS, LAYER_I_UNITS = 7.0, 3.25
+#: Lean activations (16-bit stream under QLoRA) keep this fraction of the fp32-stream layer's saved bytes: measured
+#: 0.77 on tiny-chat's decoder stack (tests/test_memory_lean.py); bitsandbytes' 4-bit matmul and LoRA keep some
+#: tensors in their own dtype, so it is not the naive 0.5.
+LEAN_LAYER_FACTOR = 0.77
 
 
 def activation_bytes_per_token_layer(arch: Architecture, s: MemorySettings, seq_len: int) -> float:
     """Saved tensors of one decoder layer per token, without gradient checkpointing."""
     b, sb, h = s.compute_bytes, stream_bytes(s), arch.hidden_size
-    per = sb * (LAYER_H_UNITS * h + LAYER_I_UNITS * arch.intermediate_size)
+    if s.kbit_prep and s.lean_activations and b < 4:
+        per = LEAN_LAYER_FACTOR * 4 * (LAYER_H_UNITS * h + LAYER_I_UNITS * arch.intermediate_size)
+    else:
+        per = sb * (LAYER_H_UNITS * h + LAYER_I_UNITS * arch.intermediate_size)
     if s.use_peft and s.lora_dropout > 0:
         shapes = arch.linear_shapes()
         per += sum(shapes[n][0] * (sb + 1) for n in s.lora_targets)

@@ -219,6 +219,8 @@ class LiveBytesTracer(TorchDispatchMode):
 #: keep these per-tile temporaries in registers. Private functions, wrapped because no public hook exists;
 #: `tests/test_memcheck.py` fails when they move.
 CPU_FALLBACKS = ("trl.kernels.chunked_logprob", ("_forward_tile", "_backward_tile", "_addmm_fp32"))
+#: Where TRL's fused LM head decides to score only labelled positions (`compact`, on Triton devices).
+COMPACT_SWITCH = ("trl.trainer.utils", "_use_triton")
 
 
 @contextlib.contextmanager
@@ -230,9 +232,15 @@ def cpu_fallbacks_excluded(tracer: LiveBytesTracer):
     originals = {name: getattr(module, name) for name in CPU_FALLBACKS[1]}
     for name in originals:
         tracer.wrap(module, name, category=CPU_ONLY)
+    # On a GPU the fused head scores only the labelled positions (TRL's `compact` path, chosen where Triton runs);
+    # on a CPU it scores every position. Score as the GPU does (the torch fallback tiles handle either).
+    utils = importlib.import_module(COMPACT_SWITCH[0])
+    use_triton = getattr(utils, COMPACT_SWITCH[1])
+    setattr(utils, COMPACT_SWITCH[1], lambda device: True)
     try:
         yield
     finally:
+        setattr(utils, COMPACT_SWITCH[1], use_triton)
         for name, fn in originals.items():
             setattr(module, name, fn)
 
