@@ -81,7 +81,13 @@ def main(argv=None) -> int:
     parser.add_argument("--ewc-lambdas", type=float, nargs="+", default=[1000.0, 10000.0])
     parser.add_argument("--l2-lambdas", type=float, nargs="+", default=[1.0])
     parser.add_argument("--out", default=str(RESULTS / "real_model.json"))
+    parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from the JSON")
     args = parser.parse_args(argv)
+    table = RESULTS / "real_model_forgetting.md"
+    if args.table_only:
+        write_table(json.loads(Path(args.out).read_text()), table)
+        print(table.read_text())
+        return 0
 
     import torch
     from peft import get_peft_model
@@ -148,7 +154,33 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2) + "\n")  # after every run: a cut-short sweep keeps its runs
         print(label, json.dumps(result), flush=True)
+    write_table(summary, table)
+    print(table.read_text())
     return 0
+
+
+def write_table(summary: dict, path: Path) -> None:
+    """The runs as a markdown table: forgetting (NLL increase) and task (held-out reward accuracy, margin)."""
+    setup, runs = summary["forgetting_setup"], summary["forgetting"]["dpo"]
+    none = runs.get("none")
+    lines = [
+        f"Model {setup['model']}. Base NLL on held-out general text: {setup['base_anchor_nll']:.4f} "
+        f"({setup['anchor_samples']} sequences). Fisher pass: {setup['fisher_seconds']:.0f}s "
+        f"({setup['fisher_samples']} sequences, {setup['fisher_tokens']} tokens, split-half agreement "
+        f"{setup['fisher_split_half_agreement']:.3f}). DPO: {setup['steps']} steps of {setup['batch']} pairs, "
+        f"max_length {setup['max_length']}, lr {setup['learning_rate']:g}, seed {setup['seeds'][0]}.",
+        f"Command: `{setup['command'].strip()}`",
+        "",
+        "| run | NLL (held out) | NLL increase | increase vs none | reward acc. (held out) | reward margin | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, r in runs.items():
+        ratio = f"{r['nll_increase'] / none['nll_increase']:.2f}" if none and none["nll_increase"] > 0 else ""
+        lines.append(
+            f"| {label} | {r['anchor_nll']:.4f} | {r['nll_increase']:+.4f} | {ratio} | {r['task_metric']:.3f} | "
+            f"{r['reward_margin']:.3f} | {r['train_seconds']:.0f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

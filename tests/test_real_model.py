@@ -59,14 +59,19 @@ def test_cache_folder_follows_trl_ext_cache_then_xdg(monkeypatch, tmp_path):
     assert model_dir("smollm2-135m-instruct") == tmp_path / "xdg" / "trl-ext" / "smollm2-135m-instruct"
 
 
-def test_estimator_reads_the_bundled_config_without_converting(empty_cache):
-    from trl_ext.memory.arch import load_architecture
+def test_estimator_reads_the_bundled_config_without_converting(empty_cache, tmp_path):
+    from trl_ext.memory import estimate_memory, load_architecture
 
     arch = load_architecture(NAME)
     # SmolLM2-135M: 30 layers of 576 wide, GQA 9/3 heads, tied 49152-token embedding; 134,515,008 parameters is
     # what the converted LlamaForCausalLM counts
     assert (arch.num_layers, arch.hidden_size, arch.num_heads, arch.num_kv_heads) == (30, 576, 9, 3)
     assert arch.total_params == 134_515_008
+    recipe = write_recipe(
+        tmp_path, {"method": "dpo", "model_name_or_path": NAME, "dataset_name": "builtin:preferences"}
+    )
+    estimate = estimate_memory(recipe, gpu_memory_gb=24)
+    assert estimate.architecture.total_params == 134_515_008 and estimate.fits
     assert not empty_cache.exists()
 
 

