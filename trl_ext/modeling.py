@@ -265,7 +265,6 @@ def lean_activations(model) -> int:
     return changed
 
 
-def load_model_and_tokenizer(model_args, training_args=None, model_class=None, fp32_activations: bool = False):
 def load_model_and_tokenizer(
     model_args, training_args=None, model_class=None, fp32_activations: bool = False, **model_kwargs
 ):
