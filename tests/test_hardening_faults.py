@@ -412,7 +412,9 @@ def test_ppo_nan_reward_stops_and_dropped_or_unscored_rewards_are_counted(tmp_pa
 
 
 @pytest.mark.slow
-def test_disk_full_during_a_checkpoint_says_so_and_the_half_written_checkpoint_is_skipped(tmp_path, monkeypatch):
+def test_disk_full_during_a_checkpoint_says_so_and_the_half_written_checkpoint_is_skipped(
+    tmp_path, monkeypatch, capsys
+):
     import transformers
 
     from trl_ext.train import check_output_dir, run
@@ -437,3 +439,11 @@ def test_disk_full_during_a_checkpoint_says_so_and_the_half_written_checkpoint_i
     assert "The newest complete checkpoint is checkpoint-1" in message
     with pytest.raises(RecipeError, match="Resume from checkpoint-1, the newest complete one; incomplete, skipped"):
         check_output_dir(recipe)
+
+    monkeypatch.undo()  # room again: resuming skips the half-written checkpoint-2 and says so
+    capsys.readouterr()
+    trainer = run(load_recipe(str(RECIPES / "quickstart" / "dpo.yaml"), [*args, "--resume_from_checkpoint", "true"]))
+    printed = capsys.readouterr().out
+    assert "Skipping incomplete checkpoints: checkpoint-2 (no trainer_state.json: its save was interrupted)" in printed
+    assert "Resuming from checkpoint-1 (step 1 of 3)" in printed
+    assert trainer.state.global_step == 3 and (out / "adapter_model.safetensors").is_file()
