@@ -98,7 +98,9 @@ def test_ppo_logs_no_grpo_group_metrics_and_refuses_a_completion_without_reward(
 
     trainer = build(tmp_path / "run2", *FULL_PRECISION, *SHORT, "--num_ppo_epochs", "1", "--max_steps", "2")
     trainer.reward_funcs, trainer.reward_func_names = [sometimes_none], ["sometimes_none"]
-    with pytest.raises(ValueError, match=r"1 of 8 completions .* no reward: .*sometimes_none \(1\)"):
+    from trl_ext.trainers.guards import TrainingStopped
+
+    with pytest.raises(TrainingStopped, match=r"1 of 8 completions .* no reward: .*sometimes_none \(1\)"):
         trainer.train()
 
 

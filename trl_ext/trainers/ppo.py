@@ -178,7 +178,14 @@ class PPOTrainer(
     # their parameters or stops calling them where PPO relies on it.
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        check_every_completion_scored(self._rewards_per_func, self.reward_func_names)
+        try:
+            check_every_completion_scored(self._rewards_per_func, self.reward_func_names)
+        except ValueError as err:
+            # The reward policy (`trl_ext.trainers.reward_policy`): PPO cannot leave a completion out of GAE, so an
+            # unscored one stops the run, unless the recipe opted into dropping (advantage 0) with
+            # `nonfinite_rewards: drop`.
+            if self.args.nonfinite_rewards != "drop":
+                self._stop_after_checkpoint(str(err))
         return self._rewards_per_func
 
     def _prepare_inputs(self, generation_batch):
