@@ -144,6 +144,9 @@ def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
 
 def eval_rewrite_cli(argv: list[str]) -> int:
     """Run `trl-ext eval-rewrite`; returns the exit code (2 on bad input)."""
+    import datasets
+
+    datasets.disable_progress_bars()  # a report on stdout and one error line on stderr, nothing else
     parser = argparse.ArgumentParser(prog="trl-ext eval-rewrite", description=__doc__)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--rewrites", help='JSONL of {"id": ..., "rewrite": ...} (or one {"rewrite": ...} per row)')
