@@ -186,7 +186,11 @@ def format_estimate(est: MemoryEstimate) -> str:
     for c in sorted(est.components, key=lambda c: (c.phase not in ("static", "fixed"), -c.bytes)):
         counted = "" if c.phase in ("static", "fixed", est.peak_phase) else " (not at peak)"
         lines.append(f"  {c.name:<46} {c.phase:<11} {c.gib:7.2f}   {c.formula}{counted}")
-    lines += ["", f"  {'predicted peak':<46} {'':<11} {est.peak_gib:7.2f}"]
+    lines += [
+        "",
+        f"  {'allocated (tensors; cf. a trace, max_memory_allocated)':<58} {est.allocated_gib:7.2f}",
+        f"  {'reserved incl. CUDA context (predicted peak)':<58} {est.peak_gib:7.2f}",
+    ]
     for note in settings.notes:
         lines.append(f"  note: {note}")
     lines += ["", verdict(est)]
@@ -203,6 +207,7 @@ def estimate_to_dict(est: MemoryEstimate) -> dict:
         "method": est.settings.method,
         "gpu_gib": round(est.gpu_bytes / GiB, 3),
         "peak_gib": round(est.peak_gib, 3),
+        "allocated_gib": round(est.allocated_gib, 3),
         "peak_phase": est.peak_phase,
         "fits": est.fits,
         "components": [
