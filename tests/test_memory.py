@@ -234,3 +234,20 @@ def test_estimate_cli_prints_json_and_exit_code_follows_the_verdict():
     }
     small = trl_ext_cli("estimate", str(DPO_PRESET), "--gpu-memory-gb", "10", timeout=120)
     assert small.returncode == 1 and "DOES NOT FIT" in small.stdout and "Suggestions" in small.stdout
+
+
+def test_smallest_set_of_changes_that_fits_is_estimated_to_fit():
+    from trl_ext.memory.report import smallest_fitting_change
+
+    est = estimate_memory(DPO_PRESET, gpu_memory_gb=10)
+    assert not est.fits
+    overrides, new = smallest_fitting_change(est)
+    assert new.fits and new.peak_bytes <= 10e9
+    # the printed overrides, applied to the recipe, give the same fitting estimate
+    flags = [x for k, v in overrides.items() for x in (f"--{k}", v)]
+    again = estimate_memory(DPO_PRESET, gpu_memory_gb=10, overrides=flags)
+    assert again.fits and again.peak_bytes == pytest.approx(new.peak_bytes)
+    assert est.suggestions[0].startswith("fits with: --")
+    # no single change is enough here: the search combines
+    assert len(overrides) >= 3 and not any(s.endswith("(fits)") for s in est.suggestions[1:])
+    assert overrides["per_device_train_batch_size"] == "1" and overrides["gradient_accumulation_steps"] == "16"

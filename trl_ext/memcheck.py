@@ -142,6 +142,7 @@ def memcheck(
         "max_memory_allocated_gib": round(allocated / GiB, 2),
         "max_memory_reserved_gib": round(reserved / GiB, 2),
         "estimated_peak_gib": round(estimate.peak_gib, 2),
+        "estimated_allocated_gib": round(estimate.allocated_gib, 2),
         "torch": torch.__version__,
     }
 

@@ -310,7 +310,12 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
             )
         )
     if s.method == "ppo" and s.critic_mode != "shared":
-        comps.append(Component("critic activations", act, "train", "critic forward/backward on the same tokens"))
+        critic = max(0.0, act - lp)  # traced: the critic's pass never coexists with the LM head's buffers
+        comps.append(
+            Component(
+                "critic activations", critic, "train", "critic forward/backward on the same tokens, beyond LM head"
+            )
+        )
     shapes = arch.linear_shapes()
     if s.quantization != "none":
         biggest = max(i * o for i, o in shapes.values())

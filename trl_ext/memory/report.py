@@ -63,10 +63,103 @@ def suggest(est: MemoryEstimate) -> list[str]:
     return [text for _, text in sorted(out)]
 
 
+def _candidate_changes(est: MemoryEstimate) -> list[tuple[str, dict, dict]]:
+    """Single changes as `(name, settings changes, --key value overrides)`; the search combines them."""
+    s = est.settings
+    out: list[tuple[str, dict, dict]] = []
+    if s.quantization == "none" and s.use_peft:
+        out.append(
+            (
+                "4-bit QLoRA",
+                {"quantization": "nf4", "double_quant": True, "kbit_prep": True},
+                {"load_in_4bit": "true", "use_bnb_nested_quant": "true"},
+            )
+        )
+    if not s.gradient_checkpointing:
+        out.append(("checkpointing", {"gradient_checkpointing": True}, {"gradient_checkpointing": "true"}))
+    b = s.batch_size
+    while b > 1:
+        b //= 2
+        ga = s.grad_accum * s.batch_size // b
+        out.append(
+            (
+                f"micro-batch {b}",
+                {"batch_size": b, "grad_accum": ga},
+                {"per_device_train_batch_size": str(b), "gradient_accumulation_steps": str(ga)},
+            )
+        )
+    if s.method in ("dpo", "kto") and not s.precompute_ref:
+        out.append(("precomputed reference", {"precompute_ref": True}, {"precompute_ref_log_probs": "true"}))
+    if s.method in ("dpo", "kto"):
+        for frac in (3, 2):
+            n = _round_len(s.max_length * frac // 4)
+            if n < s.max_length:
+                out.append((f"max_length {n}", {"max_length": n}, {"max_length": str(n)}))
+    if s.method in ("grpo", "ppo"):
+        n = _round_len(s.completion_length // 2)
+        if n < s.completion_length:
+            out.append((f"completion {n}", {"completion_length": n}, {"max_completion_length": str(n)}))
+        if s.num_generations > 2:
+            g = s.num_generations // 2
+            gb = max(g, s.generation_batch_size // 2)
+            out.append(
+                (
+                    f"{g} generations",
+                    {"num_generations": g, "generation_batch_size": gb},
+                    {"num_generations": str(g), "generation_batch_size": str(gb)},
+                )
+            )
+        if s.use_vllm and s.vllm_mode == "colocate" and not s.vllm_sleep:
+            out.append(("vLLM sleep", {"vllm_sleep": True}, {"vllm_enable_sleep_mode": "true"}))
+    if "8bit" not in s.optim.lower():
+        out.append(("8-bit optimizer", {"optim": "paged_adamw_8bit"}, {"optim": "paged_adamw_8bit"}))
+    return out
+
+
+def smallest_fitting_change(est: MemoryEstimate, max_changes: int = 4) -> tuple[dict, MemoryEstimate] | None:
+    """The smallest set of recipe changes the estimator says fits: fewest changes, then the mildest (highest peak).
+
+    Searches every combination of up to `max_changes` of the candidate changes (4-bit QLoRA, gradient
+    checkpointing, micro-batch with more accumulation, precomputed reference log-probs, shorter lengths, fewer
+    generations, vLLM sleep mode, an 8-bit optimizer), one value per key.
+
+    Returns:
+        `tuple[dict, MemoryEstimate]` or `None`: the `--key value` overrides and their estimate, or `None` when no
+        combination fits.
+    """
+    import itertools
+
+    candidates = _candidate_changes(est)
+    for k in range(1, max_changes + 1):
+        fitting = []
+        for combo in itertools.combinations(candidates, k):
+            changes, overrides = {}, {}
+            for _, change, override in combo:
+                if set(change) & set(changes):  # two values of one key
+                    break
+                changes.update(change)
+                overrides.update(override)
+            else:
+                new = with_settings(est, **changes)
+                if new.fits:
+                    fitting.append((new.peak_bytes, overrides, new))
+        if fitting:
+            _, overrides, new = max(fitting, key=lambda x: x[0])  # the mildest: the most memory left in use
+            return overrides, new
+    return None
+
+
 def attach_suggestions(est: MemoryEstimate) -> MemoryEstimate:
-    """Fill `est.suggestions` (see `suggest`) when the estimate does not fit, and return `est`."""
+    """Fill `est.suggestions` when the estimate does not fit, and return `est`: first the smallest set of changes
+    that fits (`smallest_fitting_change`) as `--key value` overrides to paste, then single changes (`suggest`)."""
     if not est.fits:
-        est.suggestions = suggest(est)
+        best = smallest_fitting_change(est)
+        single = suggest(est)
+        if best is not None:
+            overrides, new = best
+            flags = " ".join(f"--{k} {v}" for k, v in overrides.items())
+            single.insert(0, f"fits with: {flags}  ->  {new.peak_gib:.1f} GiB")
+        est.suggestions = single
     return est
 
 
@@ -93,7 +186,11 @@ def format_estimate(est: MemoryEstimate) -> str:
     for c in sorted(est.components, key=lambda c: (c.phase not in ("static", "fixed"), -c.bytes)):
         counted = "" if c.phase in ("static", "fixed", est.peak_phase) else " (not at peak)"
         lines.append(f"  {c.name:<46} {c.phase:<11} {c.gib:7.2f}   {c.formula}{counted}")
-    lines += ["", f"  {'predicted peak':<46} {'':<11} {est.peak_gib:7.2f}"]
+    lines += [
+        "",
+        f"  {'allocated (tensors; cf. a trace, max_memory_allocated)':<58} {est.allocated_gib:7.2f}",
+        f"  {'reserved incl. CUDA context (predicted peak)':<58} {est.peak_gib:7.2f}",
+    ]
     for note in settings.notes:
         lines.append(f"  note: {note}")
     lines += ["", verdict(est)]
@@ -110,6 +207,7 @@ def estimate_to_dict(est: MemoryEstimate) -> dict:
         "method": est.settings.method,
         "gpu_gib": round(est.gpu_bytes / GiB, 3),
         "peak_gib": round(est.peak_gib, 3),
+        "allocated_gib": round(est.allocated_gib, 3),
         "peak_phase": est.peak_phase,
         "fits": est.fits,
         "components": [

@@ -30,6 +30,7 @@ class MemorySettings:
     lora_dropout: float = 0.0
     optim: str = "adamw_torch_fused"
     gradient_checkpointing: bool = True
+    activation_offloading: bool = False  # TRL's activation_offloading: saved layer inputs live in CPU memory
     attn_implementation: str = "sdpa"
     batch_size: int = 1  # per_device_train_batch_size
     grad_accum: int = 1
@@ -138,6 +139,7 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         lora_dropout=float(m.lora_dropout or 0.0),
         optim=str(getattr(t.optim, "value", t.optim)),
         gradient_checkpointing=bool(t.gradient_checkpointing),
+        activation_offloading=bool(getattr(t, "activation_offloading", False)),
         attn_implementation=str(m.attn_implementation or "sdpa"),
         batch_size=batch,
         grad_accum=grad_accum,

@@ -84,7 +84,8 @@ def activation_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_
     tokens = sequences * seq_len
     h = arch.hidden_size
     if s.gradient_checkpointing:
-        per_token = arch.num_layers * stream_bytes(s) * h
+        # offloaded: the saved layer inputs sit in CPU memory; about two layers' inputs are on the GPU in flight
+        per_token = min(arch.num_layers, 2 if s.activation_offloading else arch.num_layers) * stream_bytes(s) * h
     else:
         per_token = arch.num_layers * activation_bytes_per_token_layer(arch, s, seq_len)
     return tokens * (per_token + OUTSIDE_LAYERS_H_UNITS * h)
