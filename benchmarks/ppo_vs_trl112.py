@@ -32,8 +32,9 @@ Usage::
     python benchmarks/ppo_vs_trl112.py [--threads 1] [--parallel 1] [--only speed|curves] [--out benchmarks/results]
 
 Writes `ppo_vs_trl112.json` (every run) and `ppo_vs_trl112.md`. The runs hold about 5 minutes of CPU time in all
-(14 runs: 5 speed runs on the compute model, 9 learning-curve runs on the tiny model), about 15 minutes one after the
-other on a quiet 2-core machine; on a loaded one, `--parallel` runs several at once (CPU seconds stay comparable).
+(14 runs: 5 speed runs on the compute model, 9 learning-curve runs on the tiny model), so an estimated 10 to 15
+minutes one after the other on a quiet 2-core machine (not measured: this one never was); on a loaded one,
+`--parallel` runs several at once (CPU seconds stay comparable).
 """
 
 from __future__ import annotations
