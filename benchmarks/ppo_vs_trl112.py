@@ -1,4 +1,4 @@
-"""PPO wall time per rollout, profile, memory and learning curves: trl-ext's PPOTrainer vs TRL 1.12's
+"""PPO CPU and wall time per rollout, profile, memory and learning curves: trl-ext's PPOTrainer vs TRL 1.12's
 `trl.experimental.ppo.PPOTrainer`, with equal work on both sides.
 
 Equal work: the same model, prompts, rule reward (1.0 when a completion mentions "river"), LoRA and PPO settings
@@ -19,7 +19,8 @@ epoch counts, which is the evidence for `PPOConfig.num_ppo_epochs`' default.
   trained in full precision: TRL 1.12 applies LoRA to the policy only) and a reward model (held in memory; its
   forward is replaced by the rule).
 
-Every phase is timed exclusively (time inside a nested timed phase counts for that phase only): generation, old
+Every phase is timed exclusively in CPU seconds of the main thread (torch runs on it alone with one thread; time
+inside a nested timed phase counts for that phase only): generation, old
 log-probs (TRL 1.12 takes them from the generation scores), reference, rollout values, reward, the training forward
 (policy and critic), backward, optimizer step, and the rest.
 
@@ -28,9 +29,12 @@ TRL 1.12 runs in a virtualenv this script creates (`--venv`, default `/tmp/trl-e
 
 Usage::
 
-    python benchmarks/ppo_vs_trl112.py [--threads 1] [--out benchmarks/results]
+    python benchmarks/ppo_vs_trl112.py [--threads 1] [--parallel 1] [--only speed|curves] [--out benchmarks/results]
 
-Writes `ppo_vs_trl112.json` (every run) and `ppo_vs_trl112.md`. Sized for about 20 minutes on a shared 2-core CPU.
+Writes `ppo_vs_trl112.json` (every run) and `ppo_vs_trl112.md`. The runs hold about 5 minutes of CPU time in all
+(14 runs: 5 speed runs on the compute model, 9 learning-curve runs on the tiny model), so an estimated 10 to 15
+minutes one after the other on a quiet 2-core machine (not measured: this one never was); on a loaded one,
+`--parallel` runs several at once (CPU seconds stay comparable).
 """
 
 from __future__ import annotations

@@ -30,6 +30,17 @@ def test_ppo_config_turns_dropout_off_by_default(tmp_path):
     assert PPOConfig(output_dir=str(tmp_path), bf16=False).disable_dropout is True
 
 
+def test_ppo_runs_four_epochs_per_rollout_unless_told_otherwise(tmp_path):
+    import trl
+
+    from trl_ext.trainers.ppo import PPOConfig
+
+    assert trl.GRPOConfig(output_dir=str(tmp_path), bf16=False).num_iterations == 1
+    assert PPOConfig(output_dir=str(tmp_path), bf16=False).num_iterations == 4
+    assert PPOConfig(output_dir=str(tmp_path), bf16=False, num_ppo_epochs=2).num_iterations == 2
+    assert PPOConfig(output_dir=str(tmp_path), bf16=False, num_iterations=3).num_iterations == 3
+
+
 @pytest.mark.parametrize("critic", ["adapter", "model"])
 def test_two_old_log_prob_and_value_passes_agree_exactly_with_lora_dropout(tmp_path, tiny_model_path, critic):
     trainer = build(
