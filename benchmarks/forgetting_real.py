@@ -11,8 +11,12 @@ over the model before DPO; task = DPO reward accuracy (and margin) on the held-o
 ``benchmarks/results/real_model.json`` under ``forgetting.dpo.<run>`` (``nll_increase``, ``task_metric``) and
 ``benchmarks/results/real_model_forgetting.md``; each run is written as soon as it ends.
 
-    python benchmarks/forgetting_real.py                       # reduced budget (~20 min on 2 free CPU cores)
+    python benchmarks/forgetting_real.py                       # reduced budget: 4 runs x 12 steps of 4 pairs
     python benchmarks/forgetting_real.py --steps 40 --batch 8  # closer to the tiny-model budget
+
+Not yet run to completion: on 2 CPU cores shared with ~25 other processes the 32-sequence Fisher pass took 964 s
+and one DPO step ~280 s of wall time (about 20 % of one core reached the script), so the reduced sweep needs a
+quiet machine or a GPU. The EWC strengths are a first guess (the Fisher's scale differs from the tiny model's).
 """
 
 from __future__ import annotations
