@@ -266,7 +266,8 @@ def test_train_reports_a_missing_dataset_as_one_line_before_launching(tmp_path):
 def test_the_adapter_records_the_builtin_model_name_not_a_local_path(tmp_path):
     from peft import get_peft_model
 
-    from trl_ext.modeling import get_peft_config, load_model, record_builtin_base
+    from trl_ext.adapters import record_builtin_base
+    from trl_ext.modeling import get_peft_config, load_model
 
     args = load_recipe(recipe(tmp_path)).model
     model = get_peft_model(load_model(args), get_peft_config(args))

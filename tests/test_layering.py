@@ -26,6 +26,7 @@ LAYERS = {
     "trl_ext.checkpoints": (0, "ground"),
     "trl_ext.data.build": (4, "asset builders"),  # seeded scripts that make the bundled assets: run, not imported
     "trl_ext.modeling": (1, "modeling"),
+    "trl_ext.adapters": (1, "modeling"),
     "trl_ext.merge": (2, "merge"),
     "trl_ext.ewc": (2, "ewc"),
     "trl_ext.rewards": (2, "rewards"),

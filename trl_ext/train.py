@@ -112,7 +112,7 @@ def save_result(trainer, output_dir: str, model_name_or_path: str | None = None)
     if trainer.accelerator.is_main_process:
         move_into(staging, output_dir)
         if model_name_or_path:
-            from trl_ext.modeling import record_builtin_base
+            from trl_ext.adapters import record_builtin_base
 
             record_builtin_base(output_dir, model_name_or_path)
     trainer.save_state()
@@ -123,7 +123,8 @@ def build_trainer(recipe: Recipe, callbacks: list | None = None):
 
     The recipe is first applied to the process (`apply_runtime`: its ``env:``, the CPU precision fallback).
     """
-    from trl_ext.modeling import load_model_and_tokenizer, load_starting_policy
+    from trl_ext.adapters import load_starting_policy
+    from trl_ext.modeling import load_model_and_tokenizer
 
     recipe = apply_runtime(recipe)
     check_output_dir(recipe)

@@ -55,21 +55,18 @@ from dataclasses import dataclass, field, replace
 from trl_ext.configs.ewc import fisher_tensor_shapes
 from trl_ext.memory.arch import Architecture
 from trl_ext.memory.settings import MemorySettings
-from trl_ext.memory.terms import (  # noqa: F401  (re-exported: tests and callers use them from here)
-    FUSED_TOKEN_TILE,
-    FUSED_VOCAB_TILE,
+from trl_ext.memory.terms import (
     activation_bytes,
-    activation_bytes_per_token_layer,
-    adapted_base_params,
     base_weight_bytes,
+    completion_tokens,
     logprob_bytes,
     lora_params,
-    nf4_bytes_per_param,
     no_grad_working_set,
     optimizer_bytes_per_param,
     recompute_bytes,
     sixteen_bit_weights,
     stream_bytes,
+    vllm_weight_bytes,  # noqa: F401  (re-exported: tests and callers use them from here)
 )
 
 GiB = 1024**3
@@ -132,21 +129,6 @@ class MemoryEstimate:
 
 
 # --------------------------------------------------------------------------------------------------------------
-
-
-def completion_tokens(s: MemorySettings) -> int:
-    """DPO/KTO tokens the fused LM head scores per sequence: the completion (labelled) part, taken as 3/4 of
-    max_length (what `trl-ext memcheck` synthesises); TRL's fused head scores only labelled positions on a GPU."""
-    return s.max_length - s.max_length // 4
-
-
-def vllm_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, str]:
-    """vLLM's own copy of the policy: TRL 1.16 starts it with bitsandbytes 4-bit when the policy is 4-bit (decoder
-    linears at the policy's quantization, embeddings/head/norms in 16-bit: no k-bit upcast inside vLLM)."""
-    if s.quantization in ("nf4", "fp4"):
-        lin, _, _, _ = base_weight_bytes(arch, s)
-        return lin + (arch.embedding_params + arch.other_params) * 2.0, "4-bit"
-    return sixteen_bit_weights(arch), "16-bit"
 
 
 def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:

@@ -143,3 +143,18 @@ def base_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, flo
 
 def sixteen_bit_weights(arch: Architecture) -> float:
     return arch.total_params * 2.0
+
+
+def completion_tokens(s: MemorySettings) -> int:
+    """DPO/KTO tokens the fused LM head scores per sequence: the completion (labelled) part, taken as 3/4 of
+    max_length (what `trl-ext memcheck` synthesises); TRL's fused head scores only labelled positions on a GPU."""
+    return s.max_length - s.max_length // 4
+
+
+def vllm_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, str]:
+    """vLLM's own copy of the policy: TRL 1.16 starts it with bitsandbytes 4-bit when the policy is 4-bit (decoder
+    linears at the policy's quantization, embeddings/head/norms in 16-bit: no k-bit upcast inside vLLM)."""
+    if s.quantization in ("nf4", "fp4"):
+        lin, _, _, _ = base_weight_bytes(arch, s)
+        return lin + (arch.embedding_params + arch.other_params) * 2.0, "4-bit"
+    return sixteen_bit_weights(arch), "16-bit"

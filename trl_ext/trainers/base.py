@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from trl_ext.adapters import copy_adapter, restore_adapter_weights
 from trl_ext.callbacks import ForgettingMonitorCallback
 from trl_ext.checkpoints import resolve_resume_checkpoint
 from trl_ext.configs.ewc import EWCArguments
 from trl_ext.configs.faults import FaultArguments
-from trl_ext.modeling import align_adapter_dtype, copy_adapter, eval_mode, restore_adapter_weights
+from trl_ext.modeling import align_adapter_dtype, eval_mode
 from trl_ext.trainers.guards import (
     NonFiniteGuard,
     TrainingStopped,

@@ -17,9 +17,9 @@ import torch
 import trl
 from trl.trainer.utils import disable_dropout_in_model, shuffle_sequence_dict, split_tensor_dict
 
+from trl_ext.adapters import add_reference_adapter
 from trl_ext.configs.ppo import PPOConfig
 from trl_ext.ewc.trainer import EWCTrainerMixin
-from trl_ext.modeling import add_reference_adapter
 from trl_ext.trainers.base import SharedTrainerMixin
 from trl_ext.trainers.ppo_critic import PPOCriticMixin
 from trl_ext.trainers.ppo_math import (
