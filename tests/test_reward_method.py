@@ -72,9 +72,9 @@ def test_reward_model_beats_chance_held_out_and_loads_as_ppo_reward_adapter(tmp_
     tokenizer = trainer.processing_class
     texts = ppo.reward_adapter_texts(prompts[:4], [row["chosen"] for row in test][:4])
     eval_mode(model)
+    batch = tokenizer(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
     with torch.no_grad():
-        for text, score in zip(texts, chosen[:4], strict=True):
-            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-            expected = model(**ids).logits[0, 0].float()
-            # PPO scores a right-padded batch, here one unpadded text: equal up to fp32 round-off of the padding
-            torch.testing.assert_close(score, expected, rtol=1e-3, atol=1e-3)
+        expected = model(**batch).logits[:, 0].float()  # the trained model on the batch PPO scores
+    # Under 4-bit the two model instances agree to ~0.2 % (measured up to 0.0067 on scores near 3.4), not bit for bit;
+    # the fp32 path is exact (tests/test_ppo_reward_adapter.py checks 1e-5).
+    torch.testing.assert_close(ppo.reward_adapter_scores(texts), expected, rtol=1e-2, atol=1e-2)
