@@ -16,7 +16,7 @@ ALL = sorted(p for d in (*PRESET_DIRS, "quickstart") for p in (RECIPES / d).glob
 PIPELINES = sorted(p for d in ("pipeline", "quickstart") for p in (RECIPES / d).glob("*.yaml") if is_pipeline(p))
 GPU_PIPELINES = [p for p in PIPELINES if p.parent.name == "pipeline"]
 #: a pipeline file's name ends with what it runs
-PIPELINE_KINDS = {"rlhf": ["sft", "reward", "ppo"], "sft-dpo": ["sft", "dpo"]}
+PIPELINE_KINDS = {"rlhf": ["sft", "reward", "ppo"], "sft-dpo": ["sft", "dpo"], "sft-grpo": ["sft", "grpo"]}
 GPU_PRESETS = [p for p in ALL if p.parent.name in PRESET_DIRS]
 
 
