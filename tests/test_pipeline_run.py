@@ -60,6 +60,7 @@ def test_a_pipeline_killed_during_stage_2_resumes_at_stage_2_from_its_checkpoint
                 "dataset_name": "builtin:prompts",
                 "reward_funcs": ["crashing_reward.CountingKeywordReward"],
                 "max_completion_length": 8,
+                "num_ppo_epochs": 1,  # one rollout, so one reward call, per step
                 "max_steps": 4,
                 "save_strategy": "steps",
                 "save_steps": 2,
@@ -95,7 +96,7 @@ def test_a_pipeline_killed_during_stage_2_resumes_at_stage_2_from_its_checkpoint
 def readme_chat_snippet() -> str:
     readme = (REPO / "README.md").read_text()
     blocks = readme.split("```python\n")[1:]
-    return next(b.split("```")[0] for b in blocks if "AutoPeftModelForCausalLM" in b)
+    return next(b.split("```")[0] for b in blocks if "outputs/quickstart-rlhf/ppo" in b)
 
 
 @pytest.mark.slow
