@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from trl_ext.recipe import METHODS, PARSER_KEYS, Recipe, RecipeError, build_recipe, recipe_fields
+from trl_ext.recipe import METHODS, PARSER_KEYS, Recipe, RecipeError, build_recipe, read_recipe_mapping, recipe_fields
 from trl_ext.recipe_syntax import split_cli
 
 #: Keys whose value may be the name of an earlier stage, and what of that stage's output it then means.
@@ -151,20 +151,6 @@ class Pipeline:
     def dependencies(self, stage: Stage) -> list[Stage]:
         """The earlier stages whose output `stage` reads."""
         return [self.stage(name) for name in dict.fromkeys(stage.references.values())]
-
-
-def read_recipe_mapping(path) -> dict:
-    """The YAML mapping of a recipe file (RecipeError when it is missing, not YAML, or not a mapping)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
-    except FileNotFoundError:
-        raise RecipeError(f"Recipe file {path} does not exist.") from None
-    except yaml.YAMLError as err:
-        raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"Recipe {path} must be a YAML mapping of key: value, got {type(raw).__name__}.")
-    return raw
 
 
 def is_pipeline(path) -> bool:

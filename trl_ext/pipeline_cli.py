@@ -26,21 +26,9 @@ def _train_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("recipe", help="recipe or pipeline YAML")
     parser.add_argument("--stage", default=None, help="pipeline only: run this one stage")
-    parser.add_argument(
-        "--accelerate_config",
-        "--accelerate-config",
-        dest="accelerate_config",
-        default=None,
-        help="accelerate config file (default: the recipe's accelerate_config key)",
-    )
-    parser.add_argument(
-        "--num_processes",
-        "--num-processes",
-        dest="num_processes",
-        type=int,
-        default=None,
-        help="number of processes (GPUs); >1 without a config launches multi-GPU DDP",
-    )
+    from trl_ext.train import add_launch_arguments
+
+    add_launch_arguments(parser)
     return parser
 
 

@@ -182,6 +182,20 @@ def _cli_config(cli: list[tuple[str, Any]], fields: dict, method: str, valid: li
     return config
 
 
+def read_recipe_mapping(path) -> dict:
+    """The YAML mapping of a recipe file (RecipeError when it is missing, not YAML, or not a mapping)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"Recipe file {path} does not exist.") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"Recipe {path} must be a YAML mapping of key: value, got {type(raw).__name__}.")
+    return raw
+
+
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Recipe:
     """Parse and validate a recipe file plus ``--key value`` overrides (which win over the file).
 
@@ -200,17 +214,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] | None = No
     Raises:
         RecipeError: naming the key and the fix.
     """
-    raw: dict = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh) or {}
-        except FileNotFoundError:
-            raise RecipeError(f"Recipe file {path} does not exist.") from None
-        except yaml.YAMLError as err:
-            raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"Recipe {path} must be a YAML mapping of key: value, got {type(raw).__name__}.")
+    raw = read_recipe_mapping(path) if path is not None else {}
     return build_recipe(raw, overrides, path=str(path) if path is not None else None)
 
 

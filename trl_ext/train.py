@@ -274,15 +274,8 @@ def accelerate_launch_args(
     return args + ["-m", "trl_ext.train", "--config", recipe_path, *overrides]
 
 
-def launch_main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="trl-ext train",
-        description="Validate a recipe, then run it with `accelerate launch -m trl_ext.train`. "
-        "Extra --key value pairs override recipe keys.",
-    )
-    parser.add_argument("recipe", help="recipe YAML")
+def add_launch_arguments(parser) -> None:
+    """The launch options of `trl-ext train` (recipes and pipelines alike): `--accelerate_config`, `--num_processes`."""
     parser.add_argument(
         "--accelerate_config",
         "--accelerate-config",
@@ -298,6 +291,18 @@ def launch_main(argv: list[str] | None = None) -> int:
         default=None,
         help="number of processes (GPUs); >1 without a config launches multi-GPU DDP",
     )
+
+
+def launch_main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="trl-ext train",
+        description="Validate a recipe, then run it with `accelerate launch -m trl_ext.train`. "
+        "Extra --key value pairs override recipe keys.",
+    )
+    parser.add_argument("recipe", help="recipe YAML")
+    add_launch_arguments(parser)
     args, overrides = parser.parse_known_args(argv)
     try:
         # fail here, once, before any process starts; the processes inherit the recipe's env:
