@@ -175,11 +175,23 @@ def check_fisher_header(path: str | os.PathLike, model_name_or_path: str, mode: 
         raise FisherMismatchError(f"Fisher file {path} is not a safetensors file ({err}).") from None
     if meta.get("format") != FORMAT:
         raise FisherMismatchError(f"{path} is not a trl-ext Fisher file (format {meta.get('format')!r}).")
-    name = model_name_identity(model_name_or_path)
-    if meta.get("base_model") and meta["base_model"] != name:
+    check_model_and_mode(path, meta, model_name_identity(model_name_or_path), mode)
+
+
+def check_model_and_mode(path, meta: dict, base_model: str, mode: str | None) -> str:
+    """Refuse (`FisherMismatchError`) a Fisher file whose metadata names another base model or another mode; return
+    the file's mode. Shared by the header check before loading and `load_fisher`.
+
+    Args:
+        path: the Fisher file (for the message).
+        meta (`dict`): its metadata.
+        base_model (`str`): this model's name or path as `model_identity` records it (empty: not compared).
+        mode (`str`, *optional*): the recipe's Fisher mode; any mode is accepted when `None`.
+    """
+    if meta.get("base_model") and base_model and meta["base_model"] != base_model:
         raise FisherMismatchError(
             f"Fisher file {path} was computed for base model {meta['base_model']!r}, but this model is "
-            f"{name!r}; recompute it with `trl-ext fisher` on this recipe."
+            f"{base_model!r}; recompute it with `trl-ext fisher` on this recipe."
         )
     file_mode = meta.get("mode", "full")
     if mode is not None and file_mode != mode:
@@ -187,6 +199,7 @@ def check_fisher_header(path: str | os.PathLike, model_name_or_path: str, mode: 
             f"Fisher file {path} holds a {file_mode!r} Fisher but ewc_fisher_mode is {mode!r}; set "
             f"ewc_fisher_mode: {file_mode} or recompute the file."
         )
+    return file_mode
 
 
 def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate:
@@ -211,17 +224,7 @@ def load_fisher(path, model, modules, mode: str | None = None) -> FisherEstimate
     """
     tensors, meta = read_fisher(path)
     ident = model_identity(model)
-    if meta.get("base_model") and ident["base_model"] and meta["base_model"] != ident["base_model"]:
-        raise FisherMismatchError(
-            f"Fisher file {path} was computed for base model {meta['base_model']!r}, but this model is "
-            f"{ident['base_model']!r}; recompute it with `trl-ext fisher` on this recipe."
-        )
-    file_mode = meta.get("mode", "full")
-    if mode is not None and file_mode != mode:
-        raise FisherMismatchError(
-            f"Fisher file {path} holds a {file_mode!r} Fisher but ewc_fisher_mode is {mode!r}; set "
-            f"ewc_fisher_mode: {file_mode} or recompute the file."
-        )
+    file_mode = check_model_and_mode(path, meta, ident["base_model"], mode)
     expected = {key for m in modules for key in fisher_key_shapes(m, file_mode)}
     missing = sorted(expected - set(tensors))
     extra = sorted(set(tensors) - expected)
