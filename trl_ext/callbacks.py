@@ -15,12 +15,29 @@ from trl_ext.modeling import eval_mode
 logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _active_adapter(model, name: str):
+    """Run `model` (a `PeftModel`) with adapter `name` active, then restore the active adapter and every parameter's
+    `requires_grad` (PEFT's `set_adapter` makes the adapter it activates trainable)."""
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    previous = model.active_adapter
+    model.set_adapter(name)
+    try:
+        yield
+    finally:
+        model.set_adapter(previous)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
 class ForgettingMonitorCallback(TrainerCallback, ExportableState):
     """Every `eval_steps` optimizer steps, measure how far the policy drifted from what it knew.
 
     Logs `forgetting/anchor_nll_delta` (mean token NLL on the anchor dataset minus its value before training) and
     `forgetting/kl_to_reference` (measured mean token KL(reference || policy) on the anchor texts, teacher-forced;
-    the reference is `reference_model` if given, else the PEFT model with its adapters disabled). Also logs
+    the reference is `reference_model` if given, else the PEFT model's frozen reference adapter `reference_adapter`
+    when it has one (the starting policy of a run from `sft_adapter_path`), else the PEFT model with its adapters
+    disabled). Also logs
     `forgetting/anchor_nll`. Works with any transformers/TRL trainer, with or without EWC; trl-ext's trainers attach
     it themselves when their config sets `forgetting_anchor_dataset`. The baseline (the NLL before training) is
     kept in every checkpoint's `trainer_state.json`, so a resumed run measures its deltas from the same baseline.
@@ -44,6 +61,10 @@ class ForgettingMonitorCallback(TrainerCallback, ExportableState):
             The reference for the KL; needed for models without a PEFT adapter to disable.
         seed (`int`, *optional*, defaults to `0`):
             Which anchor sequences are drawn.
+        reference_adapter (`str`, *optional*, defaults to `"ref"`):
+            Name of the PEFT model's frozen reference adapter: when the model has an adapter of that name (trl-ext's
+            DPO, KTO, GRPO and PPO add it when they start from `sft_adapter_path`), the KL is measured against it
+            instead of the base.
 
     Example:
 
@@ -64,6 +85,7 @@ class ForgettingMonitorCallback(TrainerCallback, ExportableState):
         batch_size: int = 8,
         reference_model=None,
         seed: int = 0,
+        reference_adapter: str | None = "ref",
     ):
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be a positive integer; got {eval_steps}.")
@@ -74,6 +96,7 @@ class ForgettingMonitorCallback(TrainerCallback, ExportableState):
         self.max_length = max_length
         self.batch_size = batch_size
         self.reference_model = reference_model
+        self.reference_adapter = reference_adapter
         self.seed = seed
         self.samples = None
         self.pad_token_id = 0
@@ -114,6 +137,8 @@ class ForgettingMonitorCallback(TrainerCallback, ExportableState):
     def _reference(self, model):
         if self.reference_model is not None:
             return self.reference_model, contextlib.nullcontext()
+        if self.reference_adapter in getattr(model, "peft_config", {}):
+            return model, _active_adapter(model, self.reference_adapter)
         if hasattr(model, "disable_adapter"):
             return model, model.disable_adapter()
         return None, None
@@ -173,6 +198,7 @@ class ForgettingMonitorCallback(TrainerCallback, ExportableState):
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "reference_adapter": self.reference_adapter,
         }
         return {"args": args, "attributes": {"baseline_nll": self.baseline_nll}}
 

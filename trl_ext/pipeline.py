@@ -330,7 +330,7 @@ def _anchor_stage(merged: dict, references: dict, earlier: list[Stage]) -> Stage
     if "sft_adapter_path" in references:
         return by_name[references["sft_adapter_path"]]
     if merged.get("sft_adapter_path"):
-        return None  # starts from an adapter outside the pipeline: anchor only if the recipe says so
+        return None  # starts from an adapter outside the pipeline: the trainer anchors EWC at it by default
     policies = [s for s in earlier if s.method not in NON_POLICY_METHODS]
     return policies[-1] if policies else None
 

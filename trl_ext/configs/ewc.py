@@ -88,6 +88,8 @@ class EWCArguments(FaultArguments):
         ewc_anchor_adapter (`str`, *optional*):
             Online EWC for task sequences: the previous task's adapter directory. Training starts from it, the
             penalty anchors at it, and the Fisher estimated at it is added to `ewc_gamma` times `ewc_fisher_path`.
+            When unset and the run starts from `sft_adapter_path` (DPO, KTO, GRPO, PPO), the penalty anchors at that
+            SFT policy (and the Fisher is estimated there, unless `ewc_fisher_path` gives it); otherwise at the base.
         ewc_save_fisher (`bool`, *optional*, defaults to `False`):
             Write the Fisher used (after online accumulation) to `<output_dir>/ewc_fisher.safetensors` for the next
             task of a sequence.

@@ -13,6 +13,16 @@ logger = logging.getLogger(__name__)
 FISHER_FILENAME = "ewc_fisher.safetensors"
 
 
+def default_anchor_adapter(config) -> str | None:
+    """Where EWC anchors when `ewc_anchor_adapter` is not set: the policy the run starts from (`sft_adapter_path`, on
+    the methods that have it), so the penalty holds the SFT policy, not the base it was trained from. `None` (anchor
+    at the base) without a starting adapter, and in `lora_params` mode, whose anchor is the starting LoRA
+    parameters anyway."""
+    if config.ewc_fisher_mode == "lora_params":
+        return None
+    return getattr(config, "sft_adapter_path", None)
+
+
 class EWCTrainerMixin:
     """Adds the EWC penalty (`ewc_lambda > 0`) to a TRL trainer whose config inherits `EWCArguments`.
 
@@ -53,8 +63,9 @@ class EWCTrainerMixin:
                 "set use_peft: true."
             )
         anchors = None
-        if config.ewc_anchor_adapter:
-            anchors = self._load_anchor_adapter(model, modules, config.ewc_anchor_adapter, Anchor)
+        anchor_path = config.ewc_anchor_adapter or default_anchor_adapter(config)
+        if anchor_path:
+            anchors = self._load_anchor_adapter(model, modules, anchor_path, Anchor)
 
         estimate = None
         if config.ewc_fisher_path and not config.ewc_anchor_adapter:
@@ -98,7 +109,8 @@ class EWCTrainerMixin:
 
         weights = load_peft_weights(path, device=str(modules[0].lora_A.device))
         result = set_peft_model_state_dict(model, weights)
-        missing = [k for k in result.missing_keys if "lora_" in k]
+        # other adapters of the model (the frozen `ref` copy, a critic) are not in the file: only `default` must match
+        missing = [k for k in result.missing_keys if "lora_" in k and ".default." in k]
         if missing or not weights:
             raise ValueError(
                 f"ewc_anchor_adapter {path} does not match this recipe's LoRA adapter (missing "
