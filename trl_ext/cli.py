@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trl_ext.pipeline_cli:train_cli", "validate a recipe (or pipeline) and run it with accelerate launch"),
     "check": ("trl_ext.check:check_cli", "dry run: validate a recipe, its model, data and output_dir; nothing loads"),
     "merge": ("trl_ext.merge:merge_cli", "merge a (Q)LoRA adapter into its base and save a plain model"),
+    "chat": ("trl_ext.chat:chat_cli", "chat with a trained adapter: one prompt, or a loop on stdin"),
     "estimate": ("trl_ext.pipeline_cli:estimate_cli", "estimate a recipe's (or each stage's) peak GPU memory"),
     "memcheck": ("trl_ext.memcheck:memcheck_cli", "measure a recipe's peak GPU memory with random weights (GPU)"),
     "fisher": ("trl_ext.ewc:fisher_cli", "precompute the EWC Fisher of a recipe's base model to a file"),
