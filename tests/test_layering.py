@@ -28,6 +28,7 @@ LAYERS = {
     "trl_ext.modeling": (1, "modeling"),
     "trl_ext.adapters": (1, "modeling"),
     "trl_ext.merge": (2, "merge"),
+    "trl_ext.chat": (2, "chat"),
     "trl_ext.ewc": (2, "ewc"),
     "trl_ext.rewards": (2, "rewards"),
     "trl_ext.memory": (2, "memory"),
