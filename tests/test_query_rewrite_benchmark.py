@@ -190,7 +190,7 @@ def test_eval_rewrite_references_json():
     assert result["rows"] == 72 and result["format_valid"] == 1.0 and result["hack_flagged"] == 0.0
     assert result["metrics"]["original"]["MRR@10"] < 0.3 and result["metrics"]["model"]["MRR@10"] > 0.8
     assert set(result["metrics"]) == {"original", "reference", "model"}
-    assert set(result["metrics"]["model"]) == {"MRR@10", "Recall@5", "NDCG@10"}
+    assert set(result["metrics"]["model"]) == {"MRR@10", "Recall@5", "Recall@10", "NDCG@10"}
 
 
 def test_eval_rewrite_table_from_a_rewrites_file_on_the_english_benchmark(tmp_path):

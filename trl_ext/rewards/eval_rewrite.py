@@ -87,11 +87,12 @@ def read_rewrites(path: str, rows: list[dict]) -> list[str]:
 
 
 def _retrieval_means(index, rows: list[dict], texts: list[str]) -> dict[str, float]:
-    sums = {"MRR@10": 0.0, "Recall@5": 0.0, "NDCG@10": 0.0}
+    sums = {"MRR@10": 0.0, "Recall@5": 0.0, "Recall@10": 0.0, "NDCG@10": 0.0}
     for row, text in zip(rows, texts):
         metrics = index.metrics(text, row["gold_doc_ids"], 5, 10, 10)
         sums["MRR@10"] += metrics["mrr"]
         sums["Recall@5"] += metrics["recall"]
+        sums["Recall@10"] += index.metrics(text, row["gold_doc_ids"], 10, 10, 10)["recall"]
         sums["NDCG@10"] += metrics["ndcg"]
     return {k: v / max(len(rows), 1) for k, v in sums.items()}
 
@@ -109,9 +110,10 @@ def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
             Corpus path or `builtin:...` to retrieve from.
 
     Returns:
-        `dict`: `rows`; `metrics` (`original`, `reference` and `model`, each `MRR@10`, `Recall@5`, `NDCG@10`);
-        `format_valid` (share of rewrites passing the format gate); `hack_flagged` (share of rewrites the detector
-        `flag_hacks` flags) and `hack_flags` (share per flag); `reward` (mean composite reward of the rewrites).
+        `dict`: `rows`; `metrics` (`original`, `reference` and `model`, each `MRR@10`, `Recall@5`, `Recall@10`,
+        `NDCG@10`); `format_valid` (share of rewrites passing the format gate); `hack_flagged` (share of rewrites the
+        detector `flag_hacks` flags) and `hack_flags` (share per flag); `reward` (mean composite reward of the
+        rewrites).
     """
     reward = QueryRewriteReward(corpus=corpus)
     index = reward.scorer.index
@@ -194,9 +196,9 @@ def eval_rewrite_cli(argv: list[str]) -> int:
     print(
         f"split {args.split}: {result['rows']} rows, {result['format_valid']:.1%} of the outputs pass the format gate"
     )
-    print(f"{'':<10}{'MRR@10':>9}{'Recall@5':>10}{'NDCG@10':>9}")
+    print(f"{'':<10}{'MRR@10':>9}{'Recall@5':>10}{'Recall@10':>11}{'NDCG@10':>9}")
     for name, m in result["metrics"].items():
-        print(f"{name:<10}{m['MRR@10']:>9.3f}{m['Recall@5']:>10.3f}{m['NDCG@10']:>9.3f}")
+        print(f"{name:<10}{m['MRR@10']:>9.3f}{m['Recall@5']:>10.3f}{m['Recall@10']:>11.3f}{m['NDCG@10']:>9.3f}")
     flags = ", ".join(f"{k} {v:.0%}" for k, v in result["hack_flags"].items()) or "none"
     print(f"outputs flagged as hacks: {result['hack_flagged']:.1%} ({flags})")
     print(f"mean composite reward of the outputs: {result['reward']:.3f}")
