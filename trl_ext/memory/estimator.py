@@ -15,8 +15,11 @@ The formulas (each component's `formula` repeats its own):
   (1/64) plus one fp32 second-level constant per 256 blocks (4/(64*256)). 8-bit: 1 byte/param + fp32 row scales.
 - Embeddings, LM head (when untied), norms and biases: 16-bit, upcast to fp32 by PEFT's
   `prepare_model_for_kbit_training` (which trl-ext runs on every quantized base).
-- LoRA: r * (in + out) per adapted linear per layer; weights and gradients in the compute dtype, AdamW's two states
-  counted in fp32 (8 byte/param), bitsandbytes 8-bit optimizers 2 byte/param; paged optimizers are counted in full.
+- LoRA: r * (in + out) per adapted linear per layer; weights, gradients and AdamW's two states in the adapters'
+  dtype (QLoRA: the compute dtype, as TRL casts them; LoRA on a 16-bit base: fp32, PEFT's autocast), bitsandbytes
+  8-bit optimizers 2 byte/param; paged optimizers are counted in full. Without gradient checkpointing the peak is at
+  the top of the backward pass, before any adapter gradient exists: the gradients then count only in the optimizer
+  step (phase `optimizer`); with checkpointing they count throughout.
 - Activations per token per layer without gradient checkpointing (SDPA/flash attention, no T^2 term):
   fp32 RMSNorm inputs 2*4h, and in b bytes: norm outputs 2h, q/rotated q/attention output 3q, k/v/rotated k 3kv,
   gate/up/SiLU/product 4I; LoRA dropout (p > 0) keeps a copy plus mask of each adapted input (in*(b+1)).
@@ -26,7 +29,8 @@ The formulas (each component's `formula` repeats its own):
   fp32 statistics per token, an fp32 gradient of the hidden states T*h*4, and the b-byte cast of one fp32 head tile);
   otherwise the full logits T*V*(b + 4 + 4): the logits, an fp32 log-softmax and its fp32 gradient.
   Scored tokens (on a GPU the fused head scores labelled positions only): DPO 2*B*C, KTO B*C with C = 3/4 of
-  max_length taken as completion, GRPO/PPO B*max_completion_length.
+  max_length taken as completion, SFT B*C with a completion/assistant-only loss (else B*max_length), reward none
+  (a score head), GRPO/PPO B*max_completion_length.
 - Reference pass (no grad, adapters disabled; DPO/KTO run it while the policy graph is alive, so it adds to the
   training phase): one layer's working set T*b*(2h+q+2kv+3I) plus its log-prob buffers. None with
   precompute_ref_log_probs (then it runs once before training, as its own phase).
@@ -57,6 +61,7 @@ from trl_ext.memory.arch import Architecture
 from trl_ext.memory.settings import MemorySettings
 from trl_ext.memory.terms import (
     activation_bytes,
+    adapter_param_bytes,
     base_weight_bytes,
     completion_tokens,
     logprob_bytes,
@@ -72,7 +77,7 @@ from trl_ext.memory.terms import (
 GiB = 1024**3
 CUDA_CONTEXT_BYTES = int(0.5 * GiB)
 ALLOCATOR_SLACK = 0.05
-PHASES = ("train", "generation", "scoring", "precompute", "fisher")
+PHASES = ("train", "generation", "scoring", "precompute", "fisher", "optimizer")
 #: float32 elements per row chunk of the EWC penalty (trl_ext.ewc.penalty.CHUNK_ELEMENTS: 16 MiB).
 PENALTY_CHUNK_ELEMENTS = 1 << 22
 
@@ -136,15 +141,19 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
     lin, other, lin_f, other_f = base_weight_bytes(arch, s)
     comps.append(Component("base weights", lin, "static", lin_f))
     comps.append(Component("embeddings, lm_head, norms", other, "static", other_f))
-    pb = 4 if s.compute_bytes == 4 else 2
-    ob = optimizer_bytes_per_param(s.optim)
+    pb = adapter_param_bytes(s)
+    ob = optimizer_bytes_per_param(s.optim, pb)
     trainable = lora_params(arch, s) if s.use_peft else arch.total_params
     what = f"LoRA r={s.lora_r} on {len(s.lora_targets)} modules" if s.use_peft else "all parameters"
     if s.use_peft:
         comps.append(
             Component("adapter weights", trainable * pb, "static", f"{trainable / 1e6:.1f}M ({what}) x {pb} B")
         )
-    comps.append(Component("gradients", trainable * pb, "static", f"{trainable / 1e6:.1f}M x {pb} B"))
+    if s.use_peft and not s.gradient_checkpointing:
+        # traced: without checkpointing the peak is at the top of the backward pass, before any adapter gradient
+        comps.append(Component("gradients", trainable * pb, "optimizer", f"{trainable / 1e6:.1f}M x {pb} B"))
+    else:  # with checkpointing the peak is a layer's recompute late in backward: (almost) every gradient exists
+        comps.append(Component("gradients", trainable * pb, "static", f"{trainable / 1e6:.1f}M x {pb} B"))
     comps.append(
         Component("optimizer states", trainable * ob, "static", f"{trainable / 1e6:.1f}M x {ob:g} B ({s.optim})")
     )
@@ -264,8 +273,9 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     elif s.method == "kto":
         seqs, seq_len, scored = B, s.max_length, B * completion_tokens(s)
         shape = f"{B} sequences x {seq_len} tokens"
-    elif s.method == "sft":  # logits over every position (the loss masks, it does not skip)
-        seqs, seq_len, scored = B, s.max_length, B * s.max_length
+    elif s.method == "sft":  # the fused head scores labelled positions only (on a GPU): every one, or completions
+        seqs, seq_len = B, s.max_length
+        scored = B * (completion_tokens(s) if s.sft_completion_only else s.max_length)
         shape = f"{B} sequences x {seq_len} tokens"
     elif s.method == "reward":  # a score head on the last token: no vocabulary-sized logits
         seqs, seq_len, scored = 2 * B, s.max_length, 0
@@ -281,14 +291,21 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
         comps.append(Component("logits / log-probs", lp, "train", lp_f))
     else:
         lp = 0
-    recompute = recompute_bytes(arch, s, seqs, seq_len) - lp
-    if recompute > 0:
+    # a decoder layer's backward (its recompute under checkpointing; under 4-bit, its three largest linears
+    # dequantized to 16-bit: traced on Qwen2.5-0.5B at 1-2 layers, a constant 24.6 MiB at 128-512 tokens) never
+    # coexists with the LM head's buffers: count what it needs beyond them
+    shapes = arch.linear_shapes()
+    dequant = 3 * max(i * o for i, o in shapes.values()) * s.compute_bytes if s.quantization != "none" else 0
+    layer = recompute_bytes(arch, s, seqs, seq_len) + dequant
+    if layer - lp > 0:
         comps.append(
             Component(
-                "checkpoint recompute (one layer)",
-                recompute,
+                "layer backward (recompute, dequantized weights)",
+                layer - lp,
                 "train",
-                "one layer's saved tensors rebuilt in backward, beyond the LM head buffers freed before it",
+                ("one layer's saved tensors rebuilt + " if s.gradient_checkpointing else "")
+                + ("3 largest linears dequantized to 16-bit, " if dequant else "")
+                + "beyond the LM head's buffers freed before it",
             )
         )
     if s.method == "ppo" and s.critic_mode != "shared":
@@ -298,20 +315,10 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
                 "critic activations", critic, "train", "critic forward/backward on the same tokens, beyond LM head"
             )
         )
-    shapes = arch.linear_shapes()
-    if s.quantization != "none":
-        biggest = max(i * o for i, o in shapes.values())
-        comps.append(
-            Component(
-                "4-bit dequantization buffer",
-                biggest * s.compute_bytes,
-                "train",
-                "largest linear dequantized to 16-bit during forward/backward",
-            )
-        )
     ref_tokens = seqs * seq_len
     ref_scored = scored
-    ref_alone = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
+    # a no-grad forward holds one layer's working set, then the LM head's tile: never both
+    ref_alone = max(no_grad_working_set(arch, s, ref_tokens), logprob_bytes(arch, s, ref_scored, grad=False)[0])
     # while the policy graph is alive the reference pass reuses the room of the LM head's backward buffers (the
     # head's tile and gradients exist only after it has finished): count only what it needs beyond them
     ref = max(0.0, ref_alone - lp) if s.method in ("dpo", "kto") and not s.precompute_ref else ref_alone
@@ -368,7 +375,7 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
         if s.beta > 0:
             comps.append(Component("reference pass", ref, "scoring", ref_f + ", per micro-batch after generation"))
         else:
-            lp_old = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
+            lp_old = max(no_grad_working_set(arch, s, ref_tokens), logprob_bytes(arch, s, ref_scored, grad=False)[0])
             comps.append(Component("old log-prob pass", lp_old, "scoring", "no-grad policy forward per micro-batch"))
     return comps
 
