@@ -14,7 +14,8 @@ The formulas (each component's `formula` repeats its own):
   0.5 byte/param + absmax per 64-weight block: fp32 (4/64 byte/param) or, with double quantization, 8-bit
   (1/64) plus one fp32 second-level constant per 256 blocks (4/(64*256)). 8-bit: 1 byte/param + fp32 row scales.
 - Embeddings, LM head (when untied), norms and biases: 16-bit, upcast to fp32 by PEFT's
-  `prepare_model_for_kbit_training` (which trl-ext runs on every quantized base).
+  `prepare_model_for_kbit_training` (which trl-ext runs on every quantized base); lean activations (the default)
+  cast the input embedding and the norms back to the compute dtype, an untied head and the biases stay fp32.
 - LoRA: r * (in + out) per adapted linear per layer; weights, gradients and AdamW's two states in the adapters'
   dtype (QLoRA: the compute dtype, as TRL casts them; LoRA on a 16-bit base: fp32, PEFT's autocast), bitsandbytes
   8-bit optimizers 2 byte/param; paged optimizers are counted in full. Without gradient checkpointing the peak is at
@@ -23,8 +24,13 @@ The formulas (each component's `formula` repeats its own):
 - Activations per token per layer without gradient checkpointing (SDPA/flash attention, no T^2 term):
   fp32 RMSNorm inputs 2*4h, and in b bytes: norm outputs 2h, q/rotated q/attention output 3q, k/v/rotated k 3kv,
   gate/up/SiLU/product 4I; LoRA dropout (p > 0) keeps a copy plus mask of each adapted input (in*(b+1)).
-  With gradient checkpointing only each layer's input (b*h) is kept, plus one layer recomputed in backward and two
-  gradient buffers (2*b*h). Eager attention adds heads*S*(2b) per token per layer (scores and probabilities).
+  Calibrated on CPU traces: 4 x (7h + 3.25I) bytes with k-bit preparation's fp32 stream, 0.61 of that with lean
+  activations (Qwen2.5-0.5B's traced per-layer slope, 54.0 kB per token), plus 12h per token outside the layers.
+  With gradient checkpointing only each layer's input (b*h) is kept, plus one layer recomputed in backward.
+  Eager attention adds heads*S*(2b) per token per layer (scores and probabilities).
+- A layer's backward (its recompute under checkpointing, and under 4-bit the three largest linears dequantized to
+  b bytes: traced as a constant on Qwen2.5-0.5B) never coexists with the LM head's buffers: only what it needs
+  beyond them is counted.
 - Log-probabilities: TRL >= 1.16 runs a fused LM head (tiles of 4096 tokens x 32768 vocabulary in b bytes, seven
   fp32 statistics per token, an fp32 gradient of the hidden states T*h*4, and the b-byte cast of one fp32 head tile);
   otherwise the full logits T*V*(b + 4 + 4): the logits, an fp32 log-softmax and its fp32 gradient.
@@ -32,8 +38,9 @@ The formulas (each component's `formula` repeats its own):
   max_length taken as completion, SFT B*C with a completion/assistant-only loss (else B*max_length), reward none
   (a score head), GRPO/PPO B*max_completion_length.
 - Reference pass (no grad, adapters disabled; DPO/KTO run it while the policy graph is alive, so it adds to the
-  training phase): one layer's working set T*b*(2h+q+2kv+3I) plus its log-prob buffers. None with
-  precompute_ref_log_probs (then it runs once before training, as its own phase).
+  training phase): the larger of one layer's working set T*b*(2h+q+2kv+3I) and its log-prob buffers (they never
+  coexist), beyond the LM head's backward buffers. None with precompute_ref_log_probs (then it runs once before
+  training, as its own phase).
 - Generation with HF generate: KV cache 2*L*kv*b per token for generation_batch_size*(prompt+completion) tokens,
   a prefill working set and fp32 sampling logits (3*V*4 per sequence).
 - vLLM colocate: vLLM takes gpu_memory_utilization x the GPU's total memory, for its own copy of the weights (4-bit
@@ -291,9 +298,7 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
         comps.append(Component("logits / log-probs", lp, "train", lp_f))
     else:
         lp = 0
-    # a decoder layer's backward (its recompute under checkpointing; under 4-bit, its three largest linears
-    # dequantized to 16-bit: traced on Qwen2.5-0.5B at 1-2 layers, a constant 24.6 MiB at 128-512 tokens) never
-    # coexists with the LM head's buffers: count what it needs beyond them
+    # a layer's backward (see the module docstring) never coexists with the LM head's buffers: count what exceeds them
     shapes = arch.linear_shapes()
     dequant = 3 * max(i * o for i, o in shapes.values()) * s.compute_bytes if s.quantization != "none" else 0
     layer = recompute_bytes(arch, s, seqs, seq_len) + dequant
