@@ -8,8 +8,9 @@ on a GPU) and records the traced allocated peak, the estimator's allocated figur
 stay within 0.9-1.1) and the per-category breakdown of both. `tiny`: the bundled tiny-chat, traced directly.
 `qwen0.5b`: Qwen2.5-0.5B-Instruct's architecture (bundled config; 24 layers, 152k vocabulary), traced at 1 and 2
 layers and extrapolated linearly to 24 (`trl_ext.memory.trace.extrapolate_depth`), one sequence (pair) per
-micro-batch. The slow traces live here, not in the test suite; `benchmarks/results/memory_calibration.md` is the
-table written from the JSON.
+micro-batch; `qwen0.5b-checkpointing`: the same with gradient checkpointing. Points of earlier runs at other
+lengths are kept (`--lengths` adds or replaces points). The slow traces live here, not in the test suite;
+`benchmarks/results/memory_calibration.md` is the table written from the JSON.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ SWEEPS = {
 MODELS = {
     "tiny": ([], None),
     "qwen0.5b": (["--model_name_or_path", "Qwen/Qwen2.5-0.5B-Instruct", "--per_device_train_batch_size", "1"], (1, 2)),
+    "qwen0.5b-checkpointing": (
+        ["--model_name_or_path", "Qwen/Qwen2.5-0.5B-Instruct", "--per_device_train_batch_size", "1"]
+        + ["--gradient_checkpointing", "true"],
+        (1, 2),
+    ),
 }
 PROMPT_LENGTH = 64  # GRPO/PPO prompt tokens
 
@@ -155,6 +161,9 @@ def main() -> None:
             rows = [run_point(model, method, n) for n in (args.lengths or SWEEPS[method][1])]
             for row in rows:
                 print(model, method, row, flush=True)
+            earlier = results.get(model, {}).get(method, {}).get("points", [])
+            key = SWEEPS[method][0]
+            rows = sorted([p for p in earlier if p[key] not in {r[key] for r in rows}] + rows, key=lambda p: p[key])
             results.setdefault(model, {})[method] = {
                 "date": datetime.date.today().isoformat(),
                 "recipe": f"recipes/quickstart/{method}.yaml",

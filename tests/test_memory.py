@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -257,3 +258,18 @@ def test_smallest_set_of_changes_that_fits_is_estimated_to_fit():
     # no single change is enough here: the search combines
     assert len(overrides) >= 3 and not any(s.endswith("(fits)") for s in est.suggestions[1:])
     assert overrides["per_device_train_batch_size"] == "1" and overrides["gradient_accumulation_steps"] == "16"
+
+
+def test_adapter_states_follow_the_adapters_dtype_and_gradients_miss_the_top_of_backward():
+    arch = load_architecture("Qwen/Qwen2.5-0.5B-Instruct")
+    qlora = MemorySettings(method="dpo", model=arch.name, optim="adamw_torch", gradient_checkpointing=False)
+    est = estimate_settings(arch, qlora, 24e9)
+    n = est.component("adapter weights").bytes / 2  # bf16 QLoRA adapters (TRL casts them)
+    assert est.component("optimizer states").bytes == 4 * n  # AdamW's two moments in bf16
+    # traced: without checkpointing the peak precedes every adapter gradient
+    assert est.component("gradients").phase == "optimizer" and est.peak_phase == "train"
+    ckpt = estimate_settings(arch, replace(qlora, gradient_checkpointing=True), 24e9)
+    assert ckpt.component("gradients").phase == "static"
+    lora = estimate_settings(arch, replace(qlora, quantization="none", kbit_prep=False), 24e9)
+    assert lora.component("adapter weights").bytes == 4 * n  # PEFT keeps LoRA on a 16-bit base in fp32
+    assert lora.component("optimizer states").bytes == 8 * n
