@@ -47,8 +47,8 @@ The formulas (each component's `formula` repeats its own):
   when the policy is 4-bit, as TRL 1.16 starts it; else 16-bit),
   activations and its KV cache; with sleep mode it holds that only while generating.
 - PPO: a critic adapter + value head (only the head with `critic: shared`; a second base with `critic: model`)
-  (weights, gradients, optimizer) on the same 4-bit base, and the critic's own activations in the update; the
-  reference is the base with adapters off (free). A separate reward model is a 16-bit copy of its architecture.
+  (weights, optimizer, gradients as the policy's) on the same 4-bit base, and the critic's own activations in the
+  update; the reference is the base with adapters off (free). A separate reward model: a 16-bit copy of its arch.
 - EWC (full): a diagonal Fisher for every base weight of the adapted modules in ewc_fisher_dtype (4 or 2 B), plus
   the penalty's fp32 row chunks of s*B*A - delta, its square and gradient (at most 16 MiB each, as
   trl_ext.ewc.penalty chunks them); kfac: two vectors per module, (out + in) x dtype; lora_params: fp32 Fisher +
@@ -166,6 +166,7 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
     )
     if s.method == "ppo":
         head = arch.hidden_size * (4 + 4 + 8)
+        grad_b = pb if s.gradient_checkpointing or not s.use_peft else 0  # traced: no critic gradient at the peak
         if s.critic_mode == "model":
             clin, cother, _, _ = base_weight_bytes(arch, s)
             comps.append(
@@ -177,9 +178,9 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
         comps.append(
             Component(
                 "critic adapter + value head",
-                ctrain * (2 * pb + ob) + head,
+                ctrain * (pb + grad_b + ob) + head,
                 "static",
-                f"{ctrain / 1e6:.1f}M x ({pb}+{pb}+{ob:g}) B + value head h*(4+4+8)",
+                f"{ctrain / 1e6:.1f}M x ({pb}+{grad_b}+{ob:g}) B + value head h*(4+4+8)",
             )
         )
     needs_ref = (s.method in ("dpo", "kto") and not s.precompute_ref) or (s.method in ("grpo", "ppo") and s.beta > 0)
