@@ -266,10 +266,12 @@ def test_adapter_states_follow_the_adapters_dtype_and_gradients_miss_the_top_of_
     est = estimate_settings(arch, qlora, 24e9)
     n = est.component("adapter weights").bytes / 2  # bf16 QLoRA adapters (TRL casts them)
     assert est.component("optimizer states").bytes == 4 * n  # AdamW's two moments in bf16
-    # traced: without checkpointing the peak precedes every adapter gradient
+    # traced, with and without checkpointing: the peak precedes every adapter gradient
     assert est.component("gradients").phase == "optimizer" and est.peak_phase == "train"
     ckpt = estimate_settings(arch, replace(qlora, gradient_checkpointing=True), 24e9)
-    assert ckpt.component("gradients").phase == "static"
+    assert ckpt.component("gradients").phase == "optimizer" and ckpt.peak_phase == "train"
+    full = estimate_settings(arch, replace(qlora, use_peft=False, quantization="none", kbit_prep=False), 24e9)
+    assert full.component("gradients").phase == "static"
     lora = estimate_settings(arch, replace(qlora, quantization="none", kbit_prep=False), 24e9)
     assert lora.component("adapter weights").bytes == 4 * n  # PEFT keeps LoRA on a 16-bit base in fp32
     assert lora.component("optimizer states").bytes == 8 * n

@@ -18,9 +18,9 @@ The formulas (each component's `formula` repeats its own):
   cast the input embedding and the norms back to the compute dtype, an untied head and the biases stay fp32.
 - LoRA: r * (in + out) per adapted linear per layer; weights, gradients and AdamW's two states in the adapters'
   dtype (QLoRA: the compute dtype, as TRL casts them; LoRA on a 16-bit base: fp32, PEFT's autocast), bitsandbytes
-  8-bit optimizers 2 byte/param; paged optimizers are counted in full. Without gradient checkpointing the peak is at
-  the top of the backward pass, before any adapter gradient exists: the gradients then count only in the optimizer
-  step (phase `optimizer`); with checkpointing they count throughout.
+  8-bit optimizers 2 byte/param; paged optimizers are counted in full. The peak is at the top of the backward pass
+  (the LM head, or the top layer's recompute under checkpointing), before any adapter gradient exists: adapter
+  gradients count only in the optimizer step (phase `optimizer`); full fine-tuning's count throughout.
 - Activations per token per layer without gradient checkpointing (SDPA/flash attention, no T^2 term):
   fp32 RMSNorm inputs 2*4h, and in b bytes: norm outputs 2h, q/rotated q/attention output 3q, k/v/rotated k 3kv,
   gate/up/SiLU/product 4I; LoRA dropout (p > 0) keeps a copy plus mask of each adapted input (in*(b+1)).
@@ -156,17 +156,17 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
         comps.append(
             Component("adapter weights", trainable * pb, "static", f"{trainable / 1e6:.1f}M ({what}) x {pb} B")
         )
-    if s.use_peft and not s.gradient_checkpointing:
-        # traced: without checkpointing the peak is at the top of the backward pass, before any adapter gradient
+    if s.use_peft:  # traced, with and without checkpointing: the peak is at the top of the backward pass (the LM
+        # head or the top layer's recompute), before any adapter gradient exists
         comps.append(Component("gradients", trainable * pb, "optimizer", f"{trainable / 1e6:.1f}M x {pb} B"))
-    else:  # with checkpointing the peak is a layer's recompute late in backward: (almost) every gradient exists
+    else:  # full fine-tuning: the gradients are as big as the model; counted throughout
         comps.append(Component("gradients", trainable * pb, "static", f"{trainable / 1e6:.1f}M x {pb} B"))
     comps.append(
         Component("optimizer states", trainable * ob, "static", f"{trainable / 1e6:.1f}M x {ob:g} B ({s.optim})")
     )
     if s.method == "ppo":
         head = arch.hidden_size * (4 + 4 + 8)
-        grad_b = pb if s.gradient_checkpointing or not s.use_peft else 0  # traced: no critic gradient at the peak
+        grad_b = 0 if s.use_peft else pb  # traced: no critic adapter gradient at the peak
         if s.critic_mode == "model":
             clin, cother, _, _ = base_weight_bytes(arch, s)
             comps.append(
