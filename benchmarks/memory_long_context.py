@@ -4,9 +4,9 @@
 
 For DPO (tokens per pair: chosen + rejected each this long) and SFT, with and without TRL's activation offloading
 and the fused LM head, the longest length (multiple of 256) whose estimated allocated peak plus the CUDA constants
-(`trl_ext.memory.trace.CUDA_CONSTANTS`) stays <= 22 GiB. SFT is modelled as the policy pass of one sequence with no
-reference (KTO's settings without the reference and KL passes; `method: sft` is not on this branch). These are
-estimates calibrated to CPU traces of small models, not traces of the 8B model itself.
+(`trl_ext.memory.trace.CUDA_CONSTANTS`) stays <= 22 GiB. SFT: one sequence, the loss (and the fused head) on every
+position. These are estimates calibrated to CPU traces of tiny-chat and of Qwen2.5-0.5B's architecture at reduced
+depth (benchmarks/memory_calibration.py), not traces of the 8B model itself.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     base = MemorySettings(method="dpo", model=arch.name, batch_size=1, optim="paged_adamw_8bit", lora_r=16)
     rows = []
     for method in ("dpo", "sft"):
-        s = base if method == "dpo" else replace(base, method="kto", precompute_ref=True, kto_kl=False)
+        s = base if method == "dpo" else replace(base, method="sft")
         for offload in (False, True):
             for fused in (True, False):
                 n = longest(arch, replace(s, activation_offloading=offload, fused_logits=fused))

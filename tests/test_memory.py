@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -76,9 +77,12 @@ def test_qwen7b_dpo_components_match_hand_computation():
     assert (s.method, s.batch_size, s.max_length, s.compute_bytes) == ("dpo", 2, 1024, 2)  # bf16 despite no GPU
     # NF4 with double quant: 0.5 + 1/64 + 4/(64*256) byte per linear weight
     assert est.component("base weights").bytes == pytest.approx(6_525_288_448 * (0.5 + 1 / 64 + 4 / 16384))
-    # embeddings + lm_head + norms + qkv biases, upcast to fp32 by k-bit prep
-    other = 2 * 152064 * 3584 + 28 * (2 * 3584 + 3584 + 2 * 512) + 3584
-    assert est.component("embeddings, lm_head, norms").bytes == 4 * other
+    # k-bit prep upcasts embeddings, lm_head, norms and qkv biases to fp32; lean activations put the input embedding
+    # and the norms back to bf16, the untied lm_head and the biases stay fp32
+    embedding, head, norms, biases = 152064 * 3584, 152064 * 3584, 28 * 2 * 3584 + 3584, 28 * (3584 + 2 * 512)
+    assert est.component("embeddings, lm_head, norms").bytes == 2 * (embedding + norms) + 4 * (head + biases)
+    fp32_stream = estimate_memory(DPO_PRESET, overrides=["--kbit_fp32_activations", "true"])
+    assert fp32_stream.component("embeddings, lm_head, norms").bytes == 4 * (embedding + head + norms + biases)
     lora = 28 * 16 * (2 * (3584 + 3584) + 2 * (3584 + 512) + 3 * (3584 + 18944))
     assert lora == 40_370_176
     assert est.component("adapter weights").bytes == 2 * lora
@@ -93,7 +97,7 @@ def test_qwen7b_dpo_components_match_hand_computation():
     # 7 fp32 stats/token + bf16 casts of two fp32 head chunks + fp32 dL/dhidden
     assert est.component("logits / log-probs").bytes == 3072 * 32768 * 2 + 3072 * 28 + 2 * 32768 * h * 2 + 3072 * h * 4
     assert est.peak_phase == "train"
-    assert est.fits and 10 < est.peak_gib < 20
+    assert est.fits and 8 < est.peak_gib < 20
 
 
 def test_ewc_fisher_storage_and_pass_match_hand_computation(tmp_path):
@@ -182,7 +186,10 @@ def test_grpo_peak_grows_with_generations_and_completion_length(tmp_path):
 
 def test_precomputed_reference_and_checkpointing_lower_the_peak():
     base = estimate_memory(DPO_PRESET)
-    assert with_settings(base, precompute_ref=True).peak_bytes < base.peak_bytes
+    # the reference pass fits in the room of the LM head's backward buffers (traced), so precomputing it moves it out
+    # of the training phase without lowering this preset's peak
+    pre = with_settings(base, precompute_ref=True)
+    assert pre.peak_bytes <= base.peak_bytes and pre.component("reference pass").phase == "precompute"
     assert with_settings(base, gradient_checkpointing=False).peak_bytes > base.peak_bytes + 5 * GiB
 
 
@@ -206,10 +213,10 @@ def test_vllm_colocate_holds_a_4bit_copy_of_a_4bit_policy(tmp_path):
 
 
 def test_too_small_gpu_gets_concrete_suggestions():
-    est = estimate_memory(DPO_PRESET, gpu_memory_gb=12)
+    est = estimate_memory(DPO_PRESET, gpu_memory_gb=10)
     assert not est.fits
     assert any(s.startswith("per_device_train_batch_size: 1, gradient_accumulation_steps: 16") for s in est.suggestions)
-    assert any(s.startswith("precompute_ref_log_probs: true") for s in est.suggestions)
+    assert any(s.startswith("max_length: 768") for s in est.suggestions)
 
 
 def test_train_refuses_a_recipe_that_does_not_fit_a_small_gpu():
@@ -217,7 +224,7 @@ def test_train_refuses_a_recipe_that_does_not_fit_a_small_gpu():
     with pytest.raises(RecipeError) as err:
         check_recipe_memory(recipe, gpu_memory_bytes=8 * GiB)
     message = str(err.value)
-    assert "8.0 GiB" in message and "Biggest components: embeddings, lm_head, norms 4.1 GiB" in message
+    assert "8.0 GiB" in message and "Biggest components: base weights 3.1 GiB" in message
     assert "--skip_memory_check true" in message
     assert check_recipe_memory(recipe, gpu_memory_bytes=24e9).fits
     forced = load_recipe(DPO_PRESET, ["--skip_memory_check", "true"])
@@ -239,15 +246,32 @@ def test_estimate_cli_prints_json_and_exit_code_follows_the_verdict():
 def test_smallest_set_of_changes_that_fits_is_estimated_to_fit():
     from trl_ext.memory.report import smallest_fitting_change
 
-    est = estimate_memory(DPO_PRESET, gpu_memory_gb=10)
+    est = estimate_memory(DPO_PRESET, gpu_memory_gb=9)
     assert not est.fits
     overrides, new = smallest_fitting_change(est)
-    assert new.fits and new.peak_bytes <= 10e9
+    assert new.fits and new.peak_bytes <= 9e9
     # the printed overrides, applied to the recipe, give the same fitting estimate
     flags = [x for k, v in overrides.items() for x in (f"--{k}", v)]
-    again = estimate_memory(DPO_PRESET, gpu_memory_gb=10, overrides=flags)
+    again = estimate_memory(DPO_PRESET, gpu_memory_gb=9, overrides=flags)
     assert again.fits and again.peak_bytes == pytest.approx(new.peak_bytes)
     assert est.suggestions[0].startswith("fits with: --")
     # no single change is enough here: the search combines
     assert len(overrides) >= 3 and not any(s.endswith("(fits)") for s in est.suggestions[1:])
     assert overrides["per_device_train_batch_size"] == "1" and overrides["gradient_accumulation_steps"] == "16"
+
+
+def test_adapter_states_follow_the_adapters_dtype_and_gradients_miss_the_top_of_backward():
+    arch = load_architecture("Qwen/Qwen2.5-0.5B-Instruct")
+    qlora = MemorySettings(method="dpo", model=arch.name, optim="adamw_torch", gradient_checkpointing=False)
+    est = estimate_settings(arch, qlora, 24e9)
+    n = est.component("adapter weights").bytes / 2  # bf16 QLoRA adapters (TRL casts them)
+    assert est.component("optimizer states").bytes == 4 * n  # AdamW's two moments in bf16
+    # traced, with and without checkpointing: the peak precedes every adapter gradient
+    assert est.component("gradients").phase == "optimizer" and est.peak_phase == "train"
+    ckpt = estimate_settings(arch, replace(qlora, gradient_checkpointing=True), 24e9)
+    assert ckpt.component("gradients").phase == "optimizer" and ckpt.peak_phase == "train"
+    full = estimate_settings(arch, replace(qlora, use_peft=False, quantization="none", kbit_prep=False), 24e9)
+    assert full.component("gradients").phase == "static"
+    lora = estimate_settings(arch, replace(qlora, quantization="none", kbit_prep=False), 24e9)
+    assert lora.component("adapter weights").bytes == 4 * n  # PEFT keeps LoRA on a 16-bit base in fp32
+    assert lora.component("optimizer states").bytes == 8 * n

@@ -48,6 +48,8 @@ def _run_overrides(recipe, model_dir: Path, work: Path, steps: int, lengths: dic
         out += [f"--{key}", "true" if getattr(t, key, False) else "false"]
     if getattr(t, "use_vllm", False):
         out += ["--use_vllm", "false"]
+    if getattr(t, "assistant_only_loss", False):  # synthetic SFT rows are prompt/completion: the completion-only
+        out += ["--assistant_only_loss", "false"]  # loss masks the same positions without a chat template
     return out
 
 
@@ -205,6 +207,9 @@ def trace_recipe(
         traced["notes"] = points[depths[0]]["notes"]
         out["mode"] = f"extrapolated from {depths[0]} and {depths[1]} layers to {arch.num_layers}"
         out["points_gib"] = {d: round(p["peak_bytes"] / GiB, 4) for d, p in points.items()}
+        out["points_by_category_gib"] = {
+            d: {c: round(v / GiB, 5) for c, v in p["by_category"].items() if v} for d, p in points.items()
+        }
         if len(depths) > 2:
             check = trace_once(recipe_path, overrides, steps, depths[2], prompt_length)
             predicted = extrapolate_depth(points, depths[2])["peak_bytes"]

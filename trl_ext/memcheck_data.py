@@ -10,7 +10,8 @@ from pathlib import Path
 def synthetic_lengths(recipe, prompt_length: int | None = None) -> dict[str, int]:
     """Token counts of the synthetic rows: every sequence is as long as the recipe allows.
 
-    DPO/KTO/SFT/reward: a quarter of `max_length` is prompt, the rest completion (prompt + completion = max_length).
+    DPO/KTO/SFT/reward: a quarter of `max_length` is prompt, the rest completion (prompt + completion = max_length;
+    one less for reward, whose EOS fills the last position).
     GRPO/PPO: the estimator's prompt length and `max_completion_length` (generation is forced to it).
     """
     from trl_ext.memory import settings_from_recipe
@@ -18,7 +19,8 @@ def synthetic_lengths(recipe, prompt_length: int | None = None) -> dict[str, int
     settings = settings_from_recipe(recipe, prompt_length=prompt_length)
     if settings.method in ("dpo", "kto", "sft", "reward"):
         prompt = max(1, settings.max_length // 4)
-        return {"prompt": prompt, "completion": settings.max_length - prompt}
+        # TRL's RewardTrainer appends EOS and drops rows longer than max_length (the others truncate)
+        return {"prompt": prompt, "completion": settings.max_length - prompt - (settings.method == "reward")}
     return {"prompt": settings.prompt_length, "completion": settings.completion_length}
 
 

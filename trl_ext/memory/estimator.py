@@ -14,30 +14,41 @@ The formulas (each component's `formula` repeats its own):
   0.5 byte/param + absmax per 64-weight block: fp32 (4/64 byte/param) or, with double quantization, 8-bit
   (1/64) plus one fp32 second-level constant per 256 blocks (4/(64*256)). 8-bit: 1 byte/param + fp32 row scales.
 - Embeddings, LM head (when untied), norms and biases: 16-bit, upcast to fp32 by PEFT's
-  `prepare_model_for_kbit_training` (which trl-ext runs on every quantized base).
-- LoRA: r * (in + out) per adapted linear per layer; weights and gradients in the compute dtype, AdamW's two states
-  counted in fp32 (8 byte/param), bitsandbytes 8-bit optimizers 2 byte/param; paged optimizers are counted in full.
+  `prepare_model_for_kbit_training` (which trl-ext runs on every quantized base); lean activations (the default)
+  cast the input embedding and the norms back to the compute dtype, an untied head and the biases stay fp32.
+- LoRA: r * (in + out) per adapted linear per layer; weights, gradients and AdamW's two states in the adapters'
+  dtype (QLoRA: the compute dtype, as TRL casts them; LoRA on a 16-bit base: fp32, PEFT's autocast), bitsandbytes
+  8-bit optimizers 2 byte/param; paged optimizers are counted in full. The peak is at the top of the backward pass
+  (the LM head, or the top layer's recompute under checkpointing), before any adapter gradient exists: adapter
+  gradients count only in the optimizer step (phase `optimizer`); full fine-tuning's count throughout.
 - Activations per token per layer without gradient checkpointing (SDPA/flash attention, no T^2 term):
   fp32 RMSNorm inputs 2*4h, and in b bytes: norm outputs 2h, q/rotated q/attention output 3q, k/v/rotated k 3kv,
   gate/up/SiLU/product 4I; LoRA dropout (p > 0) keeps a copy plus mask of each adapted input (in*(b+1)).
-  With gradient checkpointing only each layer's input (b*h) is kept, plus one layer recomputed in backward and two
-  gradient buffers (2*b*h). Eager attention adds heads*S*(2b) per token per layer (scores and probabilities).
+  Calibrated on CPU traces: 4 x (7h + 3.25I) bytes with k-bit preparation's fp32 stream, 0.61 of that with lean
+  activations (Qwen2.5-0.5B's traced per-layer slope, 54.0 kB per token), plus 12h per token outside the layers.
+  With gradient checkpointing only each layer's input (b*h) is kept, plus one layer recomputed in backward.
+  Eager attention adds heads*S*(2b) per token per layer (scores and probabilities).
+- A layer's backward (its recompute under checkpointing, and under 4-bit the three largest linears dequantized to
+  b bytes: traced as a constant on Qwen2.5-0.5B) never coexists with the LM head's buffers: only what it needs
+  beyond them is counted.
 - Log-probabilities: TRL >= 1.16 runs a fused LM head (tiles of 4096 tokens x 32768 vocabulary in b bytes, seven
   fp32 statistics per token, an fp32 gradient of the hidden states T*h*4, and the b-byte cast of one fp32 head tile);
   otherwise the full logits T*V*(b + 4 + 4): the logits, an fp32 log-softmax and its fp32 gradient.
   Scored tokens (on a GPU the fused head scores labelled positions only): DPO 2*B*C, KTO B*C with C = 3/4 of
-  max_length taken as completion, GRPO/PPO B*max_completion_length.
+  max_length taken as completion, SFT B*C with a completion/assistant-only loss (else B*max_length), reward none
+  (a score head), GRPO/PPO B*max_completion_length.
 - Reference pass (no grad, adapters disabled; DPO/KTO run it while the policy graph is alive, so it adds to the
-  training phase): one layer's working set T*b*(2h+q+2kv+3I) plus its log-prob buffers. None with
-  precompute_ref_log_probs (then it runs once before training, as its own phase).
+  training phase): the larger of one layer's working set T*b*(2h+q+2kv+3I) and its log-prob buffers (they never
+  coexist), beyond the LM head's backward buffers. None with precompute_ref_log_probs (then it runs once before
+  training, as its own phase).
 - Generation with HF generate: KV cache 2*L*kv*b per token for generation_batch_size*(prompt+completion) tokens,
   a prefill working set and fp32 sampling logits (3*V*4 per sequence).
 - vLLM colocate: vLLM takes gpu_memory_utilization x the GPU's total memory, for its own copy of the weights (4-bit
   when the policy is 4-bit, as TRL 1.16 starts it; else 16-bit),
   activations and its KV cache; with sleep mode it holds that only while generating.
 - PPO: a critic adapter + value head (only the head with `critic: shared`; a second base with `critic: model`)
-  (weights, gradients, optimizer) on the same 4-bit base, and the critic's own activations in the update; the
-  reference is the base with adapters off (free). A separate reward model is a 16-bit copy of its architecture.
+  (weights, optimizer, gradients as the policy's) on the same 4-bit base, and the critic's own activations in the
+  update; the reference is the base with adapters off (free). A separate reward model: a 16-bit copy of its arch.
 - EWC (full): a diagonal Fisher for every base weight of the adapted modules in ewc_fisher_dtype (4 or 2 B), plus
   the penalty's fp32 row chunks of s*B*A - delta, its square and gradient (at most 16 MiB each, as
   trl_ext.ewc.penalty chunks them); kfac: two vectors per module, (out + in) x dtype; lora_params: fp32 Fisher +
@@ -57,6 +68,7 @@ from trl_ext.memory.arch import Architecture
 from trl_ext.memory.settings import MemorySettings
 from trl_ext.memory.terms import (
     activation_bytes,
+    adapter_param_bytes,
     base_weight_bytes,
     completion_tokens,
     logprob_bytes,
@@ -72,7 +84,7 @@ from trl_ext.memory.terms import (
 GiB = 1024**3
 CUDA_CONTEXT_BYTES = int(0.5 * GiB)
 ALLOCATOR_SLACK = 0.05
-PHASES = ("train", "generation", "scoring", "precompute", "fisher")
+PHASES = ("train", "generation", "scoring", "precompute", "fisher", "optimizer")
 #: float32 elements per row chunk of the EWC penalty (trl_ext.ewc.penalty.CHUNK_ELEMENTS: 16 MiB).
 PENALTY_CHUNK_ELEMENTS = 1 << 22
 
@@ -136,20 +148,25 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
     lin, other, lin_f, other_f = base_weight_bytes(arch, s)
     comps.append(Component("base weights", lin, "static", lin_f))
     comps.append(Component("embeddings, lm_head, norms", other, "static", other_f))
-    pb = 4 if s.compute_bytes == 4 else 2
-    ob = optimizer_bytes_per_param(s.optim)
+    pb = adapter_param_bytes(s)
+    ob = optimizer_bytes_per_param(s.optim, pb)
     trainable = lora_params(arch, s) if s.use_peft else arch.total_params
     what = f"LoRA r={s.lora_r} on {len(s.lora_targets)} modules" if s.use_peft else "all parameters"
     if s.use_peft:
         comps.append(
             Component("adapter weights", trainable * pb, "static", f"{trainable / 1e6:.1f}M ({what}) x {pb} B")
         )
-    comps.append(Component("gradients", trainable * pb, "static", f"{trainable / 1e6:.1f}M x {pb} B"))
+    if s.use_peft:  # traced, with and without checkpointing: the peak is at the top of the backward pass (the LM
+        # head or the top layer's recompute), before any adapter gradient exists
+        comps.append(Component("gradients", trainable * pb, "optimizer", f"{trainable / 1e6:.1f}M x {pb} B"))
+    else:  # full fine-tuning: the gradients are as big as the model; counted throughout
+        comps.append(Component("gradients", trainable * pb, "static", f"{trainable / 1e6:.1f}M x {pb} B"))
     comps.append(
         Component("optimizer states", trainable * ob, "static", f"{trainable / 1e6:.1f}M x {ob:g} B ({s.optim})")
     )
     if s.method == "ppo":
         head = arch.hidden_size * (4 + 4 + 8)
+        grad_b = 0 if s.use_peft else pb  # traced: no critic adapter gradient at the peak
         if s.critic_mode == "model":
             clin, cother, _, _ = base_weight_bytes(arch, s)
             comps.append(
@@ -161,9 +178,9 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
         comps.append(
             Component(
                 "critic adapter + value head",
-                ctrain * (2 * pb + ob) + head,
+                ctrain * (pb + grad_b + ob) + head,
                 "static",
-                f"{ctrain / 1e6:.1f}M x ({pb}+{pb}+{ob:g}) B + value head h*(4+4+8)",
+                f"{ctrain / 1e6:.1f}M x ({pb}+{grad_b}+{ob:g}) B + value head h*(4+4+8)",
             )
         )
     needs_ref = (s.method in ("dpo", "kto") and not s.precompute_ref) or (s.method in ("grpo", "ppo") and s.beta > 0)
@@ -264,8 +281,9 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     elif s.method == "kto":
         seqs, seq_len, scored = B, s.max_length, B * completion_tokens(s)
         shape = f"{B} sequences x {seq_len} tokens"
-    elif s.method == "sft":  # logits over every position (the loss masks, it does not skip)
-        seqs, seq_len, scored = B, s.max_length, B * s.max_length
+    elif s.method == "sft":  # the fused head scores labelled positions only (on a GPU): every one, or completions
+        seqs, seq_len = B, s.max_length
+        scored = B * (completion_tokens(s) if s.sft_completion_only else s.max_length)
         shape = f"{B} sequences x {seq_len} tokens"
     elif s.method == "reward":  # a score head on the last token: no vocabulary-sized logits
         seqs, seq_len, scored = 2 * B, s.max_length, 0
@@ -281,14 +299,19 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
         comps.append(Component("logits / log-probs", lp, "train", lp_f))
     else:
         lp = 0
-    recompute = recompute_bytes(arch, s, seqs, seq_len) - lp
-    if recompute > 0:
+    # a layer's backward (see the module docstring) never coexists with the LM head's buffers: count what exceeds them
+    shapes = arch.linear_shapes()
+    dequant = 3 * max(i * o for i, o in shapes.values()) * s.compute_bytes if s.quantization != "none" else 0
+    layer = recompute_bytes(arch, s, seqs, seq_len) + dequant
+    if layer - lp > 0:
         comps.append(
             Component(
-                "checkpoint recompute (one layer)",
-                recompute,
+                "layer backward (recompute, dequantized weights)",
+                layer - lp,
                 "train",
-                "one layer's saved tensors rebuilt in backward, beyond the LM head buffers freed before it",
+                ("one layer's saved tensors rebuilt + " if s.gradient_checkpointing else "")
+                + ("3 largest linears dequantized to 16-bit, " if dequant else "")
+                + "beyond the LM head's buffers freed before it",
             )
         )
     if s.method == "ppo" and s.critic_mode != "shared":
@@ -298,20 +321,10 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
                 "critic activations", critic, "train", "critic forward/backward on the same tokens, beyond LM head"
             )
         )
-    shapes = arch.linear_shapes()
-    if s.quantization != "none":
-        biggest = max(i * o for i, o in shapes.values())
-        comps.append(
-            Component(
-                "4-bit dequantization buffer",
-                biggest * s.compute_bytes,
-                "train",
-                "largest linear dequantized to 16-bit during forward/backward",
-            )
-        )
     ref_tokens = seqs * seq_len
     ref_scored = scored
-    ref_alone = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
+    # a no-grad forward holds one layer's working set, then the LM head's tile: never both
+    ref_alone = max(no_grad_working_set(arch, s, ref_tokens), logprob_bytes(arch, s, ref_scored, grad=False)[0])
     # while the policy graph is alive the reference pass reuses the room of the LM head's backward buffers (the
     # head's tile and gradients exist only after it has finished): count only what it needs beyond them
     ref = max(0.0, ref_alone - lp) if s.method in ("dpo", "kto") and not s.precompute_ref else ref_alone
@@ -368,7 +381,7 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
         if s.beta > 0:
             comps.append(Component("reference pass", ref, "scoring", ref_f + ", per micro-batch after generation"))
         else:
-            lp_old = no_grad_working_set(arch, s, ref_tokens) + logprob_bytes(arch, s, ref_scored, grad=False)[0]
+            lp_old = max(no_grad_working_set(arch, s, ref_tokens), logprob_bytes(arch, s, ref_scored, grad=False)[0])
             comps.append(Component("old log-prob pass", lp_old, "scoring", "no-grad policy forward per micro-batch"))
     return comps
 

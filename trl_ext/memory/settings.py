@@ -48,6 +48,7 @@ class MemorySettings:
     vllm_gpu_memory_utilization: float = 0.3
     vllm_sleep: bool = False
     kto_kl: bool = True  # KTO's mismatched-pair KL term (loss_type kto)
+    sft_completion_only: bool = False  # SFT loss on completions/assistant turns only: the fused head skips the rest
     # PPO
     critic_mode: str = (
         "adapter"  # adapter (own LoRA + value head, same base) | shared (value head on the actor) | model
@@ -157,6 +158,7 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         vllm_gpu_memory_utilization=float(getattr(t, "vllm_gpu_memory_utilization", 0.3) or 0.3),
         vllm_sleep=bool(getattr(t, "vllm_enable_sleep_mode", False)),
         kto_kl=str(getattr(t, "loss_type", "kto")) == "kto",
+        sft_completion_only=bool(getattr(t, "assistant_only_loss", False) or getattr(t, "completion_only_loss", None)),
         critic_mode=critic_mode if critic_mode in ("adapter", "shared", "model") else "adapter",
         reward_model=recipe.script.reward_model_name_or_path,
         reward_adapter=bool(getattr(t, "reward_adapter_path", None) or getattr(t, "reward_adapter", None)),

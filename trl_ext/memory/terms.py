@@ -27,7 +27,9 @@ def adapted_base_params(arch: Architecture, s: MemorySettings) -> int:
     return arch.num_layers * sum(shapes[n][0] * shapes[n][1] for n in s.lora_targets)
 
 
-def optimizer_bytes_per_param(optim: str) -> float:
+def optimizer_bytes_per_param(optim: str, param_bytes: int = 4) -> float:
+    """Optimizer state bytes per trainable parameter: torch's AdamW keeps its two moments in the parameter's dtype
+    (2 x param_bytes: 4 for bf16 QLoRA adapters, 8 for fp32), bitsandbytes' 8-bit optimizers two 1-byte states."""
     optim = optim.lower()
     if "8bit" in optim:
         return 2.0
@@ -35,7 +37,17 @@ def optimizer_bytes_per_param(optim: str) -> float:
         return 0.0
     if "adafactor" in optim:
         return 0.5
-    return 8.0
+    return 2.0 * param_bytes
+
+
+def adapter_param_bytes(s: MemorySettings) -> int:
+    """Bytes per trainable parameter: TRL casts QLoRA adapters to bf16 (trl_ext aligns them to the compute dtype);
+    PEFT keeps LoRA on a 16-bit base in fp32 (`autocast_adapter_dtype`); full fine-tuning trains the model's dtype."""
+    if s.compute_bytes == 4:
+        return 4
+    if s.use_peft and s.quantization == "none":
+        return 4
+    return s.compute_bytes
 
 
 def stream_bytes(s: MemorySettings) -> int:
@@ -53,10 +65,11 @@ def stream_bytes(s: MemorySettings) -> int:
 #: fp32 stream): 28h + 13I bytes with a 4-byte stream (tiny-chat h=128/I=256 and Qwen2.5-0.5B h=896/I=4864, one
 #: and two layers; benchmarks/results/memory_calibration.json).
 LAYER_H_UNITS, LAYER_I_UNITS = 7.0, 3.25
-#: Lean activations (16-bit stream under QLoRA) keep this fraction of the fp32-stream layer's saved bytes: measured
-#: 0.77 on tiny-chat's decoder stack (tests/test_memory_lean.py); bitsandbytes' 4-bit matmul and LoRA keep some
-#: tensors in their own dtype, so it is not the naive 0.5.
-LEAN_LAYER_FACTOR = 0.77
+#: Lean activations (16-bit stream under QLoRA) keep this fraction of the fp32-stream layer's saved bytes: the
+#: per-layer slope of Qwen2.5-0.5B's architecture traced at one and two layers (DPO, LoRA r=16 on all linears, bf16)
+#: is 54.1 kB per token = 0.61 x 4 x (7h + 3.25I); tiny-chat's traces agree (benchmarks/memory_calibration.py).
+#: bitsandbytes' 4-bit matmul, the fp32 norm statistics and LoRA keep some tensors in fp32, so it is not 0.5.
+LEAN_LAYER_FACTOR = 0.61
 
 
 def activation_bytes_per_token_layer(arch: Architecture, s: MemorySettings, seq_len: int) -> float:
@@ -77,6 +90,11 @@ def activation_bytes_per_token_layer(arch: Architecture, s: MemorySettings, seq_
 #: Per-token bytes outside the decoder layers, in units of h: embedding output, final norm, the fp32 hidden states
 #: the LM head keeps, their fp32 gradient (traced: 11-12h).
 OUTSIDE_LAYERS_H_UNITS = 12
+#: Reward models (a score head on every position, no fused LM head) peak in the backward of the top layers with
+#: 14h more per token: traced 11.76 kB per token on tiny-chat at 1k-4k tokens against 9.97 kB for the causal-LM
+#: methods (the dense gradient of every position's hidden state and the final norm's backward; not yet separated
+#: into h and I terms). On Qwen2.5-0.5B's architecture the dequantized weights set the peak instead (0.6 % over).
+REWARD_EXTRA_H_UNITS = 14
 
 
 def activation_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_len: int) -> float:
@@ -88,7 +106,8 @@ def activation_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_
         per_token = min(arch.num_layers, 2 if s.activation_offloading else arch.num_layers) * stream_bytes(s) * h
     else:
         per_token = arch.num_layers * activation_bytes_per_token_layer(arch, s, seq_len)
-    return tokens * (per_token + OUTSIDE_LAYERS_H_UNITS * h)
+    outside = OUTSIDE_LAYERS_H_UNITS + (REWARD_EXTRA_H_UNITS if s.method == "reward" else 0)
+    return tokens * (per_token + outside * h)
 
 
 def recompute_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_len: int) -> float:
@@ -108,7 +127,10 @@ def logprob_bytes(arch: Architecture, s: MemorySettings, tokens: int, grad: bool
     if s.fused_logits:
         tile = min(tokens, FUSED_TOKEN_TILE) * FUSED_VOCAB_TILE * b  # TRL allocates a full tile, even for V < 32768
         stats = tokens * 7 * 4
-        head_cast = 2 * min(V, FUSED_VOCAB_TILE) * h * b if s.kbit_prep and b < 4 else 0  # two chunks overlap
+        # an fp32 head (k-bit preparation's upcast; lean activations keep only an untied head fp32) is cast to the
+        # compute dtype one vocabulary chunk at a time; two chunks overlap
+        fp32_head = s.kbit_prep and b < 4 and (not s.lean_activations or not arch.tie_word_embeddings)
+        head_cast = 2 * min(V, FUSED_VOCAB_TILE) * h * b if fp32_head else 0
         grad_hidden = tokens * h * 4 if grad else 0
         return tile + stats + head_cast + grad_hidden, (
             f"fused LM head: tile min(T,4096)x{FUSED_VOCAB_TILE}x{b} + T*7*4 stats"
@@ -137,6 +159,15 @@ def base_weight_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, flo
         lin_f = f"{arch.linear_params / 1e9:.2f}B linear params x {s.compute_bytes} B"
     other = arch.embedding_params + arch.other_params
     ob = 4 if s.kbit_prep else s.compute_bytes
+    if s.kbit_prep and s.lean_activations and s.compute_bytes < 4:
+        # lean activations cast the input embedding and the norm weights back to the compute dtype; biases and an
+        # untied output head keep k-bit preparation's fp32 (trl_ext.modeling.lean_activations)
+        h, b = arch.hidden_size, s.compute_bytes
+        bias = arch.other_params - arch.num_layers * 2 * h - h
+        head = 0 if arch.tie_word_embeddings else arch.vocab_size * h
+        lean = arch.vocab_size * h + (arch.other_params - bias)
+        other_f = f"{lean / 1e9:.3f}B embedding/norm params x {b} B + {(head + bias) / 1e9:.3f}B head/bias params x 4 B"
+        return lin, lean * b + (head + bias) * 4, lin_f, other_f
     other_f = f"{other / 1e9:.3f}B params x {ob} B" + (" (fp32 upcast by k-bit prep)" if s.kbit_prep else "")
     return lin, other * ob, lin_f, other_f
 
