@@ -34,12 +34,14 @@ Results: ``benchmarks/results/real_model.json`` under ``forgetting.<method>.<run
     python benchmarks/forgetting_real.py --methods dpo sft      # the budget below, ~25 min per method
     python benchmarks/forgetting_real.py --table-only          # rewrite the markdown from the JSON
 
-Budget (measured 2026-12-02 on the 2-core CPU shared with 3 other engineers' jobs, load average 6-9): one optimizer
-step at batch 4 takes ~14 s with one torch thread and ~55 s with two (thread contention on an oversubscribed
-machine), so the script uses one thread. 4-bit (bitsandbytes' CPU path) is not used: forgetting does not depend on
-quantization, and the step times are in ``real_model.json`` under ``timing``. Defaults: 12 steps of 4 examples,
-max_length 64 (the rows are 30-45 tokens with the chat template), Fisher from the 24 sentences, anchor NLL on the
-40 anchor sentences, one seed -- a small budget, not the tiny model's 60 x 8 over 5 strengths each.
+Budget (measured 2026-12-02 on the 2-core CPU shared with 3 other engineers' jobs, load average 6-10): one DPO
+step at batch 4 took ~14 s with one torch thread and ~55 s with two (thread contention on an oversubscribed
+machine), so the script uses one thread. ``benchmarks/real_model_step_time.py`` (results under ``timing``) measured a
+4-bit DPO step at 1.05x the unquantized one in one run (31-32 s vs 29-32 s, at a busier moment), plus 26 s vs 7 s to
+build; the sweeps use a LoRA on the unquantized base, since forgetting does not depend on quantization. Defaults:
+12 steps of 4 examples, lr 1e-3, max_length 64 (the rows are 30-45 tokens with the chat template), Fisher from the 24
+sentences, probes on the 40 anchor sentences, L2 strengths 1 and 10, one seed -- about 4 min per SFT run and 8 min
+per DPO run at that load, a small budget next to the tiny model's 60 steps x 8 over 5 strengths each.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import fcntl
 import json
 import os
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -152,7 +155,7 @@ def fact_nll(model, tokenizer, texts: list[str]) -> float:
 def locked(path: Path):
     """Read-modify-write of the results JSON, safe when two methods run in parallel processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         summary = json.loads(path.read_text()) if path.is_file() else {}
         yield summary
@@ -305,7 +308,8 @@ def write_table(summary: dict, path: Path) -> None:
         f"{setup['steps']} steps of {setup['batch']}, lr {setup['learning_rate']:g}, max_length "
         f"{setup['max_length']}. EWC's lambda = L2's lambda / mean F (same average stiffness): `ewc_x` pairs with "
         f"`l2_x`. Machine: {setup['machine']}; date {setup['date']}.",
-        f"Command: `{setup['command'].strip()}`",
+        "Commands (the two methods ran as two parallel processes): "
+        + ", ".join(f"`python benchmarks/forgetting_real.py --methods {m}`" for m in summary.get("forgetting", {})),
     ]
     for method, runs in summary.get("forgetting", {}).items():
         none = runs.get("none")

@@ -15,10 +15,11 @@ a rerun skips the trained stages whose adapter is already in ``--work``):
     python benchmarks/query_rewrite_real.py --table-only
 
 Budget (measured 2026-12-02 on 2 CPU cores shared with 3 other engineers' jobs, load average 6-10, one torch
-thread): a GRPO step with 4 generations of 24 tokens takes ~50 s, an SFT step of 4 rows ~15-25 s, a DPO step with a
-4-bit base ~2x the unquantized one -- so the runs use a LoRA (r=8) on the unquantized base, and small budgets: SFT
-40 steps of 4 rows, GRPO 24 steps of one prompt x 4 generations (24-token completions), greedy 32-token rewrites for
-the evaluation. One seed (42). Recall is the evaluator's Recall@5.
+thread): a GRPO step with 4 generations of 24 tokens takes ~40-50 s, an SFT step of 4 rows ~25 s, greedy rewrites
+of the 72 test rows ~5 min per model. The runs use a LoRA (r=8, the quickstart's) on the unquantized base (a 4-bit
+base gains nothing on a CPU: ``benchmarks/real_model_step_time.py``), and small budgets: SFT 40 steps of 4 rows, GRPO
+24 steps of one prompt x 4 generations (24-token completions), greedy 32-token rewrites for the evaluation; one seed
+(42). Recall is the evaluator's Recall@5. About 50 min in all at that load.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +67,7 @@ def train(recipe: str, out: Path, *extra: str) -> float:
 
 def record(out: Path, key: str, value) -> None:
     """Write `query_rewrite.<key>` into the results JSON now (locked: other benchmarks write the same file)."""
-    with open(out.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         summary = json.loads(out.read_text()) if out.is_file() else {}
         summary.setdefault("query_rewrite", {})[key] = value

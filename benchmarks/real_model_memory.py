@@ -15,6 +15,7 @@ import fcntl
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def main() -> int:
     result = json.loads(proc.stdout[proc.stdout.index("{") :])
     result["command"] = "trl-ext memcheck " + " ".join(ARGS)
     result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
-    with open(OUT.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"{OUT.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         summary = json.loads(OUT.read_text()) if OUT.is_file() else {}
         summary["memory"] = result

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> int:
             sys.stderr.write(proc.stderr[-3000:])
             return 1
         result = json.loads(line[0][6:]) | {"date": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-        with open(OUT.with_suffix(".lock"), "w") as lock:
+        with open(Path(tempfile.gettempdir()) / f"{OUT.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             summary = json.loads(OUT.read_text()) if OUT.is_file() else {}
             summary.setdefault("timing", {})[spec] = result
