@@ -187,6 +187,7 @@ def main(argv=None) -> int:
         help="computed once if missing, reused otherwise (the uniform F = 1 file sits next to it)",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-existing", action="store_true", help="skip runs already in the results JSON")
     parser.add_argument("--out", default=str(RESULTS / "real_model.json"))
     parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from the JSON")
     args = parser.parse_args(argv)
@@ -280,6 +281,10 @@ def main(argv=None) -> int:
         ]
     for method in args.methods:
         for label, extra in runs:
+            if args.skip_existing and "fact_nll" in json.loads(out.read_text()).get("forgetting", {}).get(
+                method, {}
+            ).get(label, {}):
+                continue
             result = run_one(method, label, extra, args, anchor, out_root)
             result["nll_increase"] = result["anchor_nll"] - base_nll
             result["fact_nll_increase"] = result["fact_nll"] - base_fact_nll
