@@ -188,6 +188,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-existing", action="store_true", help="skip runs already in the results JSON")
+    parser.add_argument("--only", nargs="+", default=None, help="run only these labels (e.g. ewc_0.01)")
     parser.add_argument("--out", default=str(RESULTS / "real_model.json"))
     parser.add_argument("--table-only", action="store_true", help="rewrite the markdown table from the JSON")
     args = parser.parse_args(argv)
@@ -281,6 +282,8 @@ def main(argv=None) -> int:
         ]
     for method in args.methods:
         for label, extra in runs:
+            if args.only and label not in args.only:
+                continue
             if args.skip_existing and "fact_nll" in json.loads(out.read_text()).get("forgetting", {}).get(
                 method, {}
             ).get(label, {}):
