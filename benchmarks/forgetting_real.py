@@ -31,7 +31,7 @@ word (the fact) given the rest -- (a) also rewards learning the sentences' phras
 Results: ``benchmarks/results/real_model.json`` under ``forgetting.<method>.<run>`` (``nll_increase``,
 ``task_metric``, ...) and ``benchmarks/results/real_model_forgetting.md``; each run is written as soon as it ends.
 
-    python benchmarks/forgetting_real.py --methods dpo sft      # the budget below, ~25 min per method
+    python benchmarks/forgetting_real.py --methods dpo sft      # 7 runs each: ~20 min of SFT, ~55 min of DPO
     python benchmarks/forgetting_real.py --table-only          # rewrite the markdown from the JSON
 
 Budget (measured 2026-12-02 on the 2-core CPU shared with 3 other engineers' jobs, load average 6-10): one DPO
@@ -40,8 +40,8 @@ machine), so the script uses one thread. ``benchmarks/real_model_step_time.py`` 
 4-bit DPO step at 1.05x the unquantized one in one run (31-32 s vs 29-32 s, at a busier moment), plus 26 s vs 7 s to
 build; the sweeps use a LoRA on the unquantized base, since forgetting does not depend on quantization. Defaults:
 12 steps of 4 examples, lr 1e-3, max_length 64 (the rows are 30-45 tokens with the chat template), Fisher from the 24
-sentences, probes on the 40 anchor sentences, L2 strengths 1 and 10, one seed -- about 4 min per SFT run and 8 min
-per DPO run at that load, a small budget next to the tiny model's 60 steps x 8 over 5 strengths each.
+sentences, probes on the 40 anchor sentences, L2 strengths 1, 0.1 and 0.01, one seed -- about 3 min per SFT run and
+8 min per DPO run at that load, a small budget next to the tiny model's 60 steps x 8 over 5 strengths each.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--anchor-samples", type=int, default=40)
     parser.add_argument("--anchor-data", default=str(DATA / "real_english_anchor.jsonl"))
     parser.add_argument("--fisher-data", default=str(DATA / "real_english_fisher.jsonl"))
-    parser.add_argument("--l2-lambdas", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--l2-lambdas", type=float, nargs="+", default=[1.0, 0.1, 0.01])
     parser.add_argument(
         "--ewc-multipliers",
         type=float,
