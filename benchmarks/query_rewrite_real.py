@@ -180,7 +180,11 @@ def write_table(qr: dict, path: Path) -> None:
         f"| reference rewrites | {qr.get('mrr_reference', 0):.3f} | {qr.get('recall5_reference', 0):.3f} | | | |",
     ]
     labels = [("zero_shot", "model as is (zero-shot)"), ("sft", "after SFT"), ("sft_grpo", "SFT -> GRPO, lr 2e-3")]
-    labels += [(k, f"SFT -> GRPO, lr {k[len('sft_grpo_lr') :]}") for k in qr if k.startswith("sft_grpo_lr")]
+    labels += [
+        (k, f"SFT -> GRPO, lr {k[len('sft_grpo_lr') :]}")
+        for k, v in qr.items()
+        if k.startswith("sft_grpo_lr") and isinstance(v, dict)
+    ]
     for name, label in labels:
         if name in qr:
             r = qr[name]
