@@ -193,6 +193,9 @@ def write_table(qr: dict, path: Path) -> None:
                 f"| {label} | {m['MRR@10']:.3f} | {m['Recall@5']:.3f} | {m['NDCG@10']:.3f} | "
                 f"{r['format_valid']:.0%} | {r['hack_flagged']:.0%} |"
             )
+    reruns = [v["command"] for k, v in qr.items() if k.startswith("setup_")]
+    if reruns:
+        lines += ["", "GRPO reruns from the same SFT adapter: " + ", ".join(f"`{c.strip()}`" for c in reruns) + "."]
     path.write_text("\n".join(lines) + "\n")
 
 
