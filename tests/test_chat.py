@@ -59,3 +59,15 @@ def test_chat_refuses_a_directory_without_an_adapter_and_a_reward_model(tmp_path
     reward = adapter(tmp_path / "rm", "SEQ_CLS", seed=6)
     assert main(["chat", str(reward), "hi"]) == 2
     assert "SEQ_CLS adapter (a reward model?), not a policy to chat with" in capsys.readouterr().err
+
+
+def test_chat_in_4_bits_loads_the_base_as_nf4_and_answers(policy):
+    import bitsandbytes as bnb
+
+    from trl_ext.chat import ChatSession
+
+    session = ChatSession(str(policy), load_in_4bit=True)
+    quantized = [m for m in session.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all(m.weight.quant_type == "nf4" for m in quantized)
+    answer = session.reply([{"role": "user", "content": "What can I buy in Istra?"}], max_new_tokens=8)
+    assert isinstance(answer, str) and answer

@@ -16,8 +16,8 @@ class ChatSession:
     """A causal-LM adapter on its base, answering chat messages.
 
     The base is the adapter's `base_model_name_or_path` (a `builtin:` name, a local directory or a Hub id), loaded
-    unquantized on CPU, or in 4 bits with `device_map="auto"` (`load_in_4bit`, needs a GPU). The tokenizer is the
-    adapter directory's when it saved one, else the base's.
+    unquantized, or in 4 bits with `device_map="auto"` (`load_in_4bit`; bitsandbytes runs it on a GPU or on CPU).
+    The tokenizer is the adapter directory's when it saved one, else the base's.
 
     Args:
         adapter_path (`str`):
@@ -25,7 +25,7 @@ class ChatSession:
         base_model (`str`, *optional*):
             The base to load instead of the one the adapter names.
         load_in_4bit (`bool`, *optional*, defaults to `False`):
-            Load the base in 4 bits (bitsandbytes NF4) on the GPU.
+            Load the base in 4 bits (bitsandbytes NF4), as QLoRA trained it.
 
     Raises:
         FileNotFoundError: `adapter_path` holds no `adapter_config.json`.
@@ -52,7 +52,11 @@ class ChatSession:
         base = resolve_builtin(check_model_source(base_model or config["base_model_name_or_path"], key=key))
         kwargs = {}
         if load_in_4bit:
-            kwargs = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True), "device_map": "auto"}
+            # NF4 with nested quantization, as the QLoRA recipes train (bitsandbytes' own default is fp4)
+            quantization = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True
+            )
+            kwargs = {"quantization_config": quantization, "device_map": "auto"}
         source = adapter_path if (Path(adapter_path) / "tokenizer_config.json").is_file() else base
         self.tokenizer = load_tokenizer(source)
         self.model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, **kwargs), adapter_path)
@@ -104,7 +108,7 @@ def chat_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 answers greedily")
     parser.add_argument("--base-model", default=None, help="base model (default: the one the adapter names)")
-    parser.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load the base in 4 bits (GPU)")
+    parser.add_argument("--4bit", dest="load_in_4bit", action="store_true", help="load the base in 4 bits (NF4)")
     args = parser.parse_args(argv)
     try:
         session = ChatSession(args.adapter, base_model=args.base_model, load_in_4bit=args.load_in_4bit)
