@@ -10,10 +10,10 @@
    4 sequences each, on the same 120 training prompts: DPO on those prompts' preference pairs (4 pairs a step),
    GRPO on the prompts alone (1 prompt x 4 generations a step), PPO on the prompts alone (4 prompts x 1 rollout a
    step, 1 PPO epoch, 1 mini-batch). Learning rate and KL strength as the quickstart recipes ship them.
-3. The same held-out evaluation for all three, before training, every ``--eval-every`` steps and at the end: for 8 of
+3. The same held-out evaluation for all three, before training, every ``--eval-every`` steps and at the end: for 16 of
    the 30 test prompts (never trained on), 2 sampled completions each (temperature 1, ``--max-new-tokens``, fixed
    seed), scored by the reward model (its raw score), and the KL of those samples to the reference (the base, LoRA
-   disabled): the sum over the completion's tokens of log pi(y_t) - log pi_ref(y_t), averaged over the 16 samples
+   disabled): the sum over the completion's tokens of log pi(y_t) - log pi_ref(y_t), averaged over the 32 samples
    (a Monte-Carlo estimate of the sequence KL, in nats). The training-time axis excludes the evaluations. GRPO's
    and PPO's own training logs (TRL's ``reward``/``kl``, PPO's ``objective/kl``) are kept next to it.
 
@@ -32,6 +32,7 @@ import fcntl
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -145,6 +146,7 @@ class Judge:
         rewards = self.score(prompts, decoded)
         return {
             "reward": sum(rewards) / len(rewards),
+            "reward_se": statistics.stdev(rewards) / len(rewards) ** 0.5,
             "kl": kl.mean().item(),
             "kl_per_token": (kl.sum() / mask.sum()).item(),
             "tokens": int(mask.sum().item()),
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rm-steps", type=int, default=24)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--eval-every", type=int, default=4)
-    parser.add_argument("--eval-prompts", type=int, default=8)
+    parser.add_argument("--eval-prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "real_model.json")
@@ -333,6 +335,8 @@ def main(argv=None) -> int:
                 "train_seconds": round(seconds, 1),
                 "reward_start": start["reward"],
                 "reward_end": end["reward"],
+                "reward_se_start": start["reward_se"],
+                "reward_se_end": end["reward_se"],
                 "reward_gain_per_train_second": (end["reward"] - start["reward"]) / seconds,
                 "kl_end": end["kl"],
                 "kl_per_token_end": end["kl_per_token"],
@@ -350,6 +354,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def se(result: dict, at: str) -> str:
+    value = result.get(f"reward_se_{at}")
+    return "" if value is None else f" ± {value:.2f}"
+
+
 def write_table(full: dict, path: Path) -> None:
     setup, rm = full.get("setup", {}), full.get("reward_model", {})
     lines = [
@@ -361,7 +370,9 @@ def write_table(full: dict, path: Path) -> None:
         f"{setup.get('eval_prompts')} held-out prompts x {setup.get('eval_samples_per_prompt')} samples of up to "
         f"{setup.get('max_new_tokens')} tokens, scored by the reward model; KL = sum over the sampled tokens of "
         "log pi - log pi_ref (base, LoRA off), in nats per completion. Seconds are training seconds without the "
-        "evaluations, from one shared machine: compare them as ratios only.",
+        "evaluations, from one shared machine: compare them as ratios only. Rewards are means ± their standard "
+        "error over the evaluation's samples; the KL estimate is noisy too and can dip below 0 when the policy is "
+        "still close to the reference.",
         "",
         f"Reward model: the pipeline's reward stage, {rm.get('steps')} steps x {rm.get('batch')} pairs, "
         f"{rm.get('train_seconds')} s; held-out pairwise accuracy {rm.get('held_out_accuracy', float('nan')):.2f} "
@@ -377,8 +388,9 @@ def write_table(full: dict, path: Path) -> None:
         if method in full:
             r = full[method]
             lines.append(
-                f"| {method.upper()} | {r['steps']} | {r['train_seconds']:.0f} | {r['reward_start']:.3f} | "
-                f"{r['reward_end']:.3f} | {r['reward_gain_per_train_second']:.4f} | {r['kl_end']:.3f} | "
+                f"| {method.upper()} | {r['steps']} | {r['train_seconds']:.0f} | "
+                f"{r['reward_start']:.3f}{se(r, 'start')} | "
+                f"{r['reward_end']:.3f}{se(r, 'end')} | {r['reward_gain_per_train_second']:.4f} | {r['kl_end']:.3f} | "
                 f"{r['kl_per_token_end']:.4f} | {r['eval_tokens_end']} |"
             )
     lines += ["", "Curves (held-out reward / KL at each evaluation, training seconds):", ""]
