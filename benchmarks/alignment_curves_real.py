@@ -17,7 +17,7 @@
    (a Monte-Carlo estimate of the sequence KL, in nats). The training-time axis excludes the evaluations. GRPO's
    and PPO's own training logs (TRL's ``reward``/``kl``, PPO's ``objective/kl``) are kept next to it.
 
-    python benchmarks/alignment_curves_real.py              # ~15 min on the shared 2-core CPU, one torch thread
+    python benchmarks/alignment_curves_real.py              # ~16 min on the shared 2-core CPU, one torch thread
     python benchmarks/alignment_curves_real.py --table-only
 
 Results: ``benchmarks/results/real_model_alignment.{json,md}`` (curves) and the summary under ``alignment`` in
@@ -393,6 +393,12 @@ def write_table(full: dict, path: Path) -> None:
                 f"{r['reward_end']:.3f}{se(r, 'end')} | {r['reward_gain_per_train_second']:.4f} | {r['kl_end']:.3f} | "
                 f"{r['kl_per_token_end']:.4f} | {r['eval_tokens_end']} |"
             )
+    settings = [
+        f"{m.upper()} lr {full[m]['learning_rate']:g}, {full[m]['kl_strength']} {full[m]['kl_strength_value']:g}"
+        for m in ("dpo", "grpo", "ppo")
+        if m in full
+    ]
+    lines += ["", "Learning rate and KL strength as the quickstart recipes ship them: " + "; ".join(settings) + "."]
     lines += ["", "Curves (held-out reward / KL at each evaluation, training seconds):", ""]
     for method in ("dpo", "grpo", "ppo"):
         if method in full:
