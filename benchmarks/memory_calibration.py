@@ -45,6 +45,18 @@ MODELS = {
     ),
 }
 PROMPT_LENGTH = 64  # GRPO/PPO prompt tokens
+#: Methods whose batch must hold more than one sequence on the real architectures (batch 1 above): GRPO needs a whole
+#: group per generation batch, KTO a micro-batch of at least 2.
+METHOD_OVERRIDES = {
+    "grpo": ["--per_device_train_batch_size", "2", "--num_generations", "2"],
+    "kto": ["--per_device_train_batch_size", "2"],
+}
+
+
+def model_overrides(model: str, method: str) -> list[str]:
+    """The recipe overrides of one calibration point's model (and of its method on the real architectures)."""
+    extra, depths = MODELS[model]
+    return [*extra, *(METHOD_OVERRIDES.get(method, []) if depths else [])]
 
 
 def _estimate_components(recipe_path, overrides) -> dict:
@@ -59,8 +71,8 @@ def _estimate_components(recipe_path, overrides) -> dict:
 
 def run_point(model: str, method: str, n: int) -> dict:
     key = SWEEPS[method][0]
-    extra, depths = MODELS[model]
-    overrides = [*extra, f"--{key}", str(n)]
+    depths = MODELS[model][1]
+    overrides = [*model_overrides(model, method), f"--{key}", str(n)]
     recipe = REPO / "recipes" / "quickstart" / f"{method}.yaml"
     start = time.time()
     r = trace_recipe(recipe, overrides, depths=depths, prompt_length=PROMPT_LENGTH)
@@ -167,7 +179,7 @@ def main() -> None:
             results.setdefault(model, {})[method] = {
                 "date": datetime.date.today().isoformat(),
                 "recipe": f"recipes/quickstart/{method}.yaml",
-                "overrides": MODELS[model][0],
+                "overrides": model_overrides(model, method),
                 "depths": MODELS[model][1],
                 "points": rows,
             }
