@@ -1,6 +1,7 @@
 """SFT -> GRPO vs GRPO alone vs SFT alone on held-out retrieval: `python benchmarks/query_rewrite_sft_grpo.py`.
 
-Also SFT with the EWC penalty (anchored on the starting rewriter's own train-split rewrites), alone and before GRPO.
+Also SFT with the EWC penalty (anchored on the starting rewriter's predictions on the train rows), alone and
+before GRPO.
 
 Runs the quickstart recipes as shipped (`recipes/quickstart/sft-query-rewrite.yaml`, then `grpo-query-rewrite.yaml`
 alone and with `--sft_adapter_path` set to the SFT output; only `output_dir` and `seed` change) for each seed, then
@@ -28,11 +29,11 @@ QUICKSTART = ROOT / "recipes" / "quickstart"
 RESULTS = Path(__file__).parent / "results"
 DATASET = "builtin:query_rewrite"
 METHODS = ("sft", "sft-ewc", "grpo", "sft-grpo", "sft-ewc-grpo")
-# SFT with the EWC penalty anchored on the starting rewriter's own train-split rewrites: it keeps more of the start's
+# SFT with the EWC penalty anchored on the starting rewriter's predictions on the train rows: it keeps the start's
 # copying of names from the context (which plain SFT on 198 rows trades for memorised train names)
 EWC = [
     "--ewc_lambda",
-    "1000",
+    "10000",
     "--ewc_fisher_dataset",
     "builtin:query_rewrite",
     "--ewc_fisher_split",
