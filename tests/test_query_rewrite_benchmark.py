@@ -277,20 +277,9 @@ def test_quickstart_grpo_query_rewrite_recipe_learns_to_retrieve_and_logs_every_
     # 0.025); the bounds sit well below
     assert mean("reward", last) > mean("reward", first) + 0.3
     assert mean("query_rewrite/rank", last) > mean("query_rewrite/rank", first) + 0.08
-    # the trained adapter generates rewrites for eval-rewrite
-    proc = trl_ext_cli(
-        "eval-rewrite",
-        "--model",
-        str(tmp_path),
-        "--split",
-        "test",
-        "--limit",
-        "3",
-        "--max-new-tokens",
-        "24",
-        "--json",
-        timeout=600,
-    )
+    # held out, the trained rewriter retrieves better than the raw queries (seed 42: MRR@10 0.478 vs 0.198)
+    proc = trl_ext_cli("eval-rewrite", "--model", str(tmp_path), "--split", "test", "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    assert result["rows"] == 3 and 0.0 <= result["format_valid"] <= 1.0 and 0.0 <= result["hack_flagged"] <= 1.0
+    assert result["rows"] == 72 and result["format_valid"] > 0.9
+    assert result["metrics"]["model"]["MRR@10"] > result["metrics"]["original"]["MRR@10"] + 0.15
