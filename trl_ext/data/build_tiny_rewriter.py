@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 
 from trl_ext.assets import DATA_DIR
-from trl_ext.data.build_assets import build_tokenizer, pretrain, render_chatml, save_model, tiny_qwen2
+from trl_ext.data.build_assets import build_tokenizer, pretrain, render_chatml, save_model, tiny_qwen2, train_loop
 
 SEED = 4321
 VOCAB_SIZE = 3072
@@ -174,31 +174,20 @@ def train_on_rewrites(model, tokenizer, pairs, steps: int, seed: int, lr: float,
         n_prompt = len(tokenizer(head)["input_ids"])
         assert ids[:n_prompt] == tokenizer(head)["input_ids"], "the prompt must tokenize as a prefix"
         encoded.append((ids, n_prompt))
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.1, 1 - s / steps))
-    model.train()
-    losses = []
-    for _ in range(steps):
-        batch = [rng.choice(encoded) for _ in range(batch_size)]
-        width = max(len(ids) for ids, _ in batch)
+
+    def batch(rng: random.Random) -> dict:
+        rows = [rng.choice(encoded) for _ in range(batch_size)]
+        width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((batch_size, width), tokenizer.pad_token_id)
         labels = torch.full((batch_size, width), -100)
         mask = torch.zeros((batch_size, width), dtype=torch.long)
-        for i, (ids, n_prompt) in enumerate(batch):
+        for i, (ids, n_prompt) in enumerate(rows):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             mask[i, : len(ids)] = 1
             labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+    return train_loop(model, batch, steps, seed, lr, warmup=50)
 
 
 def main(argv=None) -> int:
