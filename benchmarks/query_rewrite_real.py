@@ -9,7 +9,9 @@ a rerun skips the trained stages whose adapter is already in ``--work``):
 2. SFT on the reference rewrites (``recipes/quickstart/sft-query-rewrite.yaml`` with the model, the English
    benchmark and a LoRA on the unquantized base), then the same evaluation;
 3. GRPO from the SFT adapter (``recipes/quickstart/grpo-query-rewrite.yaml`` with ``--sft_adapter_path``) with the
-   composite ``QueryRewriteReward`` on the English corpus, then the same evaluation.
+   composite ``QueryRewriteReward`` on the English corpus, then the same evaluation;
+4. with ``--grpo-alone --grpo-lr LR``: the same GRPO run from the model as is (no SFT), for the comparison of
+   SFT -> GRPO with GRPO alone and SFT alone.
 
     python benchmarks/query_rewrite_real.py                    # ~45 min on the shared 2-core CPU
     python benchmarks/query_rewrite_real.py --table-only
@@ -88,6 +90,11 @@ def main(argv=None) -> int:
         help="GRPO learning rate (default: the quickstart's 2e-3); with it set, "
         "the run is `sft_grpo_lr<lr>` in --work and in the results, and the zero-shot and SFT stages are reused",
     )
+    parser.add_argument(
+        "--grpo-alone",
+        action="store_true",
+        help="with --grpo-lr: GRPO from the model as is (no SFT adapter), the run `grpo_lr<lr>`",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "real_model.json")
     parser.add_argument("--table-only", action="store_true")
@@ -144,18 +151,23 @@ def main(argv=None) -> int:
         )
         print(name, json.dumps(m["model"]), "format", r["format_valid"], "flagged", r["hack_flagged"], flush=True)
 
+    if args.grpo_alone and args.grpo_lr is None:
+        parser.error("--grpo-alone needs --grpo-lr (the learning rate the SFT -> GRPO run it is compared with used)")
     name = "sft_grpo" if args.grpo_lr is None else f"sft_grpo_lr{args.grpo_lr:g}"
+    if args.grpo_alone:
+        name = f"grpo_lr{args.grpo_lr:g}"
     sft, grpo = args.work / "sft", args.work / name.replace("_", "-")
     if args.grpo_lr is None:
         held_out(MODEL, "zero_shot")
-    if not (sft / "adapter_config.json").is_file():
+    if not args.grpo_alone and not (sft / "adapter_config.json").is_file():
         sft_extra = ["--max_steps", str(args.sft_steps), "--per_device_train_batch_size", "4", "--logging_steps", "5"]
         record(args.out, "sft_train_seconds", train("sft-query-rewrite.yaml", sft, *sft_extra))
     if args.grpo_lr is None:
         held_out(str(sft), "sft")
     if not (grpo / "adapter_config.json").is_file():
         kwargs = json.dumps({"QueryRewriteReward": {"corpus": CORPUS, "weights": WEIGHTS}})
-        grpo_extra = ["--sft_adapter_path", str(sft), "--dataset_train_split", "train", "--max_steps"]
+        grpo_extra = [] if args.grpo_alone else ["--sft_adapter_path", str(sft)]
+        grpo_extra += ["--dataset_train_split", "train", "--max_steps"]
         grpo_extra += [str(args.grpo_steps), "--per_device_train_batch_size", "4", "--num_generations", "4"]
         grpo_extra += ["--max_completion_length", "24", "--reward_kwargs", kwargs]
         if args.grpo_lr is not None:
@@ -185,6 +197,11 @@ def write_table(qr: dict, path: Path) -> None:
         for k, v in qr.items()
         if k.startswith("sft_grpo_lr") and isinstance(v, dict)
     ]
+    labels += [
+        (k, f"GRPO alone (from the model as is), lr {k[len('grpo_lr') :]}")
+        for k, v in qr.items()
+        if k.startswith("grpo_lr") and isinstance(v, dict)
+    ]
     for name, label in labels:
         if name in qr:
             r = qr[name]
@@ -195,7 +212,8 @@ def write_table(qr: dict, path: Path) -> None:
             )
     reruns = [v["command"] for k, v in qr.items() if k.startswith("setup_")]
     if reruns:
-        lines += ["", "GRPO reruns from the same SFT adapter: " + ", ".join(f"`{c.strip()}`" for c in reruns) + "."]
+        runs = ", ".join(f"`{c.strip()}`" for c in reruns)
+        lines += ["", f"Reruns (GRPO at another learning rate, from the SFT adapter or alone): {runs}."]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -268,26 +268,18 @@ def test_quickstart_grpo_query_rewrite_recipe_learns_to_retrieve_and_logs_every_
     first, last = logs[:window], logs[-window:]
     # the bundled rewriter writes the format and its samples disagree on retrieval: a live GRPO signal from step 1
     assert mean("query_rewrite/format", first) >= 0.9 and mean("query_rewrite/format", last) >= 0.9
-    assert mean("frac_reward_zero_std", logs) < 0.5
+    # (on 16 prompts the groups agree more as GRPO converges: 33 % of them had zero reward spread in the first 60
+    # steps, 87 % in the last 60)
+    assert mean("frac_reward_zero_std", first) < 0.5
     assert mean("reward", logs) > QueryRewriteReward().min_reward + 3.0
-    # GRPO learns: measured over seeds 42/7/123 the reward rose by 0.52-0.60 and rank by 0.16-0.20 between the first
-    # and last 60 steps, with standard errors of about 0.085 and 0.025; the bounds sit well below every seed's rise
+    # GRPO learns: with seed 42 the reward rose by 0.51 and rank by 0.14 between the first and last 60 steps (the
+    # earlier, non-copying rewriter: 0.52-0.60 and 0.16-0.20 over seeds 42/7/123, standard errors about 0.085 and
+    # 0.025); the bounds sit well below
     assert mean("reward", last) > mean("reward", first) + 0.3
     assert mean("query_rewrite/rank", last) > mean("query_rewrite/rank", first) + 0.08
-    # the trained adapter generates rewrites for eval-rewrite
-    proc = trl_ext_cli(
-        "eval-rewrite",
-        "--model",
-        str(tmp_path),
-        "--split",
-        "test",
-        "--limit",
-        "3",
-        "--max-new-tokens",
-        "24",
-        "--json",
-        timeout=600,
-    )
+    # held out, the trained rewriter retrieves better than the raw queries (seed 42: MRR@10 0.478 vs 0.198)
+    proc = trl_ext_cli("eval-rewrite", "--model", str(tmp_path), "--split", "test", "--json", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    assert result["rows"] == 3 and 0.0 <= result["format_valid"] <= 1.0 and 0.0 <= result["hack_flagged"] <= 1.0
+    assert result["rows"] == 72 and result["format_valid"] > 0.9
+    assert result["metrics"]["model"]["MRR@10"] > result["metrics"]["original"]["MRR@10"] + 0.15

@@ -200,6 +200,19 @@ def pretrain(
 ) -> list[float]:
     """Seeded causal-LM training on ``texts`` (random batches, linear warm-up then linear decay to 10%); returns the
     per-step losses. Shared by every bundled tiny model."""
+
+    def batch(rng: random.Random) -> dict:
+        enc = tokenizer(
+            rng.sample(texts, batch_size), return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
+        return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)}
+
+    return train_loop(model, batch, steps, seed, lr, warmup)
+
+
+def train_loop(model, batch, steps: int, seed: int, lr: float, warmup: int) -> list[float]:
+    """The builders' seeded training loop: ``batch(rng)`` gives each step's model inputs with ``labels``; AdamW,
+    linear warm-up over ``warmup`` steps then linear decay to 10 %, gradients clipped to norm 1; returns the losses."""
     import torch
 
     torch.manual_seed(seed)
@@ -209,11 +222,7 @@ def pretrain(
     model.train()
     losses = []
     for _ in range(steps):
-        batch = tokenizer(
-            rng.sample(texts, batch_size), return_tensors="pt", padding=True, truncation=True, max_length=max_length
-        )
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
+        loss = model(**batch(rng)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
