@@ -1,0 +1,131 @@
+"""Traced peak (CPU) of the 24 GB presets: reduced depth x reduced length, extrapolated bilinearly, vs the estimate.
+
+    python benchmarks/memory_presets_traced.py [--presets dpo/qwen2.5-7b-qlora ...] [--validate]
+        [--out benchmarks/results/memory_presets_traced.json]
+
+Each preset runs as `trl-ext memcheck recipes/<preset>.yaml --device cpu --depths D1,D2 --lengths L1,L2` (the grid
+below): four traces of two real optimizer steps on random weights of the preset's architecture at 1-2 decoder layers
+and two reduced lengths (the recipe's `max_length`; GRPO/PPO: `max_completion_length` with the prompt in proportion),
+every phase and category extrapolated bilinearly to the real depth and length
+(`trl_ext.memory.extrapolate`). `--validate` adds the preset's third length at the second depth, traced directly
+(`extrapolation_error`). Each trace runs 2 micro-batches of gradient accumulation per optimizer step instead of the
+preset's 8 (`--gradient_accumulation_steps 2`; GRPO keeps its generation batch through `--steps_per_generation`):
+the same tensors are alive (the second micro-batch holds the first one's adapter gradients), at a quarter of the
+time. Results are merged into the JSON (one entry per preset) and `benchmarks/results/memory_presets_traced.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+from trl_ext.memcheck_cpu import trace_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+GA2 = ["--gradient_accumulation_steps", "2"]
+#: preset -> (overrides, depths, lengths, validation length). Cheapest first.
+PRESETS = {
+    "grpo/qwen2.5-1.5b-qlora-query-rewrite": (GA2 + ["--steps_per_generation", "4"], (1, 2), (16, 32), 64),
+    "ppo/qwen2.5-1.5b-lora": ([], (1, 2), (16, 32), 64),
+    "dpo/qwen2.5-7b-qlora": (GA2, (1, 2), (64, 128), 256),
+    "kto/qwen2.5-7b-qlora": (GA2, (1, 2), (64, 128), 256),
+    "dpo/llama3.1-8b-qlora": (GA2, (1, 2), (64, 128), 256),
+    "dpo/llama3.1-8b-qlora-ewc": (GA2, (1, 2), (64, 128), 256),
+    "grpo/qwen2.5-7b-query-rewrite": (GA2 + ["--steps_per_generation", "8"], (1, 2), (12, 24), 48),
+    "ppo/qwen2.5-7b-qlora": ([], (1, 2), (16, 32), 64),
+}
+KEEP = (
+    "mode",
+    "traced_peak_gib",
+    "estimated_peak_gib",
+    "estimate_ratio",
+    "phase",
+    "estimated_phase",
+    "by_category_gib",
+    "phases",
+    "reserved_incl_cuda_gib",
+    "estimated_reserved_gib",
+    "points_gib",
+    "points_estimate_ratio",
+    "point_seconds",
+    "coefficients_bytes",
+    "validation_point",
+    "extrapolation_error",
+    "lengths",
+    "notes",
+)
+
+
+def command(preset: str, validate: bool) -> str:
+    overrides, depths, lengths, check = PRESETS[preset]
+    lens = [*lengths, check] if validate else list(lengths)
+    return (
+        f"trl-ext memcheck recipes/{preset}.yaml --device cpu --depths {','.join(map(str, depths))} "
+        f"--lengths {','.join(map(str, lens))} {' '.join(overrides)} --json"
+    ).strip()
+
+
+def run(preset: str, validate: bool) -> dict:
+    overrides, depths, lengths, check = PRESETS[preset]
+    start = time.time()
+    r = trace_recipe(
+        REPO / "recipes" / f"{preset}.yaml",
+        list(overrides),
+        depths=depths,
+        lengths=(*lengths, check) if validate else lengths,
+    )
+    return {
+        "date": datetime.date.today().isoformat(),
+        "command": command(preset, validate),
+        "seconds": round(time.time() - start),
+        **{k: r[k] for k in KEEP if k in r},
+    }
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    lines = [
+        "# Presets: traced peak (CPU, extrapolated) vs estimate (allocated)",
+        "",
+        "`python benchmarks/memory_presets_traced.py` (each row's command below). Machine: "
+        f"{results.get('meta', {}).get('machine', '?')}.",
+        "",
+        "| preset | traced peak (GiB) | phase | estimate (GiB) | estimate / trace | extrapolation error | trace time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for preset, r in results.items():
+        if preset == "meta":
+            continue
+        err = r.get("extrapolation_error")
+        err_s = f"{err:+.1%} at {r['validation_point']}" if err is not None else "-"
+        lines.append(
+            f"| `{preset}` | {r['traced_peak_gib']:.2f} | {r['phase']} | {r['estimated_peak_gib']:.2f} | "
+            f"{r['estimate_ratio']:.3f} | {err_s} | {r['seconds'] / 60:.0f} min |"
+        )
+    lines += [""] + [f"- `{p}` ({r['date']}): `{r['command']}`" for p, r in results.items() if p != "meta"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--validate", action="store_true", help="trace a third length directly")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_presets_traced.json"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    for preset in args.presets:
+        entry = run(preset, args.validate)
+        print(preset, json.dumps(entry), flush=True)
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results[preset] = entry
+        results["meta"] = {"machine": f"{platform.machine()}, 2 CPU cores (shared), torch CPU, 1 thread"}
+        results = {k: results[k] for k in sorted(results, key=lambda k: (k == "meta", k))}
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_markdown(results, out.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()
