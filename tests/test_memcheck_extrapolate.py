@@ -111,3 +111,24 @@ def test_depth_by_length_grid_on_tiny_chat_matches_a_direct_trace():
     assert result["coefficients_bytes"]["per_layer_per_token"] > 0
     assert result["mode"] == "extrapolated from 1/2 layers to 2 x max_length 32/64 to 128"
     assert 0.9 <= result["estimate_ratio"] <= 1.1, result
+
+
+def test_anchor_passes_are_traced_on_synthetic_full_length_text_offline(tmp_path):
+    """The EWC preset names Hub datasets for its Fisher and monitor: the trace writes its own anchor text instead,
+    as long as the recipe's passes (512 tokens), and runs 4 samples (the memory of a pass does not grow with the count)."""
+    import json
+
+    from trl_ext.memcheck_cpu import _anchor_overrides
+    from trl_ext.recipe import load_recipe
+
+    t = load_recipe(REPO / "recipes" / "dpo" / "llama3.1-8b-qlora-ewc.yaml").training
+    out = _anchor_overrides(t, tmp_path, vocab=1000)
+    pairs = dict(zip(out[::2], out[1::2], strict=True))
+    assert pairs["--ewc_fisher_dataset"] == str(tmp_path / "ewc_fisher_dataset.jsonl")
+    assert pairs["--forgetting_anchor_dataset"] == str(tmp_path / "forgetting_anchor_dataset.jsonl")
+    assert pairs["--ewc_fisher_samples"] == "4" and pairs["--forgetting_eval_samples"] == "4"
+    assert pairs["--ewc_fisher_split"] == "train" and pairs["--forgetting_anchor_split"] == "train"
+    rows = [json.loads(line) for line in (tmp_path / "ewc_fisher_dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["text"].split()) == 512 for r in rows)
+    plain = load_recipe(REPO / "recipes" / "dpo" / "llama3.1-8b-qlora.yaml").training
+    assert _anchor_overrides(plain, tmp_path, vocab=1000) == []

@@ -44,12 +44,38 @@ def _run_overrides(recipe, model_dir: Path, work: Path, steps: int, lengths: dic
     out += ["--output_dir", str(work / "out"), "--save_strategy", "no", "--eval_strategy", "no"]
     out += ["--report_to", "none", "--logging_steps", "1", "--skip_memory_check", "true"]
     out += ["--dataloader_num_workers", "0"]
+    out += _anchor_overrides(t, work, vocab)
     for key in ("bf16", "fp16"):  # keep the GPU's mixed precision (apply_runtime keeps keys set on the command line)
         out += [f"--{key}", "true" if getattr(t, key, False) else "false"]
     if getattr(t, "use_vllm", False):
         out += ["--use_vllm", "false"]
     if getattr(t, "assistant_only_loss", False):  # synthetic SFT rows are prompt/completion: the completion-only
         out += ["--assistant_only_loss", "false"]  # loss masks the same positions without a chat template
+    return out
+
+
+#: Anchor-text passes: dataset key -> (split key, length key, sample-count key).
+ANCHOR_KEYS = {
+    "ewc_fisher_dataset": ("ewc_fisher_split", "ewc_fisher_max_length", "ewc_fisher_samples"),
+    "forgetting_anchor_dataset": ("forgetting_anchor_split", "forgetting_max_length", "forgetting_eval_samples"),
+}
+#: Anchor samples a trace runs: the Fisher's accumulators and the monitor's per-sample passes do not grow with the
+#: count, only the time does.
+ANCHOR_SAMPLES = 4
+
+
+def _anchor_overrides(t, work: Path, vocab: int) -> list[str]:
+    """Synthetic anchor text (offline, full length) for the EWC Fisher pass and the forgetting monitor, 4 samples."""
+    from trl_ext.memcheck_data import synthetic_text_rows
+
+    out = []
+    for key, (split, length, samples) in ANCHOR_KEYS.items():
+        if getattr(t, key, None):
+            path = work / f"{key}.jsonl"
+            rows = synthetic_text_rows(int(getattr(t, length)), 2 * ANCHOR_SAMPLES, vocab)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            out += [f"--{key}", str(path), f"--{split}", "train"]
+            out += [f"--{samples}", str(min(int(getattr(t, samples)), ANCHOR_SAMPLES))]
     return out
 
 
