@@ -115,7 +115,7 @@ def test_depth_by_length_grid_on_tiny_chat_matches_a_direct_trace():
 
 def test_anchor_passes_are_traced_on_synthetic_full_length_text_offline(tmp_path):
     """The EWC preset names Hub datasets for its Fisher and monitor: the trace writes its own anchor text instead,
-    as long as the recipe's passes (512 tokens), and runs 4 samples (the memory of a pass does not grow with the count)."""
+    as long as the recipe's passes (512 tokens), and runs 4 samples (a pass's memory does not grow with the count)."""
     import json
 
     from trl_ext.memcheck_cpu import _anchor_overrides
