@@ -7,7 +7,7 @@ Each preset runs as `trl-ext memcheck recipes/<preset>.yaml --device cpu --depth
 below): four traces of two real optimizer steps on random weights of the preset's architecture at 1-2 decoder layers
 and two reduced lengths (the recipe's `max_length`; GRPO/PPO: `max_completion_length` with the prompt in proportion),
 every phase and category extrapolated bilinearly to the real depth and length
-(`trl_ext.memory.extrapolate`). `--validate` adds the preset's third length at the second depth, traced directly
+(`trl_ext.memory.extrapolate`). `--validate` adds the preset's third length at the first depth, traced directly
 (`extrapolation_error`). Each trace runs 2 micro-batches of gradient accumulation per optimizer step instead of the
 preset's 8 (`--gradient_accumulation_steps 2`; GRPO keeps its generation batch through `--steps_per_generation`):
 the same tensors are alive (the second micro-batch holds the first one's adapter gradients), at a quarter of the
@@ -31,10 +31,10 @@ GA2 = ["--gradient_accumulation_steps", "2"]
 PRESETS = {
     "grpo/qwen2.5-1.5b-qlora-query-rewrite": (GA2 + ["--steps_per_generation", "4"], (1, 2), (16, 32), 64),
     "ppo/qwen2.5-1.5b-lora": ([], (1, 2), (16, 32), 64),
-    "dpo/qwen2.5-7b-qlora": (GA2, (1, 2), (64, 128), 256),
-    "kto/qwen2.5-7b-qlora": (GA2, (1, 2), (64, 128), 256),
-    "dpo/llama3.1-8b-qlora": (GA2, (1, 2), (64, 128), 256),
-    "dpo/llama3.1-8b-qlora-ewc": (GA2, (1, 2), (64, 128), 256),
+    "dpo/qwen2.5-7b-qlora": (GA2, (1, 2), (128, 256), 512),
+    "kto/qwen2.5-7b-qlora": (GA2, (1, 2), (128, 256), 512),
+    "dpo/llama3.1-8b-qlora": (GA2, (1, 2), (128, 256), 512),
+    "dpo/llama3.1-8b-qlora-ewc": (GA2, (1, 2), (128, 256), 512),
     "grpo/qwen2.5-7b-query-rewrite": (GA2 + ["--steps_per_generation", "8"], (1, 2), (12, 24), 48),
     "ppo/qwen2.5-7b-qlora": ([], (1, 2), (16, 32), 64),
 }
@@ -50,6 +50,7 @@ KEEP = (
     "reserved_incl_cuda_gib",
     "estimated_reserved_gib",
     "points_gib",
+    "points_by_category_gib",
     "points_estimate_ratio",
     "point_seconds",
     "coefficients_bytes",

@@ -256,7 +256,8 @@ def trace_recipe(
         `CUDA_CONSTANTS`), `estimated_reserved_gib`; with an extrapolation its points (`points_gib`, `point_seconds`,
         `points_estimate_ratio`: the estimate at the point's own depth and length over its trace),
         the bilinear coefficients of the peak phase (`coefficients_bytes`, on a 2 x 2 grid) and, with a third depth or
-        length, `validation_point` and `extrapolation_error` (extrapolated / traced - 1).
+        length, `validation_point` (d3 and the last length, or d1 and L3) and `extrapolation_error`
+        (extrapolated / traced - 1).
     """
     import time
 
@@ -329,7 +330,8 @@ def trace_recipe(
                 "per_layer_per_token": round(coef["e"], 1),
             }
         if (depths and len(depths) > 2) or (lengths and len(lengths) > 2):
-            dc = depths[-1] if depths else None
+            # a third depth is checked at it; a third length alone at the first depth (the cheapest trace there)
+            dc = (depths[-1] if len(depths) > 2 else depths[0]) if depths else None
             nc = lengths[-1] if lengths else real_length
             check = trace_at(dc, nc)
             predicted = extrapolate_grid(points, dc or arch.num_layers, nc)["peak_bytes"]
