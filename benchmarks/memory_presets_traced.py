@@ -87,6 +87,28 @@ def run(preset: str, validate: bool) -> dict:
     }
 
 
+def reestimate(results: dict) -> None:
+    """Recompute every stored entry's estimates (real settings and each point) with today's estimator."""
+    from trl_ext.memcheck_cpu import _estimate_for, point_estimate
+    from trl_ext.memory import load_architecture
+    from trl_ext.recipe import load_recipe
+
+    for preset, r in results.items():
+        if preset == "meta":
+            continue
+        path = REPO / "recipes" / f"{preset}.yaml"
+        overrides = list(PRESETS[preset][0])
+        recipe = load_recipe(path, overrides)
+        est = _estimate_for(recipe, load_architecture(recipe.model.model_name_or_path).num_layers)
+        r["estimated_peak_gib"] = round(est.allocated_bytes / 2**30, 4)
+        r["estimate_ratio"] = round(est.allocated_bytes / 2**30 / r["traced_peak_gib"], 4)
+        r["estimated_phase"] = est.peak_phase
+        for name, traced in r.get("points_gib", {}).items():
+            if name in r.get("points_estimate_ratio", {}):
+                d, n = (int(v) for v in name.split("x"))
+                r["points_estimate_ratio"][name] = round(point_estimate(path, overrides, d, n) / 2**30 / traced, 4)
+
+
 def write_markdown(results: dict, path: Path) -> None:
     lines = [
         "# Presets: traced peak (CPU, extrapolated) vs estimate (allocated)",
@@ -115,8 +137,15 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--validate", action="store_true", help="trace a third length directly")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_presets_traced.json"))
+    parser.add_argument("--reestimate", action="store_true", help="recompute the stored estimates, no trace")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.reestimate:
+        results = json.loads(out.read_text())
+        reestimate(results)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_markdown(results, out.with_suffix(".md"))
+        return
     for preset in args.presets:
         entry = run(preset, args.validate)
         print(preset, json.dumps(entry), flush=True)

@@ -221,6 +221,25 @@ def length_overrides(recipe, length: int) -> list[str]:
     return out
 
 
+def point_inputs(recipe, length: int, prompt_length: int | None = None) -> tuple[list[str], int | None]:
+    """Overrides and prompt length of a trace at `length` (GRPO/PPO prompts scale with the completion)."""
+    from trl_ext.memory import settings_from_recipe
+
+    s = settings_from_recipe(recipe, prompt_length=prompt_length)
+    if length_key(recipe) == "max_completion_length":
+        prompt_length = max(1, round(s.prompt_length * length / s.completion_length))
+    return length_overrides(recipe, length), prompt_length
+
+
+def point_estimate(recipe_path, overrides: list[str], depth: int, length: int | None, prompt_length=None) -> float:
+    """The estimator's allocated bytes at one traced point (`length` None: the recipe's own)."""
+    from trl_ext.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, list(overrides))
+    extra, p_len = point_inputs(recipe, length, prompt_length) if length else ([], prompt_length)
+    return _estimate_for(load_recipe(recipe_path, list(overrides) + extra), depth, p_len).allocated_bytes
+
+
 def _check_axis(name: str, values: tuple[int, ...] | None, real: int) -> None:
     if not values:
         return
@@ -281,11 +300,7 @@ def trace_recipe(
     seconds: dict = {}
 
     def at_length(n: int) -> tuple[list[str], int | None]:
-        """Overrides and prompt length of a point at length `n` (GRPO/PPO prompts scale with the completion)."""
-        if not lengths:
-            return [], prompt_length
-        scaled = max(1, round(settings.prompt_length * n / real_length)) if key == "max_completion_length" else None
-        return length_overrides(recipe, n), scaled or prompt_length
+        return point_inputs(recipe, n, prompt_length) if lengths else ([], prompt_length)
 
     def trace_at(d: int, n: int) -> dict:
         start = time.time()
@@ -316,10 +331,8 @@ def trace_recipe(
         }
         out["points_estimate_ratio"] = {}  # the estimator at each traced point's own depth and length
         for k, p in points.items():
-            extra, p_len = at_length(k[1])
-            ratio = _estimate_for(load_recipe(recipe_path, overrides + extra), k[0], p_len).allocated_bytes
-            ratio /= p["peak_bytes"]
-            out["points_estimate_ratio"][names[k]] = round(ratio, 4)
+            est = point_estimate(recipe_path, overrides, k[0], k[1] if lengths else None, prompt_length)
+            out["points_estimate_ratio"][names[k]] = round(est / p["peak_bytes"], 4)
         if len(d_axis) == 2 and len(n_axis) == 2:
             peak_phase = traced["phase"]
             coef = bilinear_coefficients({k: p["phases"][peak_phase]["peak_bytes"] for k, p in points.items()})
