@@ -109,6 +109,42 @@ def reestimate(results: dict) -> None:
                 r["points_estimate_ratio"][name] = round(point_estimate(path, overrides, d, n) / 2**30 / traced, 4)
 
 
+def validate_at(preset: str, r: dict, length: int) -> None:
+    """Trace a stored grid's preset at (first depth, `length`) directly and record how far its fit was off.
+
+    The prediction is the bilinear fit of the stored points' peaks (exact for presets whose every point peaks in the
+    same phase, as DPO/KTO do).
+    """
+    from trl_ext.memcheck_cpu import point_inputs, trace_once
+    from trl_ext.memory.extrapolate import extrapolate_grid
+    from trl_ext.recipe import load_recipe
+
+    overrides, depths, _, _ = PRESETS[preset]
+    path = REPO / "recipes" / f"{preset}.yaml"
+    start = time.time()
+    extra, p_len = point_inputs(load_recipe(path, list(overrides)), length)
+    traced = trace_once(path, list(overrides) + extra, 2, depths[0], p_len)["peak_bytes"] / 2**30
+    grid = {
+        tuple(int(v) for v in k.split("x")): v for k, v in r["points_gib"].items() if k != r.get("validation_point")
+    }
+    peaks = {
+        k: {
+            "peak_bytes": v,
+            "phase": "peak",
+            "by_category": {},
+            "phases": {"peak": {"peak_bytes": v, "by_category": {}}},
+        }
+        for k, v in grid.items()
+    }
+    predicted = extrapolate_grid(peaks, depths[0], length)["peak_bytes"]
+    name = f"{depths[0]}x{length}"
+    r["points_gib"][name] = round(traced, 4)
+    r["point_seconds"][name] = round(time.time() - start)
+    r["validation_point"] = name
+    r["extrapolation_error"] = round(predicted / traced - 1, 4)
+    r["command"] = r["command"].replace(" --lengths 128,256 ", f" --lengths 128,256,{length} ")
+
+
 def write_markdown(results: dict, path: Path) -> None:
     lines = [
         "# Presets: traced peak (CPU, extrapolated) vs estimate (allocated)",
@@ -137,9 +173,18 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--validate", action="store_true", help="trace a third length directly")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_presets_traced.json"))
+    parser.add_argument("--validate-at", type=int, default=None, help="trace a stored grid at (d1, LENGTH) only")
     parser.add_argument("--reestimate", action="store_true", help="recompute the stored estimates, no trace")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.validate_at:
+        results = json.loads(out.read_text())
+        for preset in args.presets:
+            validate_at(preset, results[preset], args.validate_at)
+            print(preset, results[preset]["extrapolation_error"], flush=True)
+            out.write_text(json.dumps(results, indent=2) + "\n")
+            write_markdown(results, out.with_suffix(".md"))
+        return
     if args.reestimate:
         results = json.loads(out.read_text())
         reestimate(results)

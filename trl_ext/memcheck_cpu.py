@@ -6,8 +6,10 @@ lengths, and with the dtypes it would use on its GPU (bf16/fp16 mixed precision 
 on, through `TRL_EXT_COMPUTE_DTYPE`). `trl_ext.memory.trace.LiveBytesTracer` counts the live tensor bytes of every
 step by phase (`fisher`, `precompute`, `generation`, `scoring`, `train`) and category.
 
-A model too big to run on a CPU is traced at reduced depth: two depths (1 and 2 decoder layers by default) and a
-linear extrapolation to the real depth, validated against a third depth traced directly (`extrapolation_error`).
+A model too big to run on a CPU is traced at reduced depth and length: two depths (e.g. 1 and 2 decoder layers)
+and/or two values of the recipe's length key, every phase and category extrapolated (linearly, or bilinearly on the
+depth x length grid: `trl_ext.memory.extrapolate`) to the real depth and length, validated against a third depth or
+length traced directly (`extrapolation_error`). EWC and forgetting-monitor anchor text is synthetic too (offline).
 A colocated vLLM cannot run on a CPU: generation falls back to HF generate and the result says so.
 """
 
