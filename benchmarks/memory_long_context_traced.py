@@ -10,7 +10,9 @@ gradient checkpointing, paged 8-bit AdamW, SFT with the loss on every position -
 of the traced peak (`a + b*d + c*L + e*d*L`: `e` the bytes per layer per token, `c` per token outside the layers)
 with the estimator's, evaluated on the same grid. Variants: `fused` (TRL's fused LM head) and `full_logits` (the
 head's full `(tokens, vocabulary)` logits, through SFT's label-smoothing path, which needs them; estimated with
-`full_logits`). Activation offloading is not traced: TRL's `OffloadActivations` leaves every tensor that is not on
+`full_logits`; that path also runs a no-grad fused forward for its metrics, one head tile more than the estimate's
+full-logits trainer: compare its per-token slope, not its total). `--model builtin:tiny-chat` is the smoke test
+(seconds). Activation offloading is not traced: TRL's `OffloadActivations` leaves every tensor that is not on
 an accelerator where it is, so on a CPU it changes nothing.
 """
 
@@ -82,8 +84,10 @@ def estimate_grid(overrides: list[str], full_logits: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct", help="architecture (a smoke test: tiny)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_long_context_traced.json"))
     args = parser.parse_args()
+    BASE[BASE.index("--model_name_or_path") + 1] = args.model
     out = Path(args.out)
     for variant in args.variants:
         overrides = [o.replace("{length}", str(TARGET)) for o in BASE] + VARIANTS[variant]
