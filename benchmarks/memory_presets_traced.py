@@ -112,11 +112,11 @@ def reestimate(results: dict) -> None:
 def validate_at(preset: str, r: dict, length: int) -> None:
     """Trace a stored grid's preset at (first depth, `length`) directly and record how far its fit was off.
 
-    The prediction is the bilinear fit of the stored points' peaks (exact for presets whose every point peaks in the
-    same phase, as DPO/KTO do).
+    The prediction is the bilinear fit of the stored points' peaks (the tool's own for presets whose every point peaks
+    in the same phase, as DPO/KTO do).
     """
     from trl_ext.memcheck_cpu import point_inputs, trace_once
-    from trl_ext.memory.extrapolate import extrapolate_grid
+    from trl_ext.memory.extrapolate import bilinear_coefficients
     from trl_ext.recipe import load_recipe
 
     overrides, depths, _, _ = PRESETS[preset]
@@ -127,16 +127,8 @@ def validate_at(preset: str, r: dict, length: int) -> None:
     grid = {
         tuple(int(v) for v in k.split("x")): v for k, v in r["points_gib"].items() if k != r.get("validation_point")
     }
-    peaks = {
-        k: {
-            "peak_bytes": v,
-            "phase": "peak",
-            "by_category": {},
-            "phases": {"peak": {"peak_bytes": v, "by_category": {}}},
-        }
-        for k, v in grid.items()
-    }
-    predicted = extrapolate_grid(peaks, depths[0], length)["peak_bytes"]
+    c = bilinear_coefficients(grid)  # GiB; the fit itself, unrounded
+    predicted = c["a"] + c["b"] * depths[0] + c["c"] * length + c["e"] * depths[0] * length
     name = f"{depths[0]}x{length}"
     r["points_gib"][name] = round(traced, 4)
     r["point_seconds"][name] = round(time.time() - start)
