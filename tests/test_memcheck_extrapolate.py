@@ -145,3 +145,26 @@ def test_lora_dropout_under_disable_dropout_is_traced_and_estimated_as_none():
     assert with_dropout["traced_peak_gib"] == without["traced_peak_gib"]
     assert with_dropout["estimated_peak_gib"] == without["estimated_peak_gib"]
     assert 0.97 <= with_dropout["estimate_ratio"] <= 1.03, with_dropout
+
+
+def test_the_printed_trace_says_where_the_extrapolation_was_checked():
+    from trl_ext.memcheck_cpu import format_trace
+
+    result = {
+        "recipe": "r.yaml",
+        "mode": "extrapolated from 1/2 layers to 28 x max_length 128/256 to 1024",
+        "compute_dtype": "bfloat16",
+        "phase": "train",
+        "traced_peak_gib": 8.3872,
+        "estimated_peak_gib": 8.5225,
+        "estimate_ratio": 1.0161,
+        "by_category_gib": {"weights": 6.18, "activations": 1.98},
+        "reserved_incl_cuda_gib": 9.288,
+        "estimated_reserved_gib": 9.449,
+        "validation_point": "1x512",
+        "extrapolation_error": -0.0095,
+        "notes": [],
+    }
+    text = format_trace(result)
+    assert "extrapolated from 1/2 layers to 28 x max_length 128/256 to 1024" in text
+    assert text.endswith("extrapolation checked at 1x512 traced directly: -0.9%")

@@ -389,5 +389,12 @@ def format_trace(result: dict) -> str:
         f"  allocated: traced {result['traced_peak_gib']:.3f} GiB, estimated {result['estimated_peak_gib']:.3f} GiB "
         f"(x{result['estimate_ratio']:.2f}); by category (GiB): {cats}\n"
         f"  reserved incl. CUDA context: {result['reserved_incl_cuda_gib']:.2f} GiB traced + constants, "
-        f"{result['estimated_reserved_gib']:.2f} GiB estimated" + "".join(f"\n  note: {n}" for n in result["notes"])
+        f"{result['estimated_reserved_gib']:.2f} GiB estimated"
+        + (
+            f"\n  extrapolation checked at {result['validation_point']} traced directly: "
+            f"{result['extrapolation_error']:+.1%}"
+            if "extrapolation_error" in result
+            else ""
+        )
+        + "".join(f"\n  note: {n}" for n in result["notes"])
     )
