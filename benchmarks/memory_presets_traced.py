@@ -157,6 +157,8 @@ def write_markdown(results: dict, path: Path) -> None:
             f"{r['estimate_ratio']:.3f} | {err_s} | {r['seconds'] / 60:.0f} min |"
         )
     lines += [""] + [f"- `{p}` ({r['date']}): `{r['command']}`" for p, r in results.items() if p != "meta"]
+    not_traced = results.get("meta", {}).get("not_traced", {})
+    lines += [""] * bool(not_traced) + [f"- not traced, `{p}`: {why}" for p, why in not_traced.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
