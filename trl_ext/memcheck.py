@@ -171,6 +171,13 @@ def memcheck_cli(argv: list[str] | None = None) -> int:
         "validates the extrapolation); default: the full depth",
     )
     parser.add_argument(
+        "--lengths",
+        type=str,
+        default=None,
+        help="cpu: trace at these values of the recipe's length key (max_length; GRPO/PPO max_completion_length) and "
+        "extrapolate to the recipe's, bilinearly with --depths, e.g. 128,256 (a third validates)",
+    )
+    parser.add_argument(
         "--memory-cap-gb",
         "--memory_cap_gb",
         dest="cap",
@@ -219,18 +226,16 @@ def _memcheck_cpu_cli(args, overrides: list[str]) -> int:
     from trl_ext.memcheck_cpu import format_trace, trace_recipe
     from trl_ext.recipe import RecipeError
 
+    axes = {}
+    for name, example in (("depths", "layer counts, e.g. 1,2"), ("lengths", "token counts, e.g. 128,256")):
+        value = getattr(args, name)
+        try:
+            axes[name] = tuple(int(v) for v in value.split(",")) if value else None
+        except ValueError:
+            print(f"trl-ext: error: --{name} takes comma-separated {example}; got {value!r}.", file=sys.stderr)
+            return 2
     try:
-        depths = tuple(int(d) for d in args.depths.split(",")) if args.depths else None
-    except ValueError:
-        print(
-            f"trl-ext: error: --depths takes comma-separated layer counts, e.g. 1,2; got {args.depths!r}.",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        result = trace_recipe(
-            args.recipe, overrides, steps=args.steps or 2, depths=depths, prompt_length=args.prompt_length
-        )
+        result = trace_recipe(args.recipe, overrides, steps=args.steps or 2, prompt_length=args.prompt_length, **axes)
     except (RecipeError, FileNotFoundError, ValueError) as err:
         print(f"trl-ext: error: {err}", file=sys.stderr)
         return 2

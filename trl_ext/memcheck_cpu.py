@@ -6,8 +6,10 @@ lengths, and with the dtypes it would use on its GPU (bf16/fp16 mixed precision 
 on, through `TRL_EXT_COMPUTE_DTYPE`). `trl_ext.memory.trace.LiveBytesTracer` counts the live tensor bytes of every
 step by phase (`fisher`, `precompute`, `generation`, `scoring`, `train`) and category.
 
-A model too big to run on a CPU is traced at reduced depth: two depths (1 and 2 decoder layers by default) and a
-linear extrapolation to the real depth, validated against a third depth traced directly (`extrapolation_error`).
+A model too big to run on a CPU is traced at reduced depth and length: two depths (e.g. 1 and 2 decoder layers)
+and/or two values of the recipe's length key, every phase and category extrapolated (linearly, or bilinearly on the
+depth x length grid: `trl_ext.memory.extrapolate`) to the real depth and length, validated against a third depth or
+length traced directly (`extrapolation_error`). EWC and forgetting-monitor anchor text is synthetic too (offline).
 A colocated vLLM cannot run on a CPU: generation falls back to HF generate and the result says so.
 """
 
@@ -44,12 +46,38 @@ def _run_overrides(recipe, model_dir: Path, work: Path, steps: int, lengths: dic
     out += ["--output_dir", str(work / "out"), "--save_strategy", "no", "--eval_strategy", "no"]
     out += ["--report_to", "none", "--logging_steps", "1", "--skip_memory_check", "true"]
     out += ["--dataloader_num_workers", "0"]
+    out += _anchor_overrides(t, work, vocab)
     for key in ("bf16", "fp16"):  # keep the GPU's mixed precision (apply_runtime keeps keys set on the command line)
         out += [f"--{key}", "true" if getattr(t, key, False) else "false"]
     if getattr(t, "use_vllm", False):
         out += ["--use_vllm", "false"]
     if getattr(t, "assistant_only_loss", False):  # synthetic SFT rows are prompt/completion: the completion-only
         out += ["--assistant_only_loss", "false"]  # loss masks the same positions without a chat template
+    return out
+
+
+#: Anchor-text passes: dataset key -> (split key, length key, sample-count key).
+ANCHOR_KEYS = {
+    "ewc_fisher_dataset": ("ewc_fisher_split", "ewc_fisher_max_length", "ewc_fisher_samples"),
+    "forgetting_anchor_dataset": ("forgetting_anchor_split", "forgetting_max_length", "forgetting_eval_samples"),
+}
+#: Anchor samples a trace runs: the Fisher's accumulators and the monitor's per-sample passes do not grow with the
+#: count, only the time does.
+ANCHOR_SAMPLES = 4
+
+
+def _anchor_overrides(t, work: Path, vocab: int) -> list[str]:
+    """Synthetic anchor text (offline, full length) for the EWC Fisher pass and the forgetting monitor, 4 samples."""
+    from trl_ext.memcheck_data import synthetic_text_rows
+
+    out = []
+    for key, (split, length, samples) in ANCHOR_KEYS.items():
+        if getattr(t, key, None):
+            path = work / f"{key}.jsonl"
+            rows = synthetic_text_rows(int(getattr(t, length)), 2 * ANCHOR_SAMPLES, vocab)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            out += [f"--{key}", str(path), f"--{split}", "train"]
+            out += [f"--{samples}", str(min(int(getattr(t, samples)), ANCHOR_SAMPLES))]
     return out
 
 
@@ -164,14 +192,73 @@ def _estimate_for(recipe, num_layers: int, prompt_length=None):
     return estimate_settings(arch, settings, 24e9)
 
 
+#: The recipe key a reduced-length trace scales, per method (GRPO/PPO: the completion, and the prompt in proportion,
+#: so that every token count of the step -- KV cache, training tokens, scored tokens -- scales with it).
+LENGTH_KEYS = {"grpo": "max_completion_length", "ppo": "max_completion_length"}
+#: Token counts of other passes, scaled in proportion (the EWC Fisher pass, the forgetting monitor's samples):
+#: key -> the key that turns that pass on.
+PROPORTIONAL_KEYS = {
+    "ewc_fisher_max_length": "ewc_fisher_dataset",
+    "forgetting_max_length": "forgetting_anchor_dataset",
+}
+
+
+def length_key(recipe) -> str:
+    """The recipe key `--lengths` sets: `max_completion_length` for GRPO/PPO, `max_length` otherwise."""
+    return LENGTH_KEYS.get(recipe.method, "max_length")
+
+
+def length_overrides(recipe, length: int) -> list[str]:
+    """Overrides that trace `recipe` at `length` tokens: its length key, and the Fisher/monitor passes in proportion."""
+    from trl_ext.memory import settings_from_recipe
+
+    key = length_key(recipe)
+    s = settings_from_recipe(recipe)
+    real = s.completion_length if key == "max_completion_length" else s.max_length
+    out = [f"--{key}", str(length)]
+    for other, enabled_by in PROPORTIONAL_KEYS.items():
+        value = getattr(recipe.training, other, None)
+        if value and getattr(recipe.training, enabled_by, None):
+            out += [f"--{other}", str(max(1, round(int(value) * length / real)))]
+    return out
+
+
+def point_inputs(recipe, length: int, prompt_length: int | None = None) -> tuple[list[str], int | None]:
+    """Overrides and prompt length of a trace at `length` (GRPO/PPO prompts scale with the completion)."""
+    from trl_ext.memory import settings_from_recipe
+
+    s = settings_from_recipe(recipe, prompt_length=prompt_length)
+    if length_key(recipe) == "max_completion_length":
+        prompt_length = max(1, round(s.prompt_length * length / s.completion_length))
+    return length_overrides(recipe, length), prompt_length
+
+
+def point_estimate(recipe_path, overrides: list[str], depth: int, length: int | None, prompt_length=None) -> float:
+    """The estimator's allocated bytes at one traced point (`length` None: the recipe's own)."""
+    from trl_ext.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, list(overrides))
+    extra, p_len = point_inputs(recipe, length, prompt_length) if length else ([], prompt_length)
+    return _estimate_for(load_recipe(recipe_path, list(overrides) + extra), depth, p_len).allocated_bytes
+
+
+def _check_axis(name: str, values: tuple[int, ...] | None, real: int) -> None:
+    if not values:
+        return
+    if not 2 <= len(values) <= 3 or sorted(set(values)) != list(values) or values[0] < 1 or values[-1] > real:
+        got = ",".join(map(str, values))
+        raise ValueError(f"--{name} needs two or three increasing values in 1..{real}, got {got}.")
+
+
 def trace_recipe(
     recipe_path,
     overrides: list[str] | None = None,
     steps: int = 2,
     depths: tuple[int, ...] | None = None,
     prompt_length: int | None = None,
+    lengths: tuple[int, ...] | None = None,
 ) -> dict:
-    """The traced peak of a recipe on CPU, directly or by extrapolation in depth, next to the estimate.
+    """The traced peak of a recipe on CPU, directly or extrapolated in depth and/or length, next to the estimate.
 
     Args:
         recipe_path (`str`): recipe YAML.
@@ -180,41 +267,94 @@ def trace_recipe(
         depths (`tuple[int, ...]` or `None`, *optional*): `None` traces the full depth; `(d1, d2)` traces two reduced
             depths and extrapolates linearly; `(d1, d2, d3)` also traces `d3` directly to validate the extrapolation.
         prompt_length (`int` or `None`, *optional*): GRPO/PPO prompt tokens; default as `trl-ext estimate`.
+        lengths (`tuple[int, ...]` or `None`, *optional*): `None` traces the recipe's length; `(L1, L2)` traces two
+            reduced values of its length key (`length_key`) and extrapolates; with `depths` the four traces of the
+            grid are extrapolated bilinearly (`trl_ext.memory.extrapolate`). A third value is the validation point's.
 
     Returns:
         `dict`: `traced_peak_gib` (allocated, the quantity `max_memory_allocated` measures), `estimated_peak_gib` (the
         estimator's allocated figure), `phase`, `by_category_gib`, `phases`, `reserved_incl_cuda_gib` (traced peak +
-        `CUDA_CONSTANTS`), `estimated_reserved_gib`, and the extrapolation's points and error when there is one.
+        `CUDA_CONSTANTS`), `estimated_reserved_gib`; with an extrapolation its points (`points_gib`, `point_seconds`,
+        `points_estimate_ratio`: the estimate at the point's own depth and length over its trace),
+        the bilinear coefficients of the peak phase (`coefficients_bytes`, on a 2 x 2 grid) and, with a third depth or
+        length, `validation_point` (d3 and the last length, or d1 and L3) and `extrapolation_error`
+        (extrapolated / traced - 1).
     """
-    from trl_ext.memory import load_architecture
-    from trl_ext.memory.trace import CUDA_CONSTANTS, cuda_overhead_bytes, extrapolate_depth
+    import time
+
+    from trl_ext.memcheck_data import synthetic_lengths
+    from trl_ext.memory import load_architecture, settings_from_recipe
+    from trl_ext.memory.extrapolate import bilinear_coefficients, extrapolate_grid
+    from trl_ext.memory.trace import CUDA_CONSTANTS, cuda_overhead_bytes
     from trl_ext.recipe import load_recipe
 
     if steps < 1:
         raise ValueError(f"--steps must be at least 1, got {steps}.")
-    recipe = load_recipe(recipe_path, list(overrides or []))
+    overrides = list(overrides or [])
+    recipe = load_recipe(recipe_path, overrides)
     arch = load_architecture(recipe.model.model_name_or_path)
+    settings = settings_from_recipe(recipe, prompt_length=prompt_length)
+    key = length_key(recipe)
+    real_length = settings.completion_length if key == "max_completion_length" else settings.max_length
+    _check_axis("depths", depths, arch.num_layers)
+    _check_axis("lengths", lengths, real_length)
     out: dict = {"recipe": str(recipe_path), "model": arch.name, "method": recipe.method, "steps": steps}
-    if not depths:
+    seconds: dict = {}
+
+    def at_length(n: int) -> tuple[list[str], int | None]:
+        return point_inputs(recipe, n, prompt_length) if lengths else ([], prompt_length)
+
+    def trace_at(d: int, n: int) -> dict:
+        start = time.time()
+        extra, p_len = at_length(n)
+        result = trace_once(recipe_path, overrides + extra, steps, d if depths else None, p_len)
+        seconds[_point_name(d or arch.num_layers, n, lengths)] = round(time.time() - start)
+        return result
+
+    if not depths and not lengths:
         traced = trace_once(recipe_path, overrides, steps, None, prompt_length)
         out["mode"] = f"direct, {arch.num_layers} layers"
     else:
-        if len(depths) < 2 or sorted(depths) != list(depths) or depths[-1] > arch.num_layers:
-            raise ValueError(f"--depths needs two or three increasing layer counts <= {arch.num_layers}, got {depths}.")
-        points = {d: trace_once(recipe_path, overrides, steps, d, prompt_length) for d in depths[:2]}
-        traced = {**extrapolate_depth(points, arch.num_layers), "lengths": points[depths[0]]["lengths"]}
-        traced["compute_dtype"] = points[depths[0]]["compute_dtype"]
-        traced["notes"] = points[depths[0]]["notes"]
-        out["mode"] = f"extrapolated from {depths[0]} and {depths[1]} layers to {arch.num_layers}"
-        out["points_gib"] = {d: round(p["peak_bytes"] / GiB, 4) for d, p in points.items()}
+        d_axis = tuple(depths[:2]) if depths else (arch.num_layers,)
+        n_axis = tuple(lengths[:2]) if lengths else (real_length,)
+        points = {(d, n): trace_at(d, n) for d in d_axis for n in n_axis}
+        first = points[d_axis[0], n_axis[0]]
+        traced = extrapolate_grid(points, arch.num_layers, real_length)
+        traced["lengths"] = synthetic_lengths(recipe, prompt_length)
+        traced["compute_dtype"], traced["notes"] = first["compute_dtype"], first["notes"]
+        out["mode"] = "extrapolated from " + " x ".join(
+            [f"{'/'.join(map(str, d_axis))} layers to {arch.num_layers}"] * bool(depths)
+            + [f"{key} {'/'.join(map(str, n_axis))} to {real_length}"] * bool(lengths)
+        )
+        names = {k: _point_name(*k, lengths) for k in points}
+        out["points_gib"] = {names[k]: round(p["peak_bytes"] / GiB, 4) for k, p in points.items()}
         out["points_by_category_gib"] = {
-            d: {c: round(v / GiB, 5) for c, v in p["by_category"].items() if v} for d, p in points.items()
+            names[k]: {c: round(v / GiB, 5) for c, v in p["by_category"].items() if v} for k, p in points.items()
         }
-        if len(depths) > 2:
-            check = trace_once(recipe_path, overrides, steps, depths[2], prompt_length)
-            predicted = extrapolate_depth(points, depths[2])["peak_bytes"]
-            out["points_gib"][depths[2]] = round(check["peak_bytes"] / GiB, 4)
+        out["points_estimate_ratio"] = {}  # the estimator at each traced point's own depth and length
+        for k, p in points.items():
+            est = point_estimate(recipe_path, overrides, k[0], k[1] if lengths else None, prompt_length)
+            out["points_estimate_ratio"][names[k]] = round(est / p["peak_bytes"], 4)
+        if len(d_axis) == 2 and len(n_axis) == 2:
+            peak_phase = traced["phase"]
+            coef = bilinear_coefficients({k: p["phases"][peak_phase]["peak_bytes"] for k, p in points.items()})
+            out["coefficients_bytes"] = {
+                "constant": round(coef["a"]),
+                "per_layer": round(coef["b"]),
+                "per_token": round(coef["c"], 1),
+                "per_layer_per_token": round(coef["e"], 1),
+            }
+        if (depths and len(depths) > 2) or (lengths and len(lengths) > 2):
+            # a third depth is checked at it; a third length alone at the first depth (the cheapest trace there)
+            dc = (depths[-1] if len(depths) > 2 else depths[0]) if depths else None
+            nc = lengths[-1] if lengths else real_length
+            check = trace_at(dc, nc)
+            predicted = extrapolate_grid(points, dc or arch.num_layers, nc)["peak_bytes"]
+            name = _point_name(dc or arch.num_layers, nc, lengths)
+            out["points_gib"][name] = round(check["peak_bytes"] / GiB, 4)
+            out["validation_point"] = name
             out["extrapolation_error"] = round(predicted / check["peak_bytes"] - 1, 4)
+        out["point_seconds"] = seconds
     est = _estimate_for(recipe, arch.num_layers, prompt_length)
     peak = traced["peak_bytes"]
     out.update(
@@ -235,6 +375,11 @@ def trace_recipe(
     return out
 
 
+def _point_name(depth: int, length: int, lengths) -> int | str:
+    """A point's key in the output: its depth, or `"<depth>x<length>"` when lengths vary too."""
+    return f"{depth}x{length}" if lengths else depth
+
+
 def format_trace(result: dict) -> str:
     """Two lines a person reads: the allocated peak (traced vs estimated) and the reserved figure incl. CUDA."""
     cats = ", ".join(f"{c} {v:.3f}" for c, v in result["by_category_gib"].items() if v)
@@ -244,5 +389,12 @@ def format_trace(result: dict) -> str:
         f"  allocated: traced {result['traced_peak_gib']:.3f} GiB, estimated {result['estimated_peak_gib']:.3f} GiB "
         f"(x{result['estimate_ratio']:.2f}); by category (GiB): {cats}\n"
         f"  reserved incl. CUDA context: {result['reserved_incl_cuda_gib']:.2f} GiB traced + constants, "
-        f"{result['estimated_reserved_gib']:.2f} GiB estimated" + "".join(f"\n  note: {n}" for n in result["notes"])
+        f"{result['estimated_reserved_gib']:.2f} GiB estimated"
+        + (
+            f"\n  extrapolation checked at {result['validation_point']} traced directly: "
+            f"{result['extrapolation_error']:+.1%}"
+            if "extrapolation_error" in result
+            else ""
+        )
+        + "".join(f"\n  note: {n}" for n in result["notes"])
     )

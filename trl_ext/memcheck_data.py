@@ -57,6 +57,15 @@ def synthetic_rows(method: str, lengths: dict[str, int], n_rows: int, vocab_size
     return rows
 
 
+def synthetic_text_rows(length: int, n_rows: int, vocab_size: int, seed: int = 1) -> list[dict]:
+    """`{"text": ...}` rows of `length` tokens: the anchor text of an EWC Fisher pass or the forgetting monitor."""
+    import random
+
+    rng = random.Random(seed)
+    words = max(vocab_size - 3, 1)
+    return [{"text": " ".join(f"w{rng.randrange(words)}" for _ in range(length))} for _ in range(n_rows)]
+
+
 def word_tokenizer(vocab_size: int):
     """A fast word-level tokenizer with `vocab_size` ids: `w0 .. w{V-4}` plus `<unk>`, `<pad>`, `</s>`."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -20,7 +20,8 @@ The formulas (each component's `formula` repeats its own):
   dtype (QLoRA: the compute dtype, as TRL casts them; LoRA on a 16-bit base: fp32, PEFT's autocast), bitsandbytes
   8-bit optimizers 2 byte/param; paged optimizers are counted in full. The peak is at the top of the backward pass
   (the LM head, or the top layer's recompute under checkpointing), before any adapter gradient exists: adapter
-  gradients count only in the optimizer step (phase `optimizer`); full fine-tuning's count throughout.
+  gradients count only in the optimizer step (phase `optimizer`), or throughout with gradient accumulation (an
+  earlier micro-batch's gradients are alive in the next one's backward); full fine-tuning's count throughout.
 - Activations per token per layer without gradient checkpointing (SDPA/flash attention, no T^2 term):
   fp32 RMSNorm inputs 2*4h, and in b bytes: norm outputs 2h, q/rotated q/attention output 3q, k/v/rotated k 3kv,
   gate/up/SiLU/product 4I; LoRA dropout (p > 0) keeps a copy plus mask of each adapted input (in*(b+1)).
@@ -152,13 +153,12 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
     ob = optimizer_bytes_per_param(s.optim, pb)
     trainable = lora_params(arch, s) if s.use_peft else arch.total_params
     what = f"LoRA r={s.lora_r} on {len(s.lora_targets)} modules" if s.use_peft else "all parameters"
-    if s.use_peft:
-        comps.append(
-            Component("adapter weights", trainable * pb, "static", f"{trainable / 1e6:.1f}M ({what}) x {pb} B")
-        )
-    if s.use_peft:  # traced, with and without checkpointing: the peak is at the top of the backward pass (the LM
-        # head or the top layer's recompute), before any adapter gradient exists
-        comps.append(Component("gradients", trainable * pb, "optimizer", f"{trainable / 1e6:.1f}M x {pb} B"))
+    if s.use_peft:  # traced: the peak is at the top of the backward pass, before any adapter gradient exists, unless
+        # gradient accumulation keeps an earlier micro-batch's alive (Qwen2.5-7B DPO, 2 micro-batches per step)
+        n, acc = f"{trainable / 1e6:.1f}M", s.grad_accum > 1
+        comps.append(Component("adapter weights", trainable * pb, "static", f"{n} ({what}) x {pb} B"))
+        what = f"{n} x {pb} B" + (", accumulated" if acc else "")
+        comps.append(Component("gradients", trainable * pb, "static" if acc else "optimizer", what))
     else:  # full fine-tuning: the gradients are as big as the model; counted throughout
         comps.append(Component("gradients", trainable * pb, "static", f"{trainable / 1e6:.1f}M x {pb} B"))
     comps.append(

@@ -137,7 +137,9 @@ def settings_from_recipe(recipe, prompt_length: int | None = None, full_logits: 
         use_peft=bool(m.use_peft),
         lora_r=int(m.lora_r or 16),
         lora_targets=_expand_targets(m.lora_target_modules),
-        lora_dropout=float(m.lora_dropout or 0.0),
+        # TRL's DPO, KTO, GRPO, reward (and trl-ext's PPO) set every dropout to 0 (`disable_dropout`, on by default):
+        # their LoRA dropout keeps no copy (traced: the same bytes with lora_dropout 0 and 0.05)
+        lora_dropout=0.0 if getattr(t, "disable_dropout", False) else float(m.lora_dropout or 0.0),
         optim=str(getattr(t.optim, "value", t.optim)),
         gradient_checkpointing=bool(t.gradient_checkpointing),
         activation_offloading=bool(getattr(t, "activation_offloading", False)),

@@ -24,6 +24,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from trl_ext.memory.extrapolate import extrapolate_depth, extrapolate_grid  # noqa: F401  (re-exported)
+
 CATEGORIES = ("weights", "adapters", "activations", "logits", "kv_cache", "critic", "ewc")
 #: Tensors that exist only because the run is on a CPU (TRL's torch fallback of its Triton fused LM head kernels
 #: materializes fp32 copies of every logit tile); tracked but left out of every total.
@@ -267,36 +269,3 @@ def optimizer_steps_as(tracer: LiveBytesTracer, category: str = "adapters"):
     finally:
         for h in handles:
             h.remove()
-
-
-def extrapolate_depth(points: dict[int, dict], num_layers: int) -> dict:
-    """Linear extrapolation in depth of two traces (same settings, depths d1 < d2) to `num_layers`.
-
-    Every phase's peak and every category scale as `v(L) = v(d1) + (L - d1) * (v(d2) - v(d1)) / (d2 - d1)`:
-    per-layer tensors (4-bit weights, adapters, saved activations, KV cache) grow with depth; the rest does not.
-
-    Args:
-        points (`dict[int, dict]`): depth -> `LiveBytesTracer.result()`.
-        num_layers (`int`): the depth to extrapolate to.
-
-    Returns:
-        `dict`: the same shape as `LiveBytesTracer.result()`, for `num_layers`.
-    """
-    (d1, r1), (d2, r2) = sorted(points.items())[:2]
-    scale = (num_layers - d1) / (d2 - d1)
-
-    def lin(a: float, b: float) -> int:
-        return int(round(a + scale * (b - a)))
-
-    phases = {}
-    for p in set(r1["phases"]) & set(r2["phases"]):
-        a, b = r1["phases"][p], r2["phases"][p]
-        cats = {c: lin(a["by_category"].get(c, 0), b["by_category"].get(c, 0)) for c in CATEGORIES}
-        phases[p] = {"peak_bytes": lin(a["peak_bytes"], b["peak_bytes"]), "by_category": cats}
-    phase = max(phases, key=lambda p: phases[p]["peak_bytes"])
-    return {
-        "peak_bytes": phases[phase]["peak_bytes"],
-        "phase": phase,
-        "by_category": phases[phase]["by_category"],
-        "phases": phases,
-    }
