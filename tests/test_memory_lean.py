@@ -105,3 +105,38 @@ def test_lean_activations_train_like_the_fp32_stream_and_save_memory(tiny_model_
     # measured on this model's decoder stack (h=128, I=256, 2 x 64 tokens, LoRA r=8 on all linears)
     print(f"decoder activation bytes: lean {lean_bytes}, fp32 stream {old_bytes}")
     assert lean_bytes < 0.85 * old_bytes, (lean_bytes, old_bytes)  # measured 0.77 (2.39 vs 3.12 MB)
+
+
+@pytest.fixture
+def untied_model_path(tiny_model_path, tmp_path):
+    """tiny-chat's architecture with an untied output head (as Llama-3.1-8B and Qwen2.5-7B have), random weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model_path)
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_an_untied_fp32_head_takes_the_16_bit_stream_outside_autocast(untied_model_path, bf16_compute):
+    """The EWC Fisher pass, the forgetting monitor and generation run the model without the trainer's autocast: the
+    fp32 output head must accept the bf16 stream (it failed with 'expected m1 and m2 to have the same dtype')."""
+    from trl_ext.ewc.fisher import estimate_fisher
+
+    model = _qlora(untied_model_path, fp32_activations=False)
+    head = model.get_base_model().lm_head
+    assert head.weight.dtype == torch.float32 and model.get_input_embeddings().weight.dtype == torch.bfloat16
+    ids = _batch(model.config.vocab_size)
+    samples = [(ids[i], torch.ones_like(ids[i], dtype=torch.bool)) for i in range(2)]
+    fisher = estimate_fisher(model, samples, batch_size=2)
+    assert fisher.tensors and all(torch.isfinite(t).all() and t.sum() > 0 for t in fisher.tensors.values())
+    logits = model(input_ids=ids).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    # under autocast (the trainers' step) the head still runs in bf16, as before
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(input_ids=ids).logits.dtype == torch.bfloat16
+    # last: after an inference pass bitsandbytes repacks 4-bit weights for CPU inference only
+    out = model.generate(input_ids=ids[:1, :8], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 12)

@@ -242,7 +242,10 @@ def lean_activations(model) -> int:
     fp32: about twice the activation memory of a 16-bit stream. Here the input embeddings and the norm weights go back
     to the 4-bit compute dtype (`compute_dtype()`), as torchtune, LitGPT and unsloth keep them; the norm statistics
     are still computed in fp32 inside the HF norm layers, the trainable adapters keep their dtype, and an untied output
-    head stays fp32 (TRL's fused LM head casts it tile by tile). A no-op when the compute dtype is fp32 (CPU).
+    head stays fp32 (TRL's fused LM head casts it tile by tile). Such a head gets a forward pre-hook that casts its
+    input to fp32: the passes that run the model without the trainer's autocast (the EWC Fisher pass, the forgetting
+    monitor, generation) would otherwise fail on a bf16 input to an fp32 linear; under autocast the head still runs in
+    the compute dtype. A no-op when the compute dtype is fp32 (CPU).
 
     Args:
         model (`PreTrainedModel`): a k-bit prepared model.
@@ -262,7 +265,14 @@ def lean_activations(model) -> int:
         if param.dtype == torch.float32 and (param is tensors[0] or not param.requires_grad):
             param.data = param.data.to(target)
             changed += 1
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None and head.weight.dtype == torch.float32:
+        head.register_forward_pre_hook(_input_to_weight_dtype)
     return changed
+
+
+def _input_to_weight_dtype(module, args):
+    return (args[0].to(module.weight.dtype), *args[1:]) if args and torch.is_tensor(args[0]) else None
 
 
 def load_model_and_tokenizer(
