@@ -458,3 +458,38 @@ def test_fisher_samples_take_a_row_slice_and_name_the_split_key(tiny):
     assert len(load_token_samples("builtin:general_text", tiny[2], 50, 32, split="train[:3]")) == 3
     with pytest.raises(RecipeError, match=r"no split 'nope' \(splits: .*\); set ewc_fisher_split"):
         load_token_samples("builtin:general_text", tiny[2], 4, 32, split="nope", split_key="ewc_fisher_split")
+
+
+def test_fisher_quantiles_match_the_materialized_entries_without_materializing_them():
+    """Exact on small Fisher tensors (kfac entries are the products of the two factors); on a large kfac factor pair
+    the summary reads a sample, not the (out, in) product, which on an 8B model took 56 GB of host memory."""
+    from trl_ext.ewc.fisher import fisher_quantiles
+    from trl_ext.memory.trace import LiveBytesTracer
+
+    g = torch.Generator().manual_seed(0)
+    full = {"a.weight": torch.rand(6, 5, generator=g), "b.weight": torch.rand(3, 7, generator=g) * 4}
+    kfac = {"a.kfac_out": torch.rand(6, generator=g), "a.kfac_in": torch.rand(5, generator=g) + 0.5}
+    kfac |= {"b.kfac_out": torch.rand(3, generator=g) * 3, "b.kfac_in": torch.rand(7, generator=g)}
+    dense = {
+        "full": torch.cat([t.reshape(-1) for t in full.values()]),
+        "kfac": torch.cat([torch.outer(kfac[f"{m}.kfac_out"], kfac[f"{m}.kfac_in"]).reshape(-1) for m in "ab"]),
+    }
+    for mode, tensors in (("full", full), ("kfac", kfac)):
+        got = fisher_quantiles(tensors, mode)
+        ref = dense[mode]
+        q = torch.quantile(ref, torch.tensor([0.5, 0.9, 0.99]))
+        assert got["ewc/fisher_entries"] == ref.numel() == 51
+        assert got["ewc/fisher_mean"] == pytest.approx(float(ref.double().mean()), rel=1e-6)
+        assert got["ewc/fisher_max"] == pytest.approx(float(ref.max()), rel=1e-6)
+        assert [got[f"ewc/fisher_q{k}"] for k in (50, 90, 99)] == pytest.approx(q.tolist(), rel=1e-6)
+        sampled = fisher_quantiles(tensors, mode, max_entries=40, seed=1)  # a sample of 40 of the 51 entries
+        assert ref.min() <= sampled["ewc/fisher_q50"] <= ref.max()
+        assert sampled["ewc/fisher_mean"] == got["ewc/fisher_mean"]  # mean and max stay exact
+
+    big = {"m.kfac_out": torch.rand(4096, generator=g), "m.kfac_in": torch.rand(4096, generator=g)}
+    tracer = LiveBytesTracer()
+    with tracer, tracer.in_phase("fisher"):
+        got = fisher_quantiles(big, "kfac", max_entries=100_000)
+    assert got["ewc/fisher_entries"] == 4096 * 4096
+    assert got["ewc/fisher_mean"] == pytest.approx(float(big["m.kfac_out"].mean() * big["m.kfac_in"].mean()), rel=1e-5)
+    assert tracer.result()["peak_bytes"] < 8 * 4096 * 4096 / 20  # the dense product would be 67 MB, twice

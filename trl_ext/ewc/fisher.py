@@ -370,26 +370,42 @@ def fisher_quantiles(
         `dict[str, float]`: `ewc/fisher_q50`, `ewc/fisher_q90`, `ewc/fisher_q99`, `ewc/fisher_max`,
         `ewc/fisher_mean` and `ewc/fisher_entries`.
     """
-    parts = []
-    g = torch.Generator().manual_seed(seed)
-    total = 0
+    # Blocks of entries, never materialized: a kfac block is the outer product of its two factors. Materializing them
+    # (or concatenating the full-mode tensors) took 8 bytes of host memory per adapted base weight: 56 GB for an 8B
+    # model. Mean and max are exact; the quantiles come from `max_entries` entries drawn uniformly (all entries when
+    # there are no more than that).
+    blocks = []
     for key, t in tensors.items():
         if mode == "kfac":
-            if not key.endswith(".kfac_out"):
-                continue
-            t = t.float().cpu()[:, None] * tensors[key[: -len("out")] + "in"].float().cpu()[None, :]
-        flat = t.float().reshape(-1).cpu()
-        total += flat.numel()
-        parts.append(flat)
-    allf = torch.cat(parts)
-    if allf.numel() > max_entries:
-        allf = allf[torch.randint(0, allf.numel(), (max_entries,), generator=g)]
+            if key.endswith(".kfac_out"):
+                blocks.append((t.float().reshape(-1), tensors[key[: -len("out")] + "in"].float().reshape(-1)))
+        else:
+            blocks.append((t.float().reshape(-1), None))
+    sizes = [a.numel() * (b.numel() if b is not None else 1) for a, b in blocks]
+    total = sum(sizes)
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, total, (max_entries,), generator=g) if total > max_entries else torch.arange(total)
+    picks = picks.sort().values
+    sample, total_sum, total_max, offset = [], 0.0, float("-inf"), 0
+    for (a, b), size in zip(blocks, sizes):
+        if b is None:
+            total_sum += float(a.double().sum())
+            total_max = max(total_max, float(a.max()))
+        else:  # Fisher factors are non-negative: the max of the products is the product of the maxima
+            total_sum += float(a.double().sum() * b.double().sum())
+            total_max = max(total_max, float(a.max() * b.max()))
+        lo, hi = torch.searchsorted(picks, offset), torch.searchsorted(picks, offset + size)
+        local = (picks[lo:hi] - offset).to(a.device)
+        sample.append((a[local] if b is None else a[local // b.numel()] * b[local % b.numel()]).cpu())
+        offset += size
+    allf = torch.cat(sample)
     q = torch.quantile(allf, torch.tensor([0.5, 0.9, 0.99]))
+    mean = total_sum / total
     return {
         "ewc/fisher_q50": float(q[0]),
         "ewc/fisher_q90": float(q[1]),
         "ewc/fisher_q99": float(q[2]),
-        "ewc/fisher_max": float(allf.max()),
-        "ewc/fisher_mean": float(allf.mean()),
+        "ewc/fisher_max": total_max,
+        "ewc/fisher_mean": mean,
         "ewc/fisher_entries": float(total),
     }
