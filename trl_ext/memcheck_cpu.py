@@ -208,14 +208,17 @@ def length_key(recipe) -> str:
     return LENGTH_KEYS.get(recipe.method, "max_length")
 
 
+def recipe_length(recipe, settings) -> int:
+    """The recipe's own value of its `length_key`, as the estimator reads it (`settings`)."""
+    return settings.completion_length if length_key(recipe) == "max_completion_length" else settings.max_length
+
+
 def length_overrides(recipe, length: int) -> list[str]:
     """Overrides that trace `recipe` at `length` tokens: its length key, and the Fisher/monitor passes in proportion."""
     from trl_ext.memory import settings_from_recipe
 
-    key = length_key(recipe)
-    s = settings_from_recipe(recipe)
-    real = s.completion_length if key == "max_completion_length" else s.max_length
-    out = [f"--{key}", str(length)]
+    real = recipe_length(recipe, settings_from_recipe(recipe))
+    out = [f"--{length_key(recipe)}", str(length)]
     for other, enabled_by in PROPORTIONAL_KEYS.items():
         value = getattr(recipe.training, other, None)
         if value and getattr(recipe.training, enabled_by, None):
@@ -295,7 +298,7 @@ def trace_recipe(
     arch = load_architecture(recipe.model.model_name_or_path)
     settings = settings_from_recipe(recipe, prompt_length=prompt_length)
     key = length_key(recipe)
-    real_length = settings.completion_length if key == "max_completion_length" else settings.max_length
+    real_length = recipe_length(recipe, settings)
     _check_axis("depths", depths, arch.num_layers)
     _check_axis("lengths", lengths, real_length)
     out: dict = {"recipe": str(recipe_path), "model": arch.name, "method": recipe.method, "steps": steps}

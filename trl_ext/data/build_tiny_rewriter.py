@@ -169,11 +169,10 @@ def train_on_rewrites(model, tokenizer, pairs, steps: int, seed: int, lr: float,
 
     encoded = []
     for prompt, reference in pairs:
-        head = render_chatml(prompt) + "<|im_start|>assistant\n"
+        head = tokenizer(render_chatml(prompt) + "<|im_start|>assistant\n")["input_ids"]
         ids = tokenizer(conversation(prompt, reference))["input_ids"]
-        n_prompt = len(tokenizer(head)["input_ids"])
-        assert ids[:n_prompt] == tokenizer(head)["input_ids"], "the prompt must tokenize as a prefix"
-        encoded.append((ids, n_prompt))
+        assert ids[: len(head)] == head, "the prompt must tokenize as a prefix"
+        encoded.append((ids, len(head)))
 
     def batch(rng: random.Random) -> dict:
         rows = [rng.choice(encoded) for _ in range(batch_size)]

@@ -24,8 +24,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from trl_ext.memory.extrapolate import extrapolate_depth, extrapolate_grid  # noqa: F401  (re-exported)
-
 CATEGORIES = ("weights", "adapters", "activations", "logits", "kv_cache", "critic", "ewc")
 #: Tensors that exist only because the run is on a CPU (TRL's torch fallback of its Triton fused LM head kernels
 #: materializes fp32 copies of every logit tile); tracked but left out of every total.
