@@ -57,11 +57,11 @@ WEIGHTS = {
 }  # the quickstart's weights
 
 
-def train(recipe: str, out: Path, *extra: str) -> float:
+def train(recipe: str, out: Path, *extra: str, seed: int = 42) -> float:
     """Run `trl-ext train` on a quickstart recipe with the real model, the English benchmark and no 4-bit."""
     cmd = [sys.executable, "-m", "trl_ext.cli", "train", str(QUICKSTART / recipe), "--output_dir", str(out)]
     cmd += ["--model_name_or_path", MODEL, "--dataset_name", DATASET, "--load_in_4bit", "false"]
-    cmd += ["--use_bnb_nested_quant", "false", "--seed", "42", "--save_strategy", "no", *extra]
+    cmd += ["--use_bnb_nested_quant", "false", "--seed", str(seed), "--save_strategy", "no", *extra]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     return time.perf_counter() - t0
@@ -95,6 +95,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="with --grpo-lr: GRPO from the model as is (no SFT adapter), the run `grpo_lr<lr>`",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="training seed (LoRA init, data order, sampling); another seed than 42 keeps its runs in --work/seed<N> "
+        "and its results under keys ending in _seed<N>",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "real_model.json")
     parser.add_argument("--table-only", action="store_true")
@@ -112,11 +119,12 @@ def main(argv=None) -> int:
 
     def held_out(model: str, name: str) -> None:
         t0 = time.perf_counter()
-        r = evaluate(rows, generate_rewrites(model, rows, max_new_tokens=args.max_new_tokens), CORPUS)
+        rewrites = generate_rewrites(model, rows, max_new_tokens=args.max_new_tokens)
+        r = evaluate(rows, rewrites, CORPUS)
         m = r["metrics"]
         record(
             args.out,
-            "setup" if args.grpo_lr is None else f"setup_{name}",
+            ("setup" if args.grpo_lr is None else f"setup_{name}") + suffix,
             {
                 "model": MODEL,
                 "dataset": DATASET,
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
                 "sft_steps": args.sft_steps,
                 "grpo_steps": args.grpo_steps,
                 "max_new_tokens": args.max_new_tokens,
-                "seed": 42,
+                "seed": args.seed,
                 "command": "python benchmarks/query_rewrite_real.py " + " ".join(argv or sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%d", time.gmtime()),
                 "machine": "2 CPU cores shared with 3 other engineers' jobs; 1 torch thread",
@@ -136,10 +144,10 @@ def main(argv=None) -> int:
         record(args.out, "recall5_raw", m["original"]["Recall@5"])
         record(args.out, "mrr_reference", m["reference"]["MRR@10"])
         record(args.out, "recall5_reference", m["reference"]["Recall@5"])
-        record(args.out, f"mrr_{name}", m["model"]["MRR@10"])
+        record(args.out, f"mrr_{name}{suffix}", m["model"]["MRR@10"])
         record(
             args.out,
-            name,
+            name + suffix,
             {
                 "metrics": m["model"],
                 "format_valid": r["format_valid"],
@@ -147,22 +155,26 @@ def main(argv=None) -> int:
                 "hack_flags": r["hack_flags"],
                 "reward": r["reward"],
                 "eval_seconds": time.perf_counter() - t0,
+                "rewrites": rewrites,
             },
         )
         print(name, json.dumps(m["model"]), "format", r["format_valid"], "flagged", r["hack_flagged"], flush=True)
 
+    suffix = "" if args.seed == 42 else f"_seed{args.seed}"
+    if suffix:
+        args.work = args.work / f"seed{args.seed}"
     if args.grpo_alone and args.grpo_lr is None:
         parser.error("--grpo-alone needs --grpo-lr (the learning rate the SFT -> GRPO run it is compared with used)")
     name = "sft_grpo" if args.grpo_lr is None else f"sft_grpo_lr{args.grpo_lr:g}"
     if args.grpo_alone:
         name = f"grpo_lr{args.grpo_lr:g}"
     sft, grpo = args.work / "sft", args.work / name.replace("_", "-")
-    if args.grpo_lr is None:
+    if args.grpo_lr is None and not suffix:
         held_out(MODEL, "zero_shot")
     if not args.grpo_alone and not (sft / "adapter_config.json").is_file():
         sft_extra = ["--max_steps", str(args.sft_steps), "--per_device_train_batch_size", "4", "--logging_steps", "5"]
-        record(args.out, "sft_train_seconds", train("sft-query-rewrite.yaml", sft, *sft_extra))
-    if args.grpo_lr is None:
+        record(args.out, f"sft_train_seconds{suffix}", train("sft-query-rewrite.yaml", sft, *sft_extra, seed=args.seed))
+    if args.grpo_lr is None or (suffix and not args.grpo_alone and f"sft{suffix}" not in _recorded(args.out)):
         held_out(str(sft), "sft")
     if not (grpo / "adapter_config.json").is_file():
         kwargs = json.dumps({"QueryRewriteReward": {"corpus": CORPUS, "weights": WEIGHTS}})
@@ -172,9 +184,14 @@ def main(argv=None) -> int:
         grpo_extra += ["--max_completion_length", "24", "--reward_kwargs", kwargs]
         if args.grpo_lr is not None:
             grpo_extra += ["--learning_rate", str(args.grpo_lr)]
-        record(args.out, f"{name}_train_seconds", train("grpo-query-rewrite.yaml", grpo, *grpo_extra))
+        seconds = train("grpo-query-rewrite.yaml", grpo, *grpo_extra, seed=args.seed)
+        record(args.out, f"{name}_train_seconds{suffix}", seconds)
     held_out(str(grpo), name)
     return 0
+
+
+def _recorded(out: Path) -> dict:
+    return json.loads(out.read_text()).get("query_rewrite", {}) if out.is_file() else {}
 
 
 def write_table(qr: dict, path: Path) -> None:
