@@ -3,7 +3,8 @@
 The recipe runs unchanged -- its trainer, 4-bit quantization, LoRA, reference pass, generation, critic, EWC Fisher --
 on a random-weight model built from its architecture's `config.json`, with synthetic rows that fill its maximum
 lengths, and with the dtypes it would use on its GPU (bf16/fp16 mixed precision and the 4-bit compute dtype are kept
-on, through `TRL_EXT_COMPUTE_DTYPE`). `trl_ext.memory.trace.LiveBytesTracer` counts the live tensor bytes of every
+on, through `TRL_EXT_COMPUTE_DTYPE`); its reward functions, which hold no GPU memory, become `trace_reward`, which
+synthetic rows can feed. `trl_ext.memory.trace.LiveBytesTracer` counts the live tensor bytes of every
 step by phase (`fisher`, `precompute`, `generation`, `scoring`, `train`) and category.
 
 A model too big to run on a CPU is traced at reduced depth and length: two depths (e.g. 1 and 2 decoder layers)
@@ -51,10 +52,18 @@ def _run_overrides(recipe, model_dir: Path, work: Path, steps: int, lengths: dic
         out += [f"--{key}", "true" if getattr(t, key, False) else "false"]
     if getattr(t, "use_vllm", False):
         out += ["--use_vllm", "false"]
+    if recipe.script.reward_funcs:  # rewards run on the host; theirs need columns the synthetic rows lack
+        out += ["--reward_funcs", *[TRACE_REWARD] * len(recipe.script.reward_funcs), "--reward_kwargs", "{}"]
     if getattr(t, "assistant_only_loss", False):  # synthetic SFT rows are prompt/completion: the completion-only
         out += ["--assistant_only_loss", "false"]  # loss masks the same positions without a chat template
     return out
 
+
+#: The reward every `reward_funcs` entry becomes in a trace: a reward function runs on the host, on decoded text,
+#: and holds no GPU memory, while the recipe's own may need dataset columns (a query-rewrite reward reads `query`,
+#: `gold_doc_ids`) that synthetic rows do not have. Its rewards differ within a group, so the advantages are not
+#: all zero and the loss and its backward are the real ones.
+TRACE_REWARD = "trl_ext.memcheck_data.trace_reward"
 
 #: Anchor-text passes: dataset key -> (split key, length key, sample-count key).
 ANCHOR_KEYS = {
@@ -236,6 +245,12 @@ def point_inputs(recipe, length: int, prompt_length: int | None = None) -> tuple
     return length_overrides(recipe, length), prompt_length
 
 
+def _phase_estimates(est, phases) -> dict[str, float]:
+    """The estimator's allocated GiB in each traced phase: the static terms plus that phase's own."""
+    static = sum(c.bytes for c in est.components if c.phase == "static")
+    return {p: round((static + sum(c.bytes for c in est.components if c.phase == p)) / GiB, 4) for p in phases}
+
+
 def point_estimate(recipe_path, overrides: list[str], depth: int, length: int | None, prompt_length=None) -> float:
     """The estimator's allocated bytes at one traced point (`length` None: the recipe's own)."""
     from trl_ext.recipe import load_recipe
@@ -276,7 +291,8 @@ def trace_recipe(
 
     Returns:
         `dict`: `traced_peak_gib` (allocated, the quantity `max_memory_allocated` measures), `estimated_peak_gib` (the
-        estimator's allocated figure), `phase`, `by_category_gib`, `phases`, `reserved_incl_cuda_gib` (traced peak +
+        estimator's allocated figure), `phase`, `by_category_gib`, `phases` and `estimated_phases` (each phase's
+        traced and estimated allocated peak), `reserved_incl_cuda_gib` (traced peak +
         `CUDA_CONSTANTS`), `estimated_reserved_gib`; with an extrapolation its points (`points_gib`, `point_seconds`,
         `points_estimate_ratio`: the estimate at the point's own depth and length over its trace),
         the bilinear coefficients of the peak phase (`coefficients_bytes`, on a 2 x 2 grid) and, with a third depth or
@@ -368,6 +384,7 @@ def trace_recipe(
         estimated_phase=est.peak_phase,
         by_category_gib={c: round(v / GiB, 4) for c, v in traced["by_category"].items()},
         phases={p: round(v["peak_bytes"] / GiB, 4) for p, v in traced["phases"].items()},
+        estimated_phases=_phase_estimates(est, traced["phases"]),
         reserved_incl_cuda_gib=round((peak + cuda_overhead_bytes(peak)) / GiB, 3),
         estimated_reserved_gib=round(est.peak_bytes / GiB, 3),
         cuda_constants={k: {"value": v, "source": src} for k, (v, src) in CUDA_CONSTANTS.items()},

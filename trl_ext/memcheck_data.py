@@ -57,6 +57,15 @@ def synthetic_rows(method: str, lengths: dict[str, int], n_rows: int, vocab_size
     return rows
 
 
+def trace_reward(completions, **kwargs) -> list[float]:
+    """A reward in [0, 1) from a checksum of each completion's text: varied within a group, needing no column."""
+    import zlib
+
+    from trl_ext.rewards.completions import completion_text
+
+    return [zlib.crc32(completion_text(c).encode()) % 1000 / 1000 for c in completions]
+
+
 def synthetic_text_rows(length: int, n_rows: int, vocab_size: int, seed: int = 1) -> list[dict]:
     """`{"text": ...}` rows of `length` tokens: the anchor text of an EWC Fisher pass or the forgetting monitor."""
     import random

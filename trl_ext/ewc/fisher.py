@@ -264,20 +264,23 @@ def estimate_fisher(
         g = g.float()
         for n in range(x.shape[0]):
             h = int(halves[n])
+            xn = x[n].float()  # one sample in fp32 at a time: the hook keeps the input in its own dtype
             if mode == "full":
                 (key,) = keys[name]
-                G = g[n].transpose(0, 1) @ x[n]  # (out, in) per-sample gradient of W
+                G = g[n].transpose(0, 1) @ xn  # (out, in) per-sample gradient of W
                 acc[h][key].addcmul_(G, G)
             else:
                 out_key, in_key = keys[name]
                 acc[h][out_key].add_((g[n] * g[n]).sum(0))
-                xn = x[n] * attn[n].unsqueeze(-1)
+                xn = xn * attn[n].unsqueeze(-1)
                 acc[h][in_key].add_((xn * xn).sum(0))
 
     def forward_hook(name):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor) and output.requires_grad:
-                x = inputs[0].detach().float()
+                # a reference, not a copy: in eval mode LoRA-A saves this same tensor for its backward, so keeping
+                # it costs nothing, where an fp32 copy of a bf16 input cost 4 B per element until the backward
+                x = inputs[0].detach()
                 output.register_hook(lambda g: on_grad(name, x, g))
 
         return hook

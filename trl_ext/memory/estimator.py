@@ -55,7 +55,8 @@ The formulas (each component's `formula` repeats its own):
   trl_ext.ewc.penalty chunks them); kfac: two vectors per module, (out + in) x dtype; lora_params: fp32 Fisher +
   anchor per adapter parameter. When the Fisher is estimated at start (ewc_fisher_dataset, no ewc_fisher_path) its
   pass is a phase of its own: two fp32 accumulators (even/odd halves, for the split-half agreement) of the stored
-  size, plus a no-checkpointing forward/backward over ewc_fisher_batch_size x ewc_fisher_max_length tokens.
+  size, plus a no-checkpointing forward/backward over ewc_fisher_batch_size x ewc_fisher_max_length tokens and
+  its logits (terms.FISHER_LOGIT_BYTES per vocabulary entry per token).
 - Fixed: CUDA context, cuBLAS workspaces and kernels, 0.5 GiB.
 """
 
@@ -72,6 +73,7 @@ from trl_ext.memory.terms import (
     adapter_param_bytes,
     base_weight_bytes,
     completion_tokens,
+    fisher_pass_bytes,
     logprob_bytes,
     lora_params,
     no_grad_working_set,
@@ -237,17 +239,9 @@ def _static(arch, s, gpu_bytes, reward_arch, problems) -> list[Component]:
         )
         n = fisher_elements
         if s.ewc_fisher_pass_tokens:
-            acc = 2 * n * 4
-            work = activation_bytes(arch, replace(s, gradient_checkpointing=False), 1, s.ewc_fisher_pass_tokens)
-            comps.append(
-                Component(
-                    "EWC Fisher pass",
-                    acc + work,
-                    "fisher",
-                    f"2 fp32 accumulators (split halves) x {n / 1e6:.1f}M + forward/backward over "
-                    f"{s.ewc_fisher_pass_tokens} tokens, no checkpointing, once at start",
-                )
-            )
+            work, what = fisher_pass_bytes(arch, s)
+            what = f"2 fp32 accumulators (split halves) x {n / 1e6:.1f}M + {what}, once at start"
+            comps.append(Component("EWC Fisher pass", 2 * n * 4 + work, "fisher", what))
     if s.method in ("grpo", "ppo") and s.use_vllm and s.vllm_mode == "colocate":
         reserved = s.vllm_gpu_memory_utilization * gpu_bytes
         weights, kind = vllm_weight_bytes(arch, s)

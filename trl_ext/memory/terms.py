@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from trl_ext.memory.arch import Architecture
 from trl_ext.memory.settings import MemorySettings
 
@@ -108,6 +110,21 @@ def activation_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_
         per_token = arch.num_layers * activation_bytes_per_token_layer(arch, s, seq_len)
     outside = OUTSIDE_LAYERS_H_UNITS + (REWARD_EXTRA_H_UNITS if s.method == "reward" else 0)
     return tokens * (per_token + outside * h)
+
+
+#: Bytes per vocabulary entry per token of the EWC Fisher pass's logits (trl_ext.ewc.fisher.sequence_log_probs): the
+#: compute-dtype logits (2), their fp32 log-softmax (4), and in the backward its fp32 gradient and the gradient's
+#: input (4 + 4); traced 14.0 B on tiny-chat (4 x 256 tokens, bf16 compute), where the true Fisher's sampling
+#: probabilities (fp32 copy + softmax) peak at the same height in the forward.
+FISHER_LOGIT_BYTES = 14
+
+
+def fisher_pass_bytes(arch: Architecture, s: MemorySettings) -> tuple[float, str]:
+    """Working memory of the EWC Fisher pass at start: a no-checkpointing forward/backward plus its logits."""
+    tokens = s.ewc_fisher_pass_tokens
+    work = activation_bytes(arch, replace(s, gradient_checkpointing=False), 1, tokens)
+    logits = tokens * arch.vocab_size * FISHER_LOGIT_BYTES
+    return work + logits, f"forward/backward over {tokens} tokens, no checkpointing, + logits T*V*{FISHER_LOGIT_BYTES}"
 
 
 def recompute_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_len: int) -> float:
