@@ -134,3 +134,26 @@ def test_fisher_pass_estimate_within_10_percent_of_its_trace(mode):
     traced, estimated = result["phases"]["fisher"], result["estimated_phases"]["fisher"]
     assert traced > 0.5 * result["phases"]["train"], result["phases"]  # the pass is big enough to measure
     assert 0.9 <= estimated / traced <= 1.1, (traced, estimated)
+
+
+# Activation offloading, emulated on a CPU (TRL's own needs an accelerator): SFT on tiny-chat's architecture at 12
+# layers x 2048 tokens with checkpointing, where the saved layer inputs are 12 x 2048 x 128 x 2 B = 6 MiB. If TRL's
+# trainers stop building their offloading context through `get_act_offloading_ctx_manager`, TRL's own starts on a
+# CPU and fails (no accelerator), and this test with it.
+@pytest.mark.slow
+def test_emulated_activation_offloading_moves_the_saved_layer_inputs_off_and_the_estimate_follows():
+    from trl_ext.memcheck_cpu import _estimate_for, trace_once
+
+    recipe = REPO / "recipes" / "quickstart" / "sft.yaml"
+    base = ["--max_length", "2048", "--gradient_checkpointing", "true", "--per_device_train_batch_size", "1"]
+    traced, estimated = {}, {}
+    for on in ("false", "true"):
+        overrides = base + ["--activation_offloading", on]
+        result = trace_once(recipe, overrides, num_layers=12)
+        traced[on] = result["by_category"]["activations"]
+        estimated[on] = _estimate_for(load_recipe(recipe, overrides), 12).component("activations").bytes
+        assert any("offloading" in n for n in result["notes"]) == (on == "true")
+    saved_inputs = 12 * 2048 * 128 * 2
+    assert traced["false"] - traced["true"] > 0.6 * saved_inputs, traced  # most of the layer inputs left the GPU
+    for on in traced:
+        assert 0.9 <= estimated[on] / traced[on] <= 1.1, (on, traced, estimated)

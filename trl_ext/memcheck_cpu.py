@@ -118,7 +118,7 @@ def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | No
     from trl_ext.memcheck_data import save_random_model, synthetic_lengths, word_tokenizer_for_loading
     from trl_ext.memory import load_architecture
     from trl_ext.memory.terms import FUSED_VOCAB_TILE
-    from trl_ext.memory.trace import LiveBytesTracer, cpu_fallbacks_excluded, optimizer_steps_as
+    from trl_ext.memory.trace import LiveBytesTracer, cpu_fallbacks_excluded, offloading_emulated, optimizer_steps_as
     from trl_ext.recipe import load_recipe
     from trl_ext.runtime import apply_runtime
     from trl_ext.train import build_trainer
@@ -130,6 +130,8 @@ def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | No
     notes = []
     if getattr(recipe.training, "use_vllm", False):
         notes.append("vLLM cannot run on a CPU: traced with HF generate (use_vllm false)")
+    if offloading := bool(getattr(recipe.training, "activation_offloading", False)):
+        notes.append("activation offloading: TRL's policy emulated (its own needs a GPU); host copies not counted")
     with tempfile.TemporaryDirectory(prefix="trl-ext-trace-") as tmp, _compute_dtype_env(recipe) as dtype:
         work = Path(tmp)
         save_random_model(arch.config, work / "model", num_layers=depth)
@@ -155,6 +157,7 @@ def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | No
             tracer,
             optimizer_steps_as(tracer),
             cpu_fallbacks_excluded(tracer),
+            offloading_emulated(tracer) if offloading else contextlib.nullcontext(),
         ):
             trainer = _build_traced(build_trainer, run_recipe, tracer)
             tracer.classify_model(trainer.model)
@@ -243,12 +246,6 @@ def point_inputs(recipe, length: int, prompt_length: int | None = None) -> tuple
     if length_key(recipe) == "max_completion_length":
         prompt_length = max(1, round(s.prompt_length * length / s.completion_length))
     return length_overrides(recipe, length), prompt_length
-
-
-def _phase_estimates(est, phases) -> dict[str, float]:
-    """The estimator's allocated GiB in each traced phase: the static terms plus that phase's own."""
-    static = sum(c.bytes for c in est.components if c.phase == "static")
-    return {p: round((static + sum(c.bytes for c in est.components if c.phase == p)) / GiB, 4) for p in phases}
 
 
 def point_estimate(recipe_path, overrides: list[str], depth: int, length: int | None, prompt_length=None) -> float:
@@ -384,7 +381,7 @@ def trace_recipe(
         estimated_phase=est.peak_phase,
         by_category_gib={c: round(v / GiB, 4) for c, v in traced["by_category"].items()},
         phases={p: round(v["peak_bytes"] / GiB, 4) for p, v in traced["phases"].items()},
-        estimated_phases=_phase_estimates(est, traced["phases"]),
+        estimated_phases={p: round(est.phase_allocated_bytes(p) / GiB, 4) for p in traced["phases"]},
         reserved_incl_cuda_gib=round((peak + cuda_overhead_bytes(peak)) / GiB, 3),
         estimated_reserved_gib=round(est.peak_bytes / GiB, 3),
         cuda_constants={k: {"value": v, "source": src} for k, (v, src) in CUDA_CONSTANTS.items()},

@@ -105,8 +105,9 @@ def save_random_model(
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     if num_layers is not None:
         config["num_hidden_layers"] = num_layers
-        if isinstance(config.get("layer_types"), list):
-            config["layer_types"] = config["layer_types"][:num_layers]
+        if isinstance(config.get("layer_types"), list):  # deeper than the original: repeat its last layer's type
+            types = config["layer_types"]
+            config["layer_types"] = (types + types[-1:] * num_layers)[:num_layers]
     cfg = AutoConfig.for_model(**config)
     cls = AutoModelForCausalLM if model_class == "causal" else AutoModelForSequenceClassification
     if model_class != "causal":

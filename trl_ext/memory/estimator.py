@@ -137,6 +137,10 @@ class MemoryEstimate:
                 return c
         raise KeyError(f"no component {name!r}; components: {', '.join(c.name for c in self.components)}")
 
+    def phase_allocated_bytes(self, phase: str) -> float:
+        """Allocated bytes while `phase` runs: the static terms plus the phase's own (comparable to its trace)."""
+        return sum(c.bytes for c in self.components if c.phase in ("static", phase))
+
     def biggest(self, n: int = 3) -> list[Component]:
         """The largest components that count towards the peak."""
         counted = [c for c in self.components if c.phase in ("static", "fixed", self.peak_phase)]

@@ -25,8 +25,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 CATEGORIES = ("weights", "adapters", "activations", "logits", "kv_cache", "critic", "ewc")
-#: Tensors that exist only because the run is on a CPU (TRL's torch fallback of its Triton fused LM head kernels
-#: materializes fp32 copies of every logit tile); tracked but left out of every total.
+#: Tensors that would not sit on the GPU: those that exist only because the run is on a CPU (TRL's torch fallback
+#: of its Triton fused LM head kernels materializes fp32 copies of every logit tile) and the host copies of emulated
+#: activation offloading; tracked but left out of every total.
 CPU_ONLY = "cpu_only"
 #: Phase of everything before training starts (model loading, quantization); not part of the reported peak.
 LOAD_PHASE = "load"
@@ -267,3 +268,66 @@ def optimizer_steps_as(tracer: LiveBytesTracer, category: str = "adapters"):
     finally:
         for h in handles:
             h.remove()
+
+
+#: The trainer modules that build TRL's activation-offloading context (`get_act_offloading_ctx_manager(model=...)`
+#: when `activation_offloading` is on); `tests/test_memcheck.py` fails when they stop doing it.
+OFFLOADING_TRAINERS = ("sft_trainer", "dpo_trainer", "kto_trainer", "reward_trainer")
+
+
+class EmulatedOffload(torch.autograd.graph.saved_tensors_hooks):
+    """TRL's `OffloadActivations` policy on a CPU, where TRL's own refuses to start (it needs an accelerator).
+
+    As TRL's (streams mode, its defaults): every tensor autograd saves of at least `min_offload_size` bytes that is
+    not a parameter or buffer is copied to the host; the last `max_fwd_stash_size` originals stay alive until more
+    are offloaded (TRL keeps them until their copy completes), a storage still in that stash is kept, not copied
+    again, and nothing inside the LM head is offloaded. In backward each copy comes back as a new device tensor that
+    lives while autograd uses it. The host copies are tracked as `CPU_ONLY` (host memory), the copies brought back
+    as activations.
+    """
+
+    def __init__(self, tracer: LiveBytesTracer, model, min_offload_size: int = 1024, max_fwd_stash_size: int = 5):
+        import collections
+
+        params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+        stash: collections.OrderedDict = collections.OrderedDict()  # storage pointer -> original, oldest first
+        self.paused = False
+
+        def pack(t: torch.Tensor):
+            key = t.untyped_storage().data_ptr()
+            too_small = t.numel() * t.element_size() < min_offload_size
+            if self.paused or too_small or isinstance(t, torch.nn.Parameter) or key in params or key in stash:
+                return t, False
+            with tracer.forced_category(CPU_ONLY):
+                host = t.detach().clone()
+            stash[key] = t
+            while len(stash) > max_fwd_stash_size:
+                stash.popitem(last=False)
+            return host, True
+
+        def unpack(packed):
+            stash.clear()  # the backward has started: TRL waits for every copy and drops the stash
+            t, moved = packed
+            return t.clone() if moved else t
+
+        super().__init__(pack, unpack)
+        head = next((m for name, m in model.named_modules() if name.endswith("lm_head")), None)
+        if head is not None:  # TRL does not offload the output head (bringing it back soon after costs more)
+            head.register_forward_pre_hook(lambda *_: setattr(self, "paused", True))
+            head.register_forward_hook(lambda *_: setattr(self, "paused", False), always_call=True)
+
+
+@contextlib.contextmanager
+def offloading_emulated(tracer: LiveBytesTracer):
+    """Make the trainers build `EmulatedOffload` where TRL's `activation_offloading` asks for its own context."""
+    import importlib
+
+    modules = [importlib.import_module(f"trl.trainer.{name}") for name in OFFLOADING_TRAINERS]
+    originals = [m.get_act_offloading_ctx_manager for m in modules]
+    for m in modules:
+        m.get_act_offloading_ctx_manager = lambda model, **_: EmulatedOffload(tracer, model)
+    try:
+        yield
+    finally:
+        for m, original in zip(modules, originals):
+            m.get_act_offloading_ctx_manager = original
