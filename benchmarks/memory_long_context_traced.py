@@ -1,19 +1,23 @@
-"""Per-token slopes of the long-context table, traced: Llama-3.1-8B QLoRA SFT, checkpointing, reduced depth and length.
+"""Longest sequence on one 24 GB card, traced: Llama-3.1-8B QLoRA SFT, checkpointing, reduced depth and length.
 
-    python benchmarks/memory_long_context_traced.py [--variants fused full_logits]
+    python benchmarks/memory_long_context_traced.py [--variants fused full_logits fused_offload]
         -> benchmarks/results/memory_long_context_traced.json
 
-`benchmarks/memory_long_context.py` finds the longest sequence on a 24 GB card from the estimator alone. This script
-traces the same setting -- Llama-3.1-8B-Instruct's architecture, 4-bit NF4, LoRA r=16 on all linears, batch 1,
-gradient checkpointing, paged 8-bit AdamW, SFT with the loss on every position -- on a CPU
-(`trl-ext memcheck --device cpu`) at 1 and 2 decoder layers x two lengths, and compares the bilinear coefficients
-of the traced peak (`a + b*d + c*L + e*d*L`: `e` the bytes per layer per token, `c` per token outside the layers)
-with the estimator's, evaluated on the same grid. Variants: `fused` (TRL's fused LM head) and `full_logits` (the
-head's full `(tokens, vocabulary)` logits, through SFT's label-smoothing path, which needs them; estimated with
-`full_logits`; that path also runs a no-grad fused forward for its metrics, one head tile more than the estimate's
-full-logits trainer: compare its per-token slope, not its total). `--model builtin:tiny-chat` is the smoke test
-(seconds). Activation offloading is not traced: TRL's `OffloadActivations` leaves every tensor that is not on
-an accelerator where it is, so on a CPU it changes nothing.
+`benchmarks/memory_long_context.py` finds the longest sequence from the estimator alone. This script traces the same
+setting -- Llama-3.1-8B-Instruct's architecture, 4-bit NF4, LoRA r=16 on all linears, batch 1, gradient
+checkpointing, paged 8-bit AdamW, SFT with the loss on every position -- on a CPU (`trl-ext memcheck --device cpu`)
+on a depth x length grid, fits every category of the traced peak bilinearly (`a + b*d + c*L + e*d*L`), and solves
+for the longest length (multiple of 256) whose traced peak at 32 layers plus the CUDA constants
+(`trl_ext.memory.trace.cuda_overhead_bytes`) stays <= 22 GiB. The fused LM head's tile is `min(L, 4096) x 32768`
+(TRL's chunk sizes), so the `logits` category is held at its 4,096-token value beyond that; everything else is
+linear in length (attention runs through torch's flash kernel on the CPU, as FlashAttention/SDPA on a GPU).
+The estimator's longest length for the same recipe is computed beside it.
+
+Variants: `fused` (TRL's fused LM head), `full_logits` (the head's full `(tokens, vocabulary)` logits, through SFT's
+label-smoothing path, which needs them; that path also runs a no-grad fused forward for its metrics, one head tile
+more than the estimate's full-logits trainer) and `fused_offload` (TRL's activation offloading, emulated on the CPU:
+`trl_ext.memory.trace.EmulatedOffload`; traced at 3 and 5 layers, where the offloaded layer inputs outnumber the
+ones in flight). `--model builtin:tiny-chat` is the smoke test (seconds).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from trl_ext.memcheck_cpu import trace_recipe
+from trl_ext.memory import load_architecture
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart" / "sft.yaml"
@@ -50,13 +55,63 @@ BASE = [
     "--max_length",
     "{length}",
 ]
-VARIANTS = {"fused": [], "full_logits": ["--label_smoothing_factor", "0.1"]}
-DEPTHS = (1, 2)
+#: variant -> (overrides, depths of the grid)
+VARIANTS = {
+    "fused": ([], (1, 2)),
+    "full_logits": (["--label_smoothing_factor", "0.1"], (1, 2)),
+    "fused_offload": (["--activation_offloading", "true"], (3, 5)),
+}
 LENGTHS = (256, 512)
 TARGET = 1024  # the extrapolation target of the trace (its own grid point is not traced)
+BUDGET_GIB = 22
+FUSED_TOKEN_TILE = 4096  # trl_ext.memory.terms.FUSED_TOKEN_TILE: the fused head's tile stops growing here
 
 
-def estimate_grid(overrides: list[str], full_logits: bool) -> dict:
+def longest_traced(points_by_category: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
+    """Longest length whose extrapolated traced peak + CUDA constants fits, and the peak there (GiB)."""
+    from trl_ext.memory.extrapolate import bilinear_coefficients
+    from trl_ext.memory.trace import cuda_overhead_bytes
+
+    cats = {c for point in points_by_category.values() for c in point}
+    coef = {
+        c: bilinear_coefficients(
+            {(d, n): points_by_category[f"{d}x{n}"].get(c, 0.0) * 2**30 for d in depths for n in LENGTHS}
+        )
+        for c in cats
+    }
+
+    def peak(length: int) -> float:
+        total = 0.0
+        for c, k in coef.items():
+            n = min(length, FUSED_TOKEN_TILE) if fused and c == "logits" else length
+            total += k["a"] + k["b"] * num_layers + (k["c"] + k["e"] * num_layers) * n
+        return total
+
+    lo, hi = 256, 1 << 18
+    while hi - lo > 256:
+        mid = (lo + hi) // 2 // 256 * 256
+        lo, hi = (mid, hi) if peak(mid) + cuda_overhead_bytes(peak(mid)) <= BUDGET_GIB * 2**30 else (lo, mid)
+    return lo, round(peak(lo) / 2**30, 3)
+
+
+def longest_estimated(overrides: list[str], full_logits: bool) -> int:
+    """The estimator's longest length for the same recipe (its allocated figure + the same CUDA constants)."""
+    from trl_ext.memory import estimate_settings, load_architecture, settings_from_recipe
+    from trl_ext.memory.trace import cuda_overhead_bytes
+    from trl_ext.recipe import load_recipe
+
+    s = settings_from_recipe(load_recipe(RECIPE, overrides), full_logits=full_logits)
+    s = replace(s, sft_completion_only=False)
+    arch = load_architecture(s.model)
+    lo, hi = 256, 1 << 18
+    while hi - lo > 256:
+        mid = (lo + hi) // 2 // 256 * 256
+        est = estimate_settings(arch, replace(s, max_length=mid), 24e9).allocated_bytes
+        lo, hi = (mid, hi) if est + cuda_overhead_bytes(est) <= BUDGET_GIB * 2**30 else (lo, mid)
+    return lo
+
+
+def estimate_grid(overrides: list[str], full_logits: bool, depths) -> dict:
     """The estimator's allocated bytes on the traced grid, and its bilinear coefficients."""
     from trl_ext.memory import estimate_settings, load_architecture, settings_from_recipe
     from trl_ext.memory.extrapolate import bilinear_coefficients
@@ -66,7 +121,7 @@ def estimate_grid(overrides: list[str], full_logits: bool) -> dict:
     for n in LENGTHS:
         recipe = load_recipe(RECIPE, [o.replace("{length}", str(n)) for o in overrides])
         s = replace(settings_from_recipe(recipe, full_logits=full_logits), sft_completion_only=False)
-        for d in DEPTHS:
+        for d in depths:
             arch = replace(load_architecture(s.model), num_layers=d)
             values[d, n] = estimate_settings(arch, s, 24e9).allocated_bytes
     coef = bilinear_coefficients(values)
@@ -90,17 +145,28 @@ def main() -> None:
     BASE[BASE.index("--model_name_or_path") + 1] = args.model
     out = Path(args.out)
     for variant in args.variants:
-        overrides = [o.replace("{length}", str(TARGET)) for o in BASE] + VARIANTS[variant]
+        extra, depths = VARIANTS[variant]
+        overrides = [o.replace("{length}", str(TARGET)) for o in BASE] + extra
         start = time.time()
-        r = trace_recipe(RECIPE, overrides, depths=DEPTHS, lengths=LENGTHS)
-        est = estimate_grid(BASE + VARIANTS[variant], full_logits=variant == "full_logits")
+        r = trace_recipe(RECIPE, overrides, depths=depths, lengths=LENGTHS)
+        full = variant == "full_logits"
+        est = estimate_grid(BASE + extra, full_logits=full, depths=depths)
+        num_layers = load_architecture(args.model).num_layers
+        tokens, peak = longest_traced(r["points_by_category_gib"], depths, num_layers, fused=not full)
         entry = {
             "date": datetime.date.today().isoformat(),
-            "command": f"trl-ext memcheck {RECIPE.relative_to(REPO)} --device cpu --depths 1,2 --lengths 256,512 "
-            + " ".join(overrides),
+            "command": f"trl-ext memcheck {RECIPE.relative_to(REPO)} --device cpu "
+            f"--depths {','.join(map(str, depths))} --lengths {','.join(map(str, LENGTHS))} " + " ".join(overrides),
             "seconds": round(time.time() - start),
-            "traced": {k: r.get(k) for k in ("points_gib", "coefficients_bytes", "point_seconds", "phase")},
+            "traced": {
+                k: r.get(k) for k in ("points_gib", "points_by_category_gib", "coefficients_bytes", "point_seconds")
+            },
             "estimated": est,
+            "longest_traced_tokens": tokens,
+            "traced_peak_there_gib": peak,
+            "longest_estimated_tokens": longest_estimated(
+                [o.replace("{length}", str(tokens)) for o in BASE] + extra, full
+            ),
             "per_layer_per_token_ratio": round(
                 est["coefficients_bytes"]["per_layer_per_token"] / r["coefficients_bytes"]["per_layer_per_token"], 4
             ),
@@ -112,7 +178,10 @@ def main() -> None:
         print(variant, json.dumps(entry), flush=True)
         results = json.loads(out.read_text()) if out.exists() else {}
         results[variant] = entry
-        results["meta"] = {"machine": f"{platform.machine()}, 2 CPU cores (shared), torch CPU, 1 thread"}
+        results["meta"] = {
+            "machine": f"{platform.machine()}, 2 CPU cores (shared), torch CPU, 1 thread",
+            "budget_gib": BUDGET_GIB,
+        }
         out.write_text(json.dumps(results, indent=2) + "\n")
 
 
