@@ -194,6 +194,40 @@ def _recorded(out: Path) -> dict:
     return json.loads(out.read_text()).get("query_rewrite", {}) if out.is_file() else {}
 
 
+#: The runs compared over seeds: result key (seed 42's; other seeds add `_seed<N>`) -> label.
+SEED_RUNS = {"sft": "SFT", "grpo_lr0.0001": "GRPO alone, lr 1e-4", "sft_grpo_lr0.0001": "SFT -> GRPO, lr 1e-4"}
+
+
+def seed_table(qr: dict) -> list[str]:
+    """Held-out MRR@10 of each run per seed, mean +- sample std, and SFT -> GRPO minus SFT paired by seed."""
+    import statistics
+
+    seeds = [42] + sorted({int(k.rsplit("_seed", 1)[1]) for k in qr if "_seed" in k and k.split("_seed")[1].isdigit()})
+    if len(seeds) < 2:
+        return []
+
+    def mrr(key: str, seed: int):
+        r = qr.get(key if seed == 42 else f"{key}_seed{seed}")
+        return r["metrics"]["MRR@10"] if isinstance(r, dict) else None
+
+    lines = ["", "MRR@10 over seeds (same steps and data for every run; seed = LoRA init, data order, sampling):", ""]
+    lines += ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- std |"]
+    lines += ["|---|" + "---|" * (len(seeds) + 1)]
+    for key, label in SEED_RUNS.items():
+        vals = [mrr(key, s) for s in seeds]
+        got = [v for v in vals if v is not None]
+        spread = f"{statistics.mean(got):.3f} +- {statistics.stdev(got):.3f}" if len(got) > 1 else ""
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + f" | {spread} |")
+    diffs = [
+        mrr("sft_grpo_lr0.0001", s) - mrr("sft", s)
+        for s in seeds
+        if mrr("sft_grpo_lr0.0001", s) is not None and mrr("sft", s) is not None
+    ]
+    if diffs:
+        lines += ["", f"SFT -> GRPO minus SFT, paired by seed: {', '.join(f'{d:+.3f}' for d in diffs)}."]
+    return lines
+
+
 def write_table(qr: dict, path: Path) -> None:
     setup = qr.get("setup", {})
     lines = [
@@ -227,6 +261,7 @@ def write_table(qr: dict, path: Path) -> None:
                 f"| {label} | {m['MRR@10']:.3f} | {m['Recall@5']:.3f} | {m['NDCG@10']:.3f} | "
                 f"{r['format_valid']:.0%} | {r['hack_flagged']:.0%} |"
             )
+    lines += seed_table(qr)
     reruns = [v["command"] for k, v in qr.items() if k.startswith("setup_")]
     if reruns:
         runs = ", ".join(f"`{c.strip()}`" for c in reruns)
