@@ -143,3 +143,46 @@ def test_each_critic_mode_lowers_its_value_loss_and_resumes_bit_exactly(tmp_path
     loaded = _critic_state(resumed)
     assert all(torch.equal(loaded[k], trained[k]) for k in trained)  # ... until the checkpoint restores it
     assert resumed.kl_ctl.value == kl_coef
+
+
+def test_critic_adapter_pass_is_checkpointed_and_recomputes_under_its_own_adapter(tmp_path, monkeypatch):
+    """With gradient checkpointing the critic adapter's layers are checkpointed too (they held every activation
+    before), and their recompute in the backward -- after the actor's adapter is active again -- runs under the
+    critic's adapter: the actor's and the critic's gradients equal those of the same pass without checkpointing."""
+    import trl_ext.trainers.ppo_critic as ppo_critic
+
+    trainer = build(tmp_path / "run", *FULL_PRECISION, "--gradient_checkpointing", "true")
+    model = trainer.model
+    unwrapped = trainer.accelerator.unwrap_model(model)
+    # what `Trainer.train` does first with `gradient_checkpointing: true`
+    unwrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
+    model.train()
+    calls = []
+    original = ppo_critic._checkpoint_recomputing_under
+    monkeypatch.setattr(
+        ppo_critic, "_checkpoint_recomputing_under", lambda *a: calls.append(1) or original(*a), raising=True
+    )
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]], device=trainer.accelerator.device)
+    mask = torch.ones_like(ids)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert any("critic" in n for n, _ in trained) and any("default" in n or "actor" in n for n, _ in trained)
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero: make the two adapters compute different things
+        for name, param in trained:
+            if "lora_B" in name:
+                param.normal_(0.0, 0.2)
+
+    def grads() -> dict:
+        model.zero_grad(set_to_none=True)
+        values = trainer._critic_values(ids, mask, 4)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        (values.pow(2).sum() + logits.float().logsumexp(-1).mean()).backward()
+        return {n: p.grad.detach().clone() for n, p in trained if p.grad is not None}
+
+    checkpointed = grads()
+    assert len(calls) == len(ppo_critic._backbone(unwrapped).layers)  # every critic layer went through it
+    unwrapped.gradient_checkpointing_disable()
+    plain = grads()
+    assert set(checkpointed) == set(plain) and any("critic" in n for n in plain)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
