@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                 "seed": args.seed,
                 "command": "python benchmarks/query_rewrite_real.py " + " ".join(argv or sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                "machine": "2 CPU cores shared with 3 other engineers' jobs; 1 torch thread",
+                "machine": "2 CPU cores shared with other jobs; 1 torch thread",
             },
         )
         record(args.out, "mrr_raw", m["original"]["MRR@10"])
@@ -246,12 +246,12 @@ def write_table(qr: dict, path: Path) -> None:
     labels += [
         (k, f"SFT -> GRPO, lr {k[len('sft_grpo_lr') :]}")
         for k, v in qr.items()
-        if k.startswith("sft_grpo_lr") and isinstance(v, dict)
+        if k.startswith("sft_grpo_lr") and "_seed" not in k and isinstance(v, dict)
     ]
     labels += [
         (k, f"GRPO alone (from the model as is), lr {k[len('grpo_lr') :]}")
         for k, v in qr.items()
-        if k.startswith("grpo_lr") and isinstance(v, dict)
+        if k.startswith("grpo_lr") and "_seed" not in k and isinstance(v, dict)
     ]
     for name, label in labels:
         if name in qr:
@@ -262,10 +262,10 @@ def write_table(qr: dict, path: Path) -> None:
                 f"{r['format_valid']:.0%} | {r['hack_flagged']:.0%} |"
             )
     lines += seed_table(qr)
-    reruns = [v["command"] for k, v in qr.items() if k.startswith("setup_")]
+    reruns = list(dict.fromkeys(v["command"].strip() for k, v in qr.items() if k.startswith("setup_")))
     if reruns:
-        runs = ", ".join(f"`{c.strip()}`" for c in reruns)
-        lines += ["", f"Reruns (GRPO at another learning rate, from the SFT adapter or alone): {runs}."]
+        runs = ", ".join(f"`{c}`" for c in reruns)
+        lines += ["", f"Reruns (another GRPO learning rate, GRPO alone, other seeds): {runs}."]
     path.write_text("\n".join(lines) + "\n")
 
 
