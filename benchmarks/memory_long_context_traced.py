@@ -1,6 +1,7 @@
 """Longest sequence on one 24 GB card, traced: Llama-3.1-8B QLoRA SFT, checkpointing, reduced depth and length.
 
-    python benchmarks/memory_long_context_traced.py [--variants fused full_logits fused_offload]
+    python benchmarks/memory_long_context_traced.py [--variants fused full_logits fused_offload] [--lengths 512,1024]
+        [--validate 2048]
         -> benchmarks/results/memory_long_context_traced.json
 
 `benchmarks/memory_long_context.py` finds the longest sequence from the estimator alone. This script traces the same
@@ -61,8 +62,8 @@ VARIANTS = {
     "full_logits": (["--label_smoothing_factor", "0.1"], (1, 2)),
     "fused_offload": (["--activation_offloading", "true"], (3, 5)),
 }
-LENGTHS = (256, 512)
-TARGET = 1024  # the extrapolation target of the trace (its own grid point is not traced)
+LENGTHS = [512, 1024]  # the grid's lengths (--lengths)
+TARGET = 32768  # the recipe length the trace extrapolates to (the longest fitting one is solved for separately)
 BUDGET_GIB = 22
 FUSED_TOKEN_TILE = 4096  # trl_ext.memory.terms.FUSED_TOKEN_TILE: the fused head's tile stops growing here
 
@@ -141,14 +142,18 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct", help="architecture (a smoke test: tiny)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_long_context_traced.json"))
+    parser.add_argument("--lengths", default="512,1024", help="the grid's two lengths")
+    parser.add_argument("--validate", type=int, default=None, help="also trace this length at the first depth")
     args = parser.parse_args()
     BASE[BASE.index("--model_name_or_path") + 1] = args.model
+    LENGTHS[:] = [int(n) for n in args.lengths.split(",")]
+    lengths = tuple(LENGTHS) + ((args.validate,) if args.validate else ())
     out = Path(args.out)
     for variant in args.variants:
         extra, depths = VARIANTS[variant]
         overrides = [o.replace("{length}", str(TARGET)) for o in BASE] + extra
         start = time.time()
-        r = trace_recipe(RECIPE, overrides, depths=depths, lengths=LENGTHS)
+        r = trace_recipe(RECIPE, overrides, depths=depths, lengths=lengths)
         full = variant == "full_logits"
         est = estimate_grid(BASE + extra, full_logits=full, depths=depths)
         num_layers = load_architecture(args.model).num_layers
@@ -156,10 +161,18 @@ def main() -> None:
         entry = {
             "date": datetime.date.today().isoformat(),
             "command": f"trl-ext memcheck {RECIPE.relative_to(REPO)} --device cpu "
-            f"--depths {','.join(map(str, depths))} --lengths {','.join(map(str, LENGTHS))} " + " ".join(overrides),
+            f"--depths {','.join(map(str, depths))} --lengths {','.join(map(str, lengths))} " + " ".join(overrides),
             "seconds": round(time.time() - start),
             "traced": {
-                k: r.get(k) for k in ("points_gib", "points_by_category_gib", "coefficients_bytes", "point_seconds")
+                k: r.get(k)
+                for k in (
+                    "points_gib",
+                    "points_by_category_gib",
+                    "coefficients_bytes",
+                    "point_seconds",
+                    "validation_point",
+                    "extrapolation_error",
+                )
             },
             "estimated": est,
             "longest_traced_tokens": tokens,
