@@ -95,6 +95,89 @@ def longest_traced(points_by_category: dict, depths, num_layers: int, fused: boo
     return lo, round(peak(lo) / 2**30, 3)
 
 
+def longest_with_layer_moment(entry: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
+    """Longest length whose traced peak + CUDA constants fits, taking the larger of two moments of the step.
+
+    The grid's lengths are short enough that the LM head's backward sets the peak; at tens of thousands of tokens a
+    layer's backward (its recomputed activations) does instead, which no short trace shows. `long_points` are traces
+    at the first depth and long lengths, where it does: their line in length, plus the grid's per-layer terms (4-bit
+    weights and the saved input of every other layer) for the other layers, is the layer moment at full depth.
+    """
+    from trl_ext.memory.trace import cuda_overhead_bytes
+
+    (t1, p1), (t2, p2) = sorted((int(t), v["peak_gib"] * 2**30) for t, v in entry["long_points"].items())
+    slope = (p2 - p1) / (t2 - t1)
+    coef = entry["traced"]["coefficients_bytes"]
+    head = entry["head_moment_fit"]
+
+    def peak(length: int) -> float:
+        layer = p1 + slope * (length - t1)
+        layer += (num_layers - depths[0]) * (coef["per_layer"] + coef["per_layer_per_token"] * length)
+        return max(layer, head(length))
+
+    lo, hi = 256, 1 << 18
+    while hi - lo > 256:
+        mid = (lo + hi) // 2 // 256 * 256
+        lo, hi = (mid, hi) if peak(mid) + cuda_overhead_bytes(peak(mid)) <= BUDGET_GIB * 2**30 else (lo, mid)
+    return lo, round(peak(lo) / 2**30, 3)
+
+
+def head_moment(points_by_category: dict, depths, num_layers: int, fused: bool):
+    """The grid's per-category fit at `num_layers` as a function of length (the LM head's moment)."""
+    from trl_ext.memory.extrapolate import bilinear_coefficients
+
+    cats = {c for point in points_by_category.values() for c in point}
+    coef = {
+        c: bilinear_coefficients(
+            {(d, n): points_by_category[f"{d}x{n}"].get(c, 0.0) * 2**30 for d in depths for n in LENGTHS}
+        )
+        for c in cats
+    }
+
+    def peak(length: int) -> float:
+        total = 0.0
+        for c, k in coef.items():
+            n = min(length, FUSED_TOKEN_TILE) if fused and c == "logits" else length
+            total += k["a"] + k["b"] * num_layers + (k["c"] + k["e"] * num_layers) * n
+        return total
+
+    return peak
+
+
+def run_long_points(variant: str, entry: dict, lengths: list[int], num_layers: int) -> None:
+    """Trace the variant at its first depth and each of `lengths` (one optimizer step) and solve again."""
+    from trl_ext.memcheck_cpu import _estimate_for, trace_once
+    from trl_ext.recipe import load_recipe
+
+    extra, depths = VARIANTS[variant]
+    entry["long_points"] = {}
+    for n in lengths:
+        overrides = [o.replace("{length}", str(n)) for o in BASE] + extra
+        start = time.time()
+        r = trace_once(RECIPE, overrides, steps=1, num_layers=depths[0])
+        est = _estimate_for(load_recipe(RECIPE, overrides), depths[0]).allocated_bytes
+        entry["long_points"][str(n)] = {
+            "depth": depths[0],
+            "peak_gib": round(r["peak_bytes"] / 2**30, 4),
+            "by_category_gib": {c: round(v / 2**30, 4) for c, v in r["by_category"].items() if v},
+            "estimate_ratio": round(est / r["peak_bytes"], 4),
+            "seconds": round(time.time() - start),
+        }
+        print(variant, n, json.dumps(entry["long_points"][str(n)]), flush=True)
+    full = variant == "full_logits"
+    fit = head_moment(entry["traced"]["points_by_category_gib"], depths, depths[0], fused=not full)
+    for n, point in entry["long_points"].items():
+        point["head_moment_fit_gib"] = round(fit(int(n)) / 2**30, 4)
+    entry["head_moment_fit"] = head_moment(entry["traced"]["points_by_category_gib"], depths, num_layers, not full)
+    tokens, peak = longest_with_layer_moment(entry, depths, num_layers, fused=not full)
+    del entry["head_moment_fit"]
+    entry["longest_traced_tokens"], entry["traced_peak_there_gib"] = tokens, peak
+    entry["longest_traced_method"] = "max of the grid's LM-head moment and the long points' layer moment"
+    entry["longest_estimated_tokens"] = longest_estimated(
+        [o.replace("{length}", str(tokens)) for o in BASE] + extra, full
+    )
+
+
 def longest_estimated(overrides: list[str], full_logits: bool) -> int:
     """The estimator's longest length for the same recipe (its allocated figure + the same CUDA constants)."""
     from trl_ext.memory import estimate_settings, load_architecture, settings_from_recipe
@@ -144,11 +227,24 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory_long_context_traced.json"))
     parser.add_argument("--lengths", default="512,1024", help="the grid's two lengths")
     parser.add_argument("--validate", type=int, default=None, help="also trace this length at the first depth")
+    parser.add_argument(
+        "--long-points",
+        default=None,
+        help="L1,L2: trace the stored grid's first depth at two long lengths (a layer's backward sets the peak there) "
+        "and solve for the longest length again",
+    )
     args = parser.parse_args()
     BASE[BASE.index("--model_name_or_path") + 1] = args.model
     LENGTHS[:] = [int(n) for n in args.lengths.split(",")]
     lengths = tuple(LENGTHS) + ((args.validate,) if args.validate else ())
     out = Path(args.out)
+    if args.long_points:
+        results = json.loads(out.read_text())
+        num_layers = load_architecture(args.model).num_layers
+        for variant in args.variants:
+            run_long_points(variant, results[variant], [int(n) for n in args.long_points.split(",")], num_layers)
+            out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     for variant in args.variants:
         extra, depths = VARIANTS[variant]
         overrides = [o.replace("{length}", str(TARGET)) for o in BASE] + extra
