@@ -68,31 +68,20 @@ BUDGET_GIB = 22
 FUSED_TOKEN_TILE = 4096  # trl_ext.memory.terms.FUSED_TOKEN_TILE: the fused head's tile stops growing here
 
 
-def longest_traced(points_by_category: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
-    """Longest length whose extrapolated traced peak + CUDA constants fits, and the peak there (GiB)."""
-    from trl_ext.memory.extrapolate import bilinear_coefficients
+def longest_fitting(peak) -> tuple[int, float]:
+    """Longest multiple of 256 whose `peak(length)` (allocated bytes) + CUDA constants fits, and that peak (GiB)."""
     from trl_ext.memory.trace import cuda_overhead_bytes
-
-    cats = {c for point in points_by_category.values() for c in point}
-    coef = {
-        c: bilinear_coefficients(
-            {(d, n): points_by_category[f"{d}x{n}"].get(c, 0.0) * 2**30 for d in depths for n in LENGTHS}
-        )
-        for c in cats
-    }
-
-    def peak(length: int) -> float:
-        total = 0.0
-        for c, k in coef.items():
-            n = min(length, FUSED_TOKEN_TILE) if fused and c == "logits" else length
-            total += k["a"] + k["b"] * num_layers + (k["c"] + k["e"] * num_layers) * n
-        return total
 
     lo, hi = 256, 1 << 18
     while hi - lo > 256:
         mid = (lo + hi) // 2 // 256 * 256
         lo, hi = (mid, hi) if peak(mid) + cuda_overhead_bytes(peak(mid)) <= BUDGET_GIB * 2**30 else (lo, mid)
     return lo, round(peak(lo) / 2**30, 3)
+
+
+def longest_traced(points_by_category: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
+    """Longest length by the grid's fit alone (the LM head's moment), and the peak there (GiB)."""
+    return longest_fitting(head_moment(points_by_category, depths, num_layers, fused))
 
 
 def longest_with_layer_moment(entry: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
@@ -103,23 +92,17 @@ def longest_with_layer_moment(entry: dict, depths, num_layers: int, fused: bool)
     at the first depth and long lengths, where it does: their line in length, plus the grid's per-layer terms (4-bit
     weights and the saved input of every other layer) for the other layers, is the layer moment at full depth.
     """
-    from trl_ext.memory.trace import cuda_overhead_bytes
-
     (t1, p1), (t2, p2) = sorted((int(t), v["peak_gib"] * 2**30) for t, v in entry["long_points"].items())
     slope = (p2 - p1) / (t2 - t1)
     coef = entry["traced"]["coefficients_bytes"]
-    head = entry["head_moment_fit"]
+    head = head_moment(entry["traced"]["points_by_category_gib"], depths, num_layers, fused)
 
     def peak(length: int) -> float:
         layer = p1 + slope * (length - t1)
         layer += (num_layers - depths[0]) * (coef["per_layer"] + coef["per_layer_per_token"] * length)
         return max(layer, head(length))
 
-    lo, hi = 256, 1 << 18
-    while hi - lo > 256:
-        mid = (lo + hi) // 2 // 256 * 256
-        lo, hi = (mid, hi) if peak(mid) + cuda_overhead_bytes(peak(mid)) <= BUDGET_GIB * 2**30 else (lo, mid)
-    return lo, round(peak(lo) / 2**30, 3)
+    return longest_fitting(peak)
 
 
 def head_moment(points_by_category: dict, depths, num_layers: int, fused: bool):
@@ -168,9 +151,7 @@ def run_long_points(variant: str, entry: dict, lengths: list[int], num_layers: i
     fit = head_moment(entry["traced"]["points_by_category_gib"], depths, depths[0], fused=not full)
     for n, point in entry["long_points"].items():
         point["head_moment_fit_gib"] = round(fit(int(n)) / 2**30, 4)
-    entry["head_moment_fit"] = head_moment(entry["traced"]["points_by_category_gib"], depths, num_layers, not full)
     tokens, peak = longest_with_layer_moment(entry, depths, num_layers, fused=not full)
-    del entry["head_moment_fit"]
     entry["longest_traced_tokens"], entry["traced_peak_there_gib"] = tokens, peak
     entry["longest_traced_method"] = "max of the grid's LM-head moment and the long points' layer moment"
     entry["longest_estimated_tokens"] = longest_estimated(
@@ -181,18 +162,12 @@ def run_long_points(variant: str, entry: dict, lengths: list[int], num_layers: i
 def longest_estimated(overrides: list[str], full_logits: bool) -> int:
     """The estimator's longest length for the same recipe (its allocated figure + the same CUDA constants)."""
     from trl_ext.memory import estimate_settings, load_architecture, settings_from_recipe
-    from trl_ext.memory.trace import cuda_overhead_bytes
     from trl_ext.recipe import load_recipe
 
     s = settings_from_recipe(load_recipe(RECIPE, overrides), full_logits=full_logits)
     s = replace(s, sft_completion_only=False)
     arch = load_architecture(s.model)
-    lo, hi = 256, 1 << 18
-    while hi - lo > 256:
-        mid = (lo + hi) // 2 // 256 * 256
-        est = estimate_settings(arch, replace(s, max_length=mid), 24e9).allocated_bytes
-        lo, hi = (mid, hi) if est + cuda_overhead_bytes(est) <= BUDGET_GIB * 2**30 else (lo, mid)
-    return lo
+    return longest_fitting(lambda n: estimate_settings(arch, replace(s, max_length=n), 24e9).allocated_bytes)[0]
 
 
 def estimate_grid(overrides: list[str], full_logits: bool, depths) -> dict:
