@@ -218,7 +218,9 @@ def test_ppo_from_sft_adapter_logs_zero_kl_at_step_0_and_the_base_would_not(sft_
 
     trainer.train()
     kl = logged_values(trainer, "objective/kl")
-    assert len(kl) == 1 and abs(kl[0]) < 1e-6
+    # zero up to float noise: the rollout scores policy and reference in separate batched passes (2e-6 with
+    # transformers 5.24 / peft 0.21.2); the base as reference differs by > 0.5 nats summed over these tokens (above)
+    assert len(kl) == 1 and abs(kl[0]) < 1e-4
     assert all(torch.equal(v, _lora(model, "ref")[k]) for k, v in ref.items())
 
 
