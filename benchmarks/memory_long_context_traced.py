@@ -33,6 +33,7 @@ from pathlib import Path
 
 from trl_ext.memcheck_cpu import trace_recipe
 from trl_ext.memory import load_architecture
+from trl_ext.memory.terms import FUSED_TOKEN_TILE  # the fused head's tile stops growing at this many tokens
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart" / "sft.yaml"
@@ -65,7 +66,6 @@ VARIANTS = {
 LENGTHS = [512, 1024]  # the grid's lengths (--lengths)
 TARGET = 32768  # the recipe length the trace extrapolates to (the longest fitting one is solved for separately)
 BUDGET_GIB = 22
-FUSED_TOKEN_TILE = 4096  # trl_ext.memory.terms.FUSED_TOKEN_TILE: the fused head's tile stops growing here
 
 
 def longest_fitting(peak) -> tuple[int, float]:
@@ -79,8 +79,9 @@ def longest_fitting(peak) -> tuple[int, float]:
     return lo, round(peak(lo) / 2**30, 3)
 
 
-def longest_traced(points_by_category: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
-    """Longest length by the grid's fit alone (the LM head's moment), and the peak there (GiB)."""
+def longest_head_moment(points_by_category: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
+    """Longest length by the grid's fit alone (the LM head's moment), and the peak there (GiB): too long wherever a
+    layer's backward sets the peak instead (`--long-points` traces that moment)."""
     return longest_fitting(head_moment(points_by_category, depths, num_layers, fused))
 
 
@@ -228,7 +229,7 @@ def main() -> None:
         full = variant == "full_logits"
         est = estimate_grid(BASE + extra, full_logits=full, depths=depths)
         num_layers = load_architecture(args.model).num_layers
-        tokens, peak = longest_traced(r["points_by_category_gib"], depths, num_layers, fused=not full)
+        tokens, peak = longest_head_moment(r["points_by_category_gib"], depths, num_layers, fused=not full)
         entry = {
             "date": datetime.date.today().isoformat(),
             "command": f"trl-ext memcheck {RECIPE.relative_to(REPO)} --device cpu "
@@ -246,8 +247,8 @@ def main() -> None:
                 )
             },
             "estimated": est,
-            "longest_traced_tokens": tokens,
-            "traced_peak_there_gib": peak,
+            "longest_head_moment_tokens": tokens,
+            "head_moment_peak_there_gib": peak,
             "longest_estimated_tokens": longest_estimated(
                 [o.replace("{length}", str(tokens)) for o in BASE] + extra, full
             ),
