@@ -213,16 +213,14 @@ def seed_table(qr: dict) -> list[str]:
     lines = ["", "MRR@10 over seeds (same steps and data for every run; seed = LoRA init, data order, sampling):", ""]
     lines += ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- std |"]
     lines += ["|---|" + "---|" * (len(seeds) + 1)]
+    table = {key: [mrr(key, s) for s in seeds] for key in SEED_RUNS}
     for key, label in SEED_RUNS.items():
-        vals = [mrr(key, s) for s in seeds]
-        got = [v for v in vals if v is not None]
+        got = [v for v in table[key] if v is not None]
         spread = f"{statistics.mean(got):.3f} +- {statistics.stdev(got):.3f}" if len(got) > 1 else ""
-        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + f" | {spread} |")
-    diffs = [
-        mrr("sft_grpo_lr0.0001", s) - mrr("sft", s)
-        for s in seeds
-        if mrr("sft_grpo_lr0.0001", s) is not None and mrr("sft", s) is not None
-    ]
+        cells = " | ".join("-" if v is None else f"{v:.3f}" for v in table[key])
+        lines.append(f"| {label} | {cells} | {spread} |")
+    pairs = zip(table["sft_grpo_lr0.0001"], table["sft"])
+    diffs = [after - before for after, before in pairs if after is not None and before is not None]
     if diffs:
         lines += ["", f"SFT -> GRPO minus SFT, paired by seed: {', '.join(f'{d:+.3f}' for d in diffs)}."]
     return lines
