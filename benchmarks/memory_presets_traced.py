@@ -4,10 +4,11 @@
         [--out benchmarks/results/memory_presets_traced.json]
 
 Each preset runs as `trl-ext memcheck recipes/<preset>.yaml --device cpu --depths D1,D2 --lengths L1,L2` (the grid
-below): four traces of two real optimizer steps on random weights of the preset's architecture at 1-2 decoder layers
-and two reduced lengths (the recipe's `max_length`; GRPO/PPO: `max_completion_length` with the prompt in proportion),
-every phase and category extrapolated bilinearly to the real depth and length
-(`trl_ext.memory.extrapolate`). `--validate` adds the preset's third length at the first depth, traced directly
+below): four traces of two real optimizer steps on random weights of the preset's architecture at two reduced depths
+(1-2 decoder layers; GRPO/PPO 2-3, see `trl_ext.memcheck_cpu.GENERATING_METHODS`) and two reduced lengths (the
+recipe's `max_length`; GRPO/PPO: `max_completion_length` with the prompt in proportion), every phase and category
+extrapolated bilinearly to the real depth and length (`trl_ext.memory.extrapolate`). `--validate` adds the preset's
+third length, traced directly at the first depth, or at the third depth where the grid lists one
 (`extrapolation_error`). Each trace runs 2 micro-batches of gradient accumulation per optimizer step instead of the
 preset's 8 (`--gradient_accumulation_steps 2`; GRPO keeps its generation batch through `--steps_per_generation`):
 the same tensors are alive (the second micro-batch holds the first one's adapter gradients), at a quarter of the
@@ -27,16 +28,18 @@ from trl_ext.memcheck_cpu import trace_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 GA2 = ["--gradient_accumulation_steps", "2"]
-#: preset -> (overrides, depths, lengths, validation length). Cheapest first.
+#: preset -> (overrides, depths, lengths, validation length). Cheapest first. GRPO/PPO start at 2 layers (their
+#: generation holds the embedding output through layer 1: `trl_ext.memcheck_cpu.GENERATING_METHODS`); a third depth
+#: is validated with the third length, at (d3, L3).
 PRESETS = {
-    "grpo/qwen2.5-1.5b-qlora-query-rewrite": (GA2 + ["--steps_per_generation", "4"], (1, 2), (16, 32), 64),
-    "ppo/qwen2.5-1.5b-lora": ([], (1, 2), (16, 32), 64),
+    "grpo/qwen2.5-1.5b-qlora-query-rewrite": (GA2 + ["--steps_per_generation", "4"], (2, 3, 4), (16, 32), 64),
+    "ppo/qwen2.5-1.5b-lora": ([], (2, 3, 4), (16, 32), 64),
     "dpo/qwen2.5-7b-qlora": (GA2, (1, 2), (128, 256), 512),
     "kto/qwen2.5-7b-qlora": (GA2, (1, 2), (128, 256), 512),
     "dpo/llama3.1-8b-qlora": (GA2, (1, 2), (128, 256), 512),
     "dpo/llama3.1-8b-qlora-ewc": (GA2, (1, 2), (128, 256), 512),
-    "grpo/qwen2.5-7b-query-rewrite": (GA2 + ["--steps_per_generation", "8"], (1, 2), (12, 24), 48),
-    "ppo/qwen2.5-7b-qlora": ([], (1, 2), (16, 32), 64),
+    "grpo/qwen2.5-7b-query-rewrite": (GA2 + ["--steps_per_generation", "8"], (2, 3), (12, 24), 48),
+    "ppo/qwen2.5-7b-qlora": ([], (2, 3), (16, 32), 64),
 }
 KEEP = (
     "mode",
@@ -190,7 +193,9 @@ def main() -> None:
         print(preset, json.dumps(entry), flush=True)
         results = json.loads(out.read_text()) if out.exists() else {}
         results[preset] = entry
-        results["meta"] = {"machine": f"{platform.machine()}, 2 CPU cores (shared), torch CPU, 1 thread"}
+        meta = results.setdefault("meta", {})  # keeps what earlier runs recorded
+        meta.setdefault("machine", f"{platform.machine()}, 2 CPU cores (shared), torch CPU")
+        meta.get("not_traced", {}).pop(preset, None)
         results = {k: results[k] for k in sorted(results, key=lambda k: (k == "meta", k))}
         out.write_text(json.dumps(results, indent=2) + "\n")
         write_markdown(results, out.with_suffix(".md"))

@@ -95,6 +95,14 @@ def test_bad_axes_are_one_line_errors_before_anything_loads(capsys, args, messag
     assert err.startswith("trl-ext: error: ") and message in err and err.count("\n") == 1
 
 
+def test_a_generating_recipe_refuses_a_depth_axis_that_starts_at_one_layer(capsys):
+    recipe = str(REPO / "recipes" / "grpo" / "qwen2.5-7b-query-rewrite.yaml")
+    assert memcheck_cli([recipe, "--device", "cpu", "--depths", "1,2", "--lengths", "12,24"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trl-ext: error: --depths must start at 2 or more for a grpo recipe, got 1,2")
+    assert err.rstrip().endswith("Use --depths 2,3.") and err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_depth_by_length_grid_on_tiny_chat_matches_a_direct_trace():
     """Four real traces of tiny-chat's DPO (1-2 layers x 32-64 tokens), extrapolated to (2 layers, 128 tokens), the
