@@ -136,6 +136,40 @@ def test_fisher_pass_estimate_within_10_percent_of_its_trace(mode):
     assert 0.9 <= estimated / traced <= 1.1, (traced, estimated)
 
 
+# Generation as the largest phase: 64 completions of 256 prompt + 32 tokens generated at once (8 micro-batches of 8
+# per generation). The estimate before the prefill was counted as traced (four residual-width and four MLP-width
+# tensors at the last layer, PEFT's clone of each 4-bit output included; the prefill freed before the sampling logits
+# exist) was 0.856 of the GRPO trace.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "batches"),
+    [("grpo", ["--steps_per_generation", "8"]), ("ppo", ["--num_mini_batches", "8"])],
+)
+def test_generation_estimate_within_10_percent_of_its_trace(method, batches):
+    from trl_ext.memcheck_cpu import trace_recipe
+
+    recipe = REPO / "recipes" / "quickstart" / f"{method}.yaml"
+    result = trace_recipe(recipe, ["--max_completion_length", "32", *batches], prompt_length=256)
+    assert result["phase"] == result["estimated_phase"] == "generation", result["phases"]
+    assert result["by_category_gib"]["kv_cache"] > 0 and result["phases"]["train"] < result["phases"]["generation"]
+    assert 0.9 <= result["estimate_ratio"] <= 1.1, result
+
+
+def test_a_trace_that_runs_no_training_step_is_an_error_not_a_peak(monkeypatch):
+    import trl_ext.train
+    from trl_ext.memcheck_cpu import trace_once
+
+    class Idle:  # a trainer that stops before its first step, as one with an empty epoch does
+        model = torch.nn.Linear(2, 2)
+
+        def train(self):
+            return None
+
+    monkeypatch.setattr(trl_ext.train, "build_trainer", lambda recipe: Idle())
+    with pytest.raises(RuntimeError, match=r"ran no training step \(phases traced: load\)"):
+        trace_once(REPO / "recipes" / "quickstart" / "grpo.yaml", ["--max_completion_length", "8"], num_layers=1)
+
+
 # Activation offloading, emulated on a CPU (TRL's own needs an accelerator): SFT on tiny-chat's architecture at 12
 # layers x 2048 tokens with checkpointing, where the saved layer inputs are 12 x 2048 x 128 x 2 B = 6 MiB. If TRL's
 # trainers stop building their offloading context through `get_act_offloading_ctx_manager`, TRL's own starts on a

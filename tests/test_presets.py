@@ -42,7 +42,11 @@ def test_gpu_preset_names_single_gpu_accelerate_config_and_fits_20_gib(path):
     assert resolve_accelerate_config(str(path), recipe.script.accelerate_config).endswith("single_gpu.yaml")
     est = estimate_memory(recipe, gpu_memory_gb=24)
     assert est.fits and est.peak_gib <= PRESET_TARGET_GIB, f"{path.name}: {est.peak_gib:.1f} GiB"
-    assert re.search(r"^# Estimated peak: \d+(\.\d)? GiB", path.read_text(), re.M), "state the estimate in a comment"
+    stated = re.search(r"^# Estimated peak: (\d+\.\d) GiB", path.read_text(), re.M)
+    assert stated, "state the estimate in a comment"
+    assert stated.group(1) == f"{est.peak_gib:.1f}", (
+        f"{path.name}: comment says {stated.group(1)}, estimate {est.peak_gib:.1f}"
+    )
 
 
 def test_the_library_has_7b_qlora_dpo_and_kto_presets():

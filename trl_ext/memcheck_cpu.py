@@ -37,9 +37,12 @@ PHASE_METHODS = {
 
 def _run_overrides(recipe, model_dir: Path, work: Path, steps: int, lengths: dict, vocab: int) -> list[str]:
     from trl_ext.memcheck_data import synthetic_rows
+    from trl_ext.memory import settings_from_recipe
 
     t = recipe.training
     per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    if recipe.method in GENERATING_METHODS:  # one generation batch (prompts x completions) covers several steps
+        per_step = max(per_step, settings_from_recipe(recipe).generation_batch_size)
     rows = synthetic_rows(recipe.method, lengths, max(16, 2 * steps * per_step), vocab)
     data = work / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -165,6 +168,11 @@ def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | No
                 tracer.wrap(trainer, method, phase=phase)
             trainer.train()
         result = tracer.result()
+    if "train" not in result["phases"]:
+        raise RuntimeError(
+            f"the trace of {recipe_path} ran no training step (phases traced: {', '.join(result['phases'])}): its "
+            "trainer stopped before the first step; the log above says why."
+        )
     return {**result, "num_layers": depth, "lengths": lengths, "compute_dtype": dtype, "notes": notes}
 
 

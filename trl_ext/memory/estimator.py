@@ -39,11 +39,13 @@ The formulas (each component's `formula` repeats its own):
   max_length taken as completion, SFT B*C with a completion/assistant-only loss (else B*max_length), reward none
   (a score head), GRPO/PPO B*max_completion_length.
 - Reference pass (no grad, adapters disabled; DPO/KTO run it while the policy graph is alive, so it adds to the
-  training phase): the larger of one layer's working set T*b*(2h+q+2kv+3I) and its log-prob buffers (they never
+  training phase): the larger of the last layer's working set T*b*(4h+3I) (`terms.no_grad_working_set`) and its
+  log-prob buffers (they never
   coexist), beyond the LM head's backward buffers. None with precompute_ref_log_probs (then it runs once before
   training, as its own phase).
 - Generation with HF generate: KV cache 2*L*kv*b per token for generation_batch_size*(prompt+completion) tokens,
-  a prefill working set and fp32 sampling logits (3*V*4 per sequence).
+  and the larger of the prefill's last-layer working set (T*b*(4h+4I) with LoRA, its fp32 parts outside autocast)
+  and the fp32 sampling logits (3*V*4 per sequence): the prefill's tensors are freed before the first logits.
 - vLLM colocate: vLLM takes gpu_memory_utilization x the GPU's total memory, for its own copy of the weights (4-bit
   when the policy is 4-bit, as TRL 1.16 starts it; else 16-bit),
   activations and its KV cache; with sleep mode it holds that only while generating.
@@ -322,7 +324,8 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
     ref_tokens = seqs * seq_len
     ref_scored = scored
     # a no-grad forward holds one layer's working set, then the LM head's tile: never both
-    ref_alone = max(no_grad_working_set(arch, s, ref_tokens), logprob_bytes(arch, s, ref_scored, grad=False)[0])
+    ref_ws = no_grad_working_set(arch, s, ref_tokens, adapters=False)
+    ref_alone = max(ref_ws, logprob_bytes(arch, s, ref_scored, grad=False)[0])
     # while the policy graph is alive the reference pass reuses the room of the LM head's backward buffers (the
     # head's tile and gradients exist only after it has finished): count only what it needs beyond them
     ref = max(0.0, ref_alone - lp) if s.method in ("dpo", "kto") and not s.precompute_ref else ref_alone
@@ -367,13 +370,16 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
                     f"2*L*kv*{stream_bytes(s)} B x {G} sequences x {total_len} tokens (HF generate)",
                 )
             )
-            prefill = no_grad_working_set(arch, s, G * s.prompt_length) + G * arch.vocab_size * 4 * 3
+            # the prefill's last layer (outside autocast when PEFT generates) or, later, the sampling logits: the
+            # prefill's working set is freed before the first logits exist
+            prefill = no_grad_working_set(arch, s, G * s.prompt_length, autocast=not s.use_peft)
+            sampling = G * arch.vocab_size * 4 * 3
             comps.append(
                 Component(
-                    "generation prefill + sampling",
-                    prefill,
+                    "generation prefill or sampling",
+                    max(prefill, sampling),
                     "generation",
-                    f"prefill of {G}x{s.prompt_length} tokens + fp32 sampling logits",
+                    f"larger of the prefill of {G}x{s.prompt_length} tokens and fp32 sampling logits x3",
                 )
             )
         if s.beta > 0:

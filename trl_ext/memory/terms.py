@@ -134,9 +134,26 @@ def recompute_bytes(arch: Architecture, s: MemorySettings, sequences: int, seq_l
     return sequences * seq_len * activation_bytes_per_token_layer(arch, s, seq_len)
 
 
-def no_grad_working_set(arch: Architecture, s: MemorySettings, tokens: int) -> float:
-    b = stream_bytes(s)
-    return tokens * b * (2 * arch.hidden_size + arch.q_dim + 2 * arch.kv_dim + 3 * arch.intermediate_size)
+def no_grad_working_set(
+    arch: Architecture, s: MemorySettings, tokens: int, adapters: bool = True, autocast: bool = True
+) -> float:
+    """Live tensors at the peak of a forward without gradients (generation's prefill, reference and old log-prob
+    passes): the last layer's MLP.
+
+    Traced on Qwen2.5-1.5B's architecture (2 and 3 layers, a 32 x 128-token prefill, bf16): four tensors of the
+    residual stream's width (the embedding output the model still holds, the layer's input, the post-attention
+    residual, the norm output) and four of the MLP's (the gate's activation, the up projection's base output and, with
+    LoRA, a second one -- PEFT's defensive clone of a 4-bit output, or the LoRA-B output on a 16-bit base -- then the
+    product). Without adapters (the reference pass) three. fp32 LoRA weights (LoRA on a 16-bit base) add an fp32 copy
+    of the layer's input, and outside autocast (generation: `PeftModel.generate` calls the base model's forward, not
+    the autocast-wrapped one accelerate installs) their outputs are fp32 too.
+    """
+    sb, h, inter = stream_bytes(s), arch.hidden_size, arch.intermediate_size
+    lora = s.use_peft and adapters
+    lora_bytes = adapter_param_bytes(s) if lora else sb
+    stream = 4 * h * sb + (h * lora_bytes if lora_bytes > sb else 0)
+    mlp = 2 * inter * sb + (2 * inter * (sb if autocast else lora_bytes) if lora else inter * sb)
+    return tokens * (stream + mlp)
 
 
 def logprob_bytes(arch: Architecture, s: MemorySettings, tokens: int, grad: bool) -> tuple[float, str]:
