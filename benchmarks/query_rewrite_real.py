@@ -223,7 +223,48 @@ def seed_table(qr: dict) -> list[str]:
     diffs = [after - before for after, before in pairs if after is not None and before is not None]
     if diffs:
         lines += ["", f"SFT -> GRPO minus SFT, paired by seed: {', '.join(f'{d:+.3f}' for d in diffs)}."]
+    lines += paired_query_bootstrap(qr, seeds)
     return lines
+
+
+def paired_query_bootstrap(qr: dict, seeds: list[int], resamples: int = 10000) -> list[str]:
+    """SFT -> GRPO minus SFT per test query, averaged over the seeds whose results keep both runs' rewrites (seed 42's
+    first runs did not store them), with a 95 % bootstrap interval over the test queries (the same resampled queries
+    for every seed; the seeds' runs fixed)."""
+    import random
+
+    from trl_ext.rewards.eval_rewrite import load_rows, reciprocal_ranks
+
+    def rewrites(key: str, seed: int):
+        r = qr.get(key if seed == 42 else f"{key}_seed{seed}")
+        return r.get("rewrites") if isinstance(r, dict) else None
+
+    both = [s for s in seeds if rewrites("sft", s) and rewrites("sft_grpo_lr0.0001", s)]
+    if len(both) < 2:
+        return []
+    rows = load_rows("test", DATASET)
+
+    def ranks(key: str, seed: int) -> list[float]:
+        rr = reciprocal_ranks(rows, rewrites(key, seed), CORPUS)
+        stored = qr[key if seed == 42 else f"{key}_seed{seed}"]["metrics"]["MRR@10"]
+        if abs(sum(rr) / len(rr) - stored) > 1e-9:  # the stored rewrites must be the ones that were scored
+            raise ValueError(f"{key} seed {seed}: per-query ranks average {sum(rr) / len(rr)}, stored MRR {stored}")
+        return rr
+
+    per_seed = [[after - before for after, before in zip(ranks("sft_grpo_lr0.0001", s), ranks("sft", s))] for s in both]
+    n = len(per_seed[0])
+    per_query = [sum(d[i] for d in per_seed) / len(both) for i in range(n)]
+    rng = random.Random(0)
+    means = sorted(sum(per_query[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+    better = sum(d > 0 for d in per_query)
+    worse = sum(d < 0 for d in per_query)
+    return [
+        "",
+        f"SFT -> GRPO minus SFT per test query (reciprocal rank), averaged over seeds {', '.join(map(str, both))}: "
+        f"mean {sum(per_query) / n:+.3f}, 95 % bootstrap interval over the {n} queries [{low:+.3f}, {high:+.3f}]; "
+        f"{better} queries better, {worse} worse, {n - better - worse} tied.",
+    ]
 
 
 def write_table(qr: dict, path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from conftest import RECIPES, trl_ext_cli
 from trl_ext.assets import resolve_builtin
 from trl_ext.data import build_query_rewrite, build_query_rewrite_en
-from trl_ext.rewards.eval_rewrite import BENCHMARK_CORPORA, evaluate, load_rows
+from trl_ext.rewards.eval_rewrite import BENCHMARK_CORPORA, evaluate, load_rows, reciprocal_ranks
 from trl_ext.rewards.query_rewrite import (
     COMPONENTS,
     QueryRewriteReward,
@@ -181,6 +181,18 @@ def test_eval_rewrite_numbers_follow_the_models_outputs(bench):
     assert copies["hack_flagged"] == 1.0 and copies["hack_flags"]["leakage"] >= 0.9
     assert identity["hack_flags"]["unchanged_query"] >= 0.8
     assert references["reward"] > identity["reward"] > answers["reward"] and references["reward"] > copies["reward"]
+
+
+def test_per_query_reciprocal_ranks_average_to_the_evaluated_mrr_and_follow_the_outputs(bench):
+    rows = bench["splits"]["test"]
+    references = [f"<rewrite>{r['reference_rewrites'][0]}</rewrite>" for r in rows]
+    ranks = reciprocal_ranks(rows, references, bench["corpus_path"])
+    mrr = evaluate(rows, references, bench["corpus_path"])["metrics"]["model"]["MRR@10"]
+    assert len(ranks) == len(rows) and abs(sum(ranks) / len(ranks) - mrr) < 1e-12
+    answers = [f"<rewrite>The answer is {r['query']}</rewrite>" for r in rows]
+    assert reciprocal_ranks(rows, answers, bench["corpus_path"]) == [0.0] * len(rows)  # the format gate fails them
+    with pytest.raises(ValueError):
+        reciprocal_ranks(rows, references[:-1], bench["corpus_path"])  # one rewrite per row
 
 
 def test_eval_rewrite_references_json():

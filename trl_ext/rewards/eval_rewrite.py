@@ -97,6 +97,19 @@ def _retrieval_means(index, rows: list[dict], texts: list[str]) -> dict[str, flo
     return {k: v / max(len(rows), 1) for k, v in sums.items()}
 
 
+def _gated(pairs: list[tuple[dict, str]]) -> list[str]:
+    """Each rewrite as retrieval sees it: the format gate's output, empty (retrieves nothing) when it fails."""
+    return [check_format(w, r["query"], context=r.get("context") or "")[0] or "" for r, w in pairs]
+
+
+def reciprocal_ranks(rows: list[dict], rewrites: list[str], corpus: str) -> list[float]:
+    """Per-row reciprocal rank of the first gold document in the top 10 (MRR@10's terms, in `evaluate`'s order):
+    the rows without gold documents are left out, a rewrite that fails the format gate scores 0."""
+    index = QueryRewriteReward(corpus=corpus).scorer.index
+    pairs = [(r, w) for r, w in zip(rows, rewrites, strict=True) if r.get("gold_doc_ids")]
+    return [index.metrics(text, r["gold_doc_ids"], 5, 10, 10)["mrr"] for (r, _), text in zip(pairs, _gated(pairs))]
+
+
 def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
     """Retrieval metrics of the model's rewrites next to the original queries and the reference rewrites, and the
     share of the model's outputs that the hack detector flags.
@@ -120,7 +133,7 @@ def evaluate(rows: list[dict], rewrites: list[str], corpus: str) -> dict:
     pairs = [(r, w) for r, w in zip(rows, rewrites) if r.get("gold_doc_ids")]
     scored = [r for r, _ in pairs]
     components = [reward.scorer.score(row, w) for row, w in pairs]
-    gated = [check_format(w, r["query"], context=r.get("context") or "")[0] or "" for r, w in pairs]
+    gated = _gated(pairs)
     references = [(r.get("reference_rewrites") or [r["query"]])[0] for r in scored]
     table = {
         "original": _retrieval_means(index, scored, [r["query"] for r in scored]),
