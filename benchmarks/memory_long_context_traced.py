@@ -1,6 +1,7 @@
-"""Longest sequence on one 24 GB card, traced: Llama-3.1-8B QLoRA SFT, checkpointing, reduced depth and length.
+"""Longest sequence on one 24 GB card, traced: Llama-3.1-8B QLoRA SFT and DPO, checkpointing, reduced depth and length.
 
-    python benchmarks/memory_long_context_traced.py [--variants fused full_logits fused_offload] [--lengths 512,1024]
+    python benchmarks/memory_long_context_traced.py [--variants fused full_logits fused_offload dpo_fused]
+        [--lengths 512,1024]
         [--validate 2048]
         -> benchmarks/results/memory_long_context_traced.json
 
@@ -18,7 +19,9 @@ Variants: `fused` (TRL's fused LM head), `full_logits` (the head's full `(tokens
 label-smoothing path, which needs them; that path also runs a no-grad fused forward for its metrics, one head tile
 more than the estimate's full-logits trainer) and `fused_offload` (TRL's activation offloading, emulated on the CPU:
 `trl_ext.memory.trace.EmulatedOffload`; traced at 3 and 5 layers, where the offloaded layer inputs outnumber the
-ones in flight). `--model builtin:tiny-chat` is the smoke test (seconds).
+ones in flight); `dpo_fused` is DPO (`recipes/quickstart/dpo.yaml` with the same settings: one pair of `max_length`
+tokens per sequence, a quarter of each prompt, the rest scored). `--model builtin:tiny-chat` is the smoke test
+(seconds).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from trl_ext.memory import load_architecture
 from trl_ext.memory.terms import FUSED_TOKEN_TILE  # the fused head's tile stops growing at this many tokens
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "quickstart" / "sft.yaml"
+QUICKSTART = REPO / "recipes" / "quickstart"
 BASE = [
     "--model_name_or_path",
     "meta-llama/Llama-3.1-8B-Instruct",
@@ -50,19 +53,28 @@ BASE = [
     "paged_adamw_8bit",
     "--bf16",
     "true",
-    "--completion_only_loss",
-    "false",
-    "--assistant_only_loss",
-    "false",
     "--max_length",
     "{length}",
 ]
-#: variant -> (overrides, depths of the grid)
+#: SFT with the loss on every position (synthetic rows are prompt/completion)
+SFT = ["--completion_only_loss", "false", "--assistant_only_loss", "false"]
+#: DPO: a pair of `max_length`-token sequences (chosen, rejected), the last 3/4 of each (the completion) scored, so
+#: the fused head's 4,096-token tile is full from 4096 / 1.5 tokens per sequence on
+DPO_TILE_FULL_AT = FUSED_TOKEN_TILE / 1.5
+#: variant -> (method, overrides, depths of the grid, length (per sequence) from which the fused head's tile stops
+#: growing; None: full logits, linear in length)
 VARIANTS = {
-    "fused": ([], (1, 2)),
-    "full_logits": (["--label_smoothing_factor", "0.1"], (1, 2)),
-    "fused_offload": (["--activation_offloading", "true"], (3, 5)),
+    "fused": ("sft", SFT, (1, 2), FUSED_TOKEN_TILE),
+    "full_logits": ("sft", SFT + ["--label_smoothing_factor", "0.1"], (1, 2), None),
+    "fused_offload": ("sft", SFT + ["--activation_offloading", "true"], (3, 5), FUSED_TOKEN_TILE),
+    "dpo_fused": ("dpo", [], (1, 2), DPO_TILE_FULL_AT),
 }
+
+
+def recipe_of(variant: str) -> Path:
+    return QUICKSTART / f"{VARIANTS[variant][0]}.yaml"
+
+
 LENGTHS = [512, 1024]  # the grid's lengths (--lengths)
 TARGET = 32768  # the recipe length the trace extrapolates to (the longest fitting one is solved for separately)
 BUDGET_GIB = 22
@@ -79,13 +91,13 @@ def longest_fitting(peak) -> tuple[int, float]:
     return lo, round(peak(lo) / 2**30, 3)
 
 
-def longest_head_moment(points_by_category: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
+def longest_head_moment(points_by_category: dict, depths, num_layers: int, tile_full_at) -> tuple[int, float]:
     """Longest length by the grid's fit alone (the LM head's moment), and the peak there (GiB): too long wherever a
     layer's backward sets the peak instead (`--long-points` traces that moment)."""
-    return longest_fitting(head_moment(points_by_category, depths, num_layers, fused))
+    return longest_fitting(head_moment(points_by_category, depths, num_layers, tile_full_at))
 
 
-def longest_with_layer_moment(entry: dict, depths, num_layers: int, fused: bool) -> tuple[int, float]:
+def longest_with_layer_moment(entry: dict, depths, num_layers: int, tile_full_at) -> tuple[int, float]:
     """Longest length whose traced peak + CUDA constants fits, taking the larger of two moments of the step.
 
     The grid's lengths are short enough that the LM head's backward sets the peak; at tens of thousands of tokens a
@@ -96,7 +108,7 @@ def longest_with_layer_moment(entry: dict, depths, num_layers: int, fused: bool)
     (t1, p1), (t2, p2) = sorted((int(t), v["peak_gib"] * 2**30) for t, v in entry["long_points"].items())
     slope = (p2 - p1) / (t2 - t1)
     coef = entry["traced"]["coefficients_bytes"]
-    head = head_moment(entry["traced"]["points_by_category_gib"], depths, num_layers, fused)
+    head = head_moment(entry["traced"]["points_by_category_gib"], depths, num_layers, tile_full_at)
 
     def peak(length: int) -> float:
         layer = p1 + slope * (length - t1)
@@ -106,8 +118,9 @@ def longest_with_layer_moment(entry: dict, depths, num_layers: int, fused: bool)
     return longest_fitting(peak)
 
 
-def head_moment(points_by_category: dict, depths, num_layers: int, fused: bool):
-    """The grid's per-category fit at `num_layers` as a function of length (the LM head's moment)."""
+def head_moment(points_by_category: dict, depths, num_layers: int, tile_full_at):
+    """The grid's per-category fit at `num_layers` as a function of length (the LM head's moment); the fused head's
+    `logits` stop growing at `tile_full_at` tokens per sequence (None: full logits grow with length)."""
     from trl_ext.memory.extrapolate import bilinear_coefficients
 
     cats = {c for point in points_by_category.values() for c in point}
@@ -121,7 +134,7 @@ def head_moment(points_by_category: dict, depths, num_layers: int, fused: bool):
     def peak(length: int) -> float:
         total = 0.0
         for c, k in coef.items():
-            n = min(length, FUSED_TOKEN_TILE) if fused and c == "logits" else length
+            n = min(length, tile_full_at) if tile_full_at and c == "logits" else length
             total += k["a"] + k["b"] * num_layers + (k["c"] + k["e"] * num_layers) * n
         return total
 
@@ -133,13 +146,14 @@ def run_long_points(variant: str, entry: dict, lengths: list[int], num_layers: i
     from trl_ext.memcheck_cpu import _estimate_for, trace_once
     from trl_ext.recipe import load_recipe
 
-    extra, depths = VARIANTS[variant]
+    _, extra, depths, tile_full_at = VARIANTS[variant]
+    recipe = recipe_of(variant)
     entry["long_points"] = {}
     for n in lengths:
         overrides = [o.replace("{length}", str(n)) for o in BASE] + extra
         start = time.time()
-        r = trace_once(RECIPE, overrides, steps=1, num_layers=depths[0])
-        est = _estimate_for(load_recipe(RECIPE, overrides), depths[0]).allocated_bytes
+        r = trace_once(recipe, overrides, steps=1, num_layers=depths[0])
+        est = _estimate_for(load_recipe(recipe, overrides), depths[0]).allocated_bytes
         entry["long_points"][str(n)] = {
             "depth": depths[0],
             "peak_gib": round(r["peak_bytes"] / 2**30, 4),
@@ -148,30 +162,29 @@ def run_long_points(variant: str, entry: dict, lengths: list[int], num_layers: i
             "seconds": round(time.time() - start),
         }
         print(variant, n, json.dumps(entry["long_points"][str(n)]), flush=True)
-    full = variant == "full_logits"
-    fit = head_moment(entry["traced"]["points_by_category_gib"], depths, depths[0], fused=not full)
+    fit = head_moment(entry["traced"]["points_by_category_gib"], depths, depths[0], tile_full_at)
     for n, point in entry["long_points"].items():
         point["head_moment_fit_gib"] = round(fit(int(n)) / 2**30, 4)
-    tokens, peak = longest_with_layer_moment(entry, depths, num_layers, fused=not full)
+    tokens, peak = longest_with_layer_moment(entry, depths, num_layers, tile_full_at)
     entry["longest_traced_tokens"], entry["traced_peak_there_gib"] = tokens, peak
     entry["longest_traced_method"] = "max of the grid's LM-head moment and the long points' layer moment"
     entry["longest_estimated_tokens"] = longest_estimated(
-        [o.replace("{length}", str(tokens)) for o in BASE] + extra, full
+        recipe, [o.replace("{length}", str(tokens)) for o in BASE] + extra, tile_full_at is None
     )
 
 
-def longest_estimated(overrides: list[str], full_logits: bool) -> int:
+def longest_estimated(recipe: Path, overrides: list[str], full_logits: bool) -> int:
     """The estimator's longest length for the same recipe (its allocated figure + the same CUDA constants)."""
     from trl_ext.memory import estimate_settings, load_architecture, settings_from_recipe
     from trl_ext.recipe import load_recipe
 
-    s = settings_from_recipe(load_recipe(RECIPE, overrides), full_logits=full_logits)
+    s = settings_from_recipe(load_recipe(recipe, overrides), full_logits=full_logits)
     s = replace(s, sft_completion_only=False)
     arch = load_architecture(s.model)
     return longest_fitting(lambda n: estimate_settings(arch, replace(s, max_length=n), 24e9).allocated_bytes)[0]
 
 
-def estimate_grid(overrides: list[str], full_logits: bool, depths) -> dict:
+def estimate_grid(recipe_path: Path, overrides: list[str], full_logits: bool, depths) -> dict:
     """The estimator's allocated bytes on the traced grid, and its bilinear coefficients."""
     from trl_ext.memory import estimate_settings, load_architecture, settings_from_recipe
     from trl_ext.memory.extrapolate import bilinear_coefficients
@@ -179,7 +192,7 @@ def estimate_grid(overrides: list[str], full_logits: bool, depths) -> dict:
 
     values = {}
     for n in LENGTHS:
-        recipe = load_recipe(RECIPE, [o.replace("{length}", str(n)) for o in overrides])
+        recipe = load_recipe(recipe_path, [o.replace("{length}", str(n)) for o in overrides])
         s = replace(settings_from_recipe(recipe, full_logits=full_logits), sft_completion_only=False)
         for d in depths:
             arch = replace(load_architecture(s.model), num_layers=d)
@@ -222,17 +235,17 @@ def main() -> None:
             out.write_text(json.dumps(results, indent=2) + "\n")
         return
     for variant in args.variants:
-        extra, depths = VARIANTS[variant]
+        _, extra, depths, tile_full_at = VARIANTS[variant]
+        recipe, full = recipe_of(variant), tile_full_at is None
         overrides = [o.replace("{length}", str(TARGET)) for o in BASE] + extra
         start = time.time()
-        r = trace_recipe(RECIPE, overrides, depths=depths, lengths=lengths)
-        full = variant == "full_logits"
-        est = estimate_grid(BASE + extra, full_logits=full, depths=depths)
+        r = trace_recipe(recipe, overrides, depths=depths, lengths=lengths)
+        est = estimate_grid(recipe, BASE + extra, full_logits=full, depths=depths)
         num_layers = load_architecture(args.model).num_layers
-        tokens, peak = longest_head_moment(r["points_by_category_gib"], depths, num_layers, fused=not full)
+        tokens, peak = longest_head_moment(r["points_by_category_gib"], depths, num_layers, tile_full_at)
         entry = {
             "date": datetime.date.today().isoformat(),
-            "command": f"trl-ext memcheck {RECIPE.relative_to(REPO)} --device cpu "
+            "command": f"trl-ext memcheck {recipe.relative_to(REPO)} --device cpu "
             f"--depths {','.join(map(str, depths))} --lengths {','.join(map(str, lengths))} " + " ".join(overrides),
             "seconds": round(time.time() - start),
             "traced": {
@@ -250,7 +263,7 @@ def main() -> None:
             "longest_head_moment_tokens": tokens,
             "head_moment_peak_there_gib": peak,
             "longest_estimated_tokens": longest_estimated(
-                [o.replace("{length}", str(tokens)) for o in BASE] + extra, full
+                recipe, [o.replace("{length}", str(tokens)) for o in BASE] + extra, full
             ),
             "per_layer_per_token_ratio": round(
                 est["coefficients_bytes"]["per_layer_per_token"] / r["coefficients_bytes"]["per_layer_per_token"], 4
@@ -264,8 +277,9 @@ def main() -> None:
         results = json.loads(out.read_text()) if out.exists() else {}
         results[variant] = entry
         results["meta"] = {
-            "machine": f"{platform.machine()}, 2 CPU cores (shared), torch CPU, 1 thread",
+            "machine": f"{platform.machine()}, 2 CPU cores (shared), torch CPU",
             "budget_gib": BUDGET_GIB,
+            **{k: v for k, v in results.get("meta", {}).items() if k not in ("machine", "budget_gib")},
         }
         out.write_text(json.dumps(results, indent=2) + "\n")
 
