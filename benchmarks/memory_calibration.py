@@ -7,9 +7,10 @@ Each point runs two real optimizer steps of `recipes/quickstart/<method>.yaml` o
 on a GPU) and records the traced allocated peak, the estimator's allocated figure, their ratio (the estimator must
 stay within 0.9-1.1) and the per-category breakdown of both. `tiny`: the bundled tiny-chat, traced directly.
 `qwen0.5b`: Qwen2.5-0.5B-Instruct's architecture (bundled config; 24 layers, 152k vocabulary), traced at 1 and 2
-layers and extrapolated linearly to 24 (`trl_ext.memory.trace.extrapolate_depth`), one sequence (pair) per
-micro-batch; `qwen0.5b-checkpointing`: the same with gradient checkpointing. Points of earlier runs at other
-lengths are kept (`--lengths` adds or replaces points). The slow traces live here, not in the test suite;
+layers (GRPO/PPO: 2 and 3, `trl_ext.memcheck_cpu.GENERATING_METHODS`) and extrapolated linearly to 24
+(`trl_ext.memory.trace.extrapolate_depth`), one sequence (pair) per micro-batch; `qwen0.5b-checkpointing`: the same
+with gradient checkpointing. Points of earlier runs at other lengths are kept (`--lengths` adds or replaces points).
+The slow traces live here, not in the test suite;
 `benchmarks/results/memory_calibration.md` is the table written from the JSON.
 """
 
@@ -70,8 +71,12 @@ def _estimate_components(recipe_path, overrides) -> dict:
 
 
 def run_point(model: str, method: str, n: int) -> dict:
+    from trl_ext.memcheck_cpu import GENERATING_METHODS
+
     key = SWEEPS[method][0]
     depths = MODELS[model][1]
+    if depths and method in GENERATING_METHODS:  # their depth axis starts at 2 (generation holds the embedding output)
+        depths = tuple(d + 1 for d in depths)
     overrides = [*model_overrides(model, method), f"--{key}", str(n)]
     recipe = REPO / "recipes" / "quickstart" / f"{method}.yaml"
     start = time.time()
