@@ -96,6 +96,26 @@ def test_tracer_counts_live_bytes_by_phase_and_frees_them():
     del logits, b, c
 
 
+def test_a_rollout_phase_counts_the_optimizer_states_a_later_rollout_runs_beside():
+    from trl_ext.memory.trace import LiveBytesTracer
+
+    tracer = LiveBytesTracer()
+    with tracer:
+        adapter = torch.ones(100)  # 400 bytes of trainable weights
+        tracer.track(adapter, "adapters")
+        with tracer.in_phase("generation"):
+            kv = torch.ones(1000)  # the first rollout: 4000 bytes, before any optimizer state exists
+            del kv
+        with tracer.in_phase("train"), tracer.forced_category("adapters"):
+            states = torch.ones(200)  # 800 bytes that persist from the first step on
+    plain, steady = tracer.result(), tracer.result(steady_phases=("generation",))
+    assert plain["phases"]["generation"]["peak_bytes"] == 4400
+    assert steady["phases"]["generation"]["peak_bytes"] == 5200
+    assert steady["phases"]["generation"]["by_category"]["adapters"] == 1200 and steady["phase"] == "generation"
+    assert steady["phases"]["train"] == plain["phases"]["train"]
+    del adapter, states
+
+
 # Every method on tiny-chat (4-bit, LoRA r=16, bf16 compute), two real optimizer steps each; the three-length grid
 # and the reduced-depth Qwen2.5-0.5B traces are in benchmarks/memory_calibration.py (results committed).
 @pytest.mark.slow

@@ -167,7 +167,11 @@ def trace_once(recipe_path, overrides=None, steps: int = 2, num_layers: int | No
             for method, phase in PHASE_METHODS.items():
                 tracer.wrap(trainer, method, phase=phase)
             trainer.train()
-        result = tracer.result()
+            # a rollout after the first runs beside the optimizer states (the trace's only rollout ran before them)
+            steady = ("generation", "scoring") if run_recipe.method in GENERATING_METHODS else ()
+            result = tracer.result(steady_phases=steady)
+        if steady:
+            notes.append("generation and scoring peaks include the optimizer states a later rollout runs beside")
     if "train" not in result["phases"]:
         raise RuntimeError(
             f"the trace of {recipe_path} ran no training step (phases traced: {', '.join(result['phases'])}): its "

@@ -25,6 +25,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 CATEGORIES = ("weights", "adapters", "activations", "logits", "kv_cache", "critic", "ewc")
+#: Categories whose tensors, once the first optimizer step has made them, stay for the rest of the run.
+PERSISTENT = ("adapters", "critic")
 #: Tensors that would not sit on the GPU: those that exist only because the run is on a CPU (TRL's torch fallback
 #: of its Triton fused LM head kernels materializes fp32 copies of every logit tile) and the host copies of emulated
 #: activation offloading; tracked but left out of every total.
@@ -202,17 +204,31 @@ class LiveBytesTracer(TorchDispatchMode):
             self.track(buffer, "weights")
 
     # ---------------------------------------------------------------------------------------------- results
-    def result(self) -> dict:
-        """The peak over all phases but loading: `{"peak_bytes", "phase", "by_category", "phases"}`."""
+    def result(self, steady_phases: tuple[str, ...] = ()) -> dict:
+        """The peak over all phases but loading: `{"peak_bytes", "phase", "by_category", "phases"}`.
+
+        `steady_phases` are phases that recur through a run but ran only before the first optimizer step in the trace
+        (GRPO/PPO's rollout: `generation`, `scoring`): from the second rollout on they run beside the optimizer states
+        the first step created, which persist. Their peaks get the `adapters` and `critic` bytes alive now (after the
+        run: weights and optimizer states; the trainer has freed the gradients) where those exceed the traced ones.
+        """
         phases = {p: v for p, v in self.peaks.items() if p != LOAD_PHASE}
         if not phases:
             phases = dict(self.peaks)
-        phase = max(phases, key=lambda p: phases[p]["total"])
+        out = {p: {"peak_bytes": v["total"], "by_category": dict(v["by_category"])} for p, v in phases.items()}
+        for name in steady_phases:
+            if name in out:
+                for category in PERSISTENT:
+                    extra = self.current[category] - out[name]["by_category"][category]
+                    if extra > 0:
+                        out[name]["by_category"][category] += extra
+                        out[name]["peak_bytes"] += extra
+        phase = max(out, key=lambda p: out[p]["peak_bytes"])
         return {
-            "peak_bytes": phases[phase]["total"],
+            "peak_bytes": out[phase]["peak_bytes"],
             "phase": phase,
-            "by_category": dict(phases[phase]["by_category"]),
-            "phases": {p: {"peak_bytes": v["total"], "by_category": dict(v["by_category"])} for p, v in phases.items()},
+            "by_category": dict(out[phase]["by_category"]),
+            "phases": out,
         }
 
 
