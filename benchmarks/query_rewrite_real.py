@@ -222,9 +222,24 @@ def seed_table(qr: dict) -> list[str]:
     pairs = zip(table["sft_grpo_lr0.0001"], table["sft"])
     diffs = [after - before for after, before in pairs if after is not None and before is not None]
     if diffs:
-        lines += ["", f"SFT -> GRPO minus SFT, paired by seed: {', '.join(f'{d:+.3f}' for d in diffs)}."]
+        lines += [
+            "",
+            f"SFT -> GRPO minus SFT, paired by seed: {', '.join(f'{d:+.3f}' for d in diffs)} (mean "
+            f"{statistics.mean(diffs):+.3f}; exact sign-flip test over the seeds, one-sided p = "
+            f"{sign_flip_p(diffs):.3f}).",
+        ]
     lines += paired_query_bootstrap(qr, seeds)
     return lines
+
+
+def sign_flip_p(diffs: list[float]) -> float:
+    """One-sided p-value of the mean paired difference: the share of the 2^n sign assignments whose mean is at least
+    the observed one (exact; the seeds are the unit, so this is the test a new seed would be drawn under)."""
+    import itertools
+
+    observed = sum(diffs)
+    flips = list(itertools.product((1, -1), repeat=len(diffs)))
+    return sum(sum(s * d for s, d in zip(signs, diffs)) >= observed - 1e-12 for signs in flips) / len(flips)
 
 
 def paired_query_bootstrap(qr: dict, seeds: list[int], resamples: int = 10000) -> list[str]:
