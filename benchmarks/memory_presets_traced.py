@@ -50,6 +50,7 @@ KEEP = (
     "estimated_phase",
     "by_category_gib",
     "phases",
+    "estimated_phases",
     "reserved_incl_cuda_gib",
     "estimated_reserved_gib",
     "points_gib",
@@ -106,6 +107,7 @@ def reestimate(results: dict) -> None:
         r["estimated_peak_gib"] = round(est.allocated_bytes / 2**30, 4)
         r["estimate_ratio"] = round(est.allocated_bytes / 2**30 / r["traced_peak_gib"], 4)
         r["estimated_phase"] = est.peak_phase
+        r["estimated_phases"] = {p: round(est.phase_allocated_bytes(p) / 2**30, 4) for p in r.get("phases", {})}
         for name, traced in r.get("points_gib", {}).items():
             if name in r.get("points_estimate_ratio", {}):
                 d, n = (int(v) for v in name.split("x"))
