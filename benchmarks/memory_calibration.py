@@ -7,7 +7,7 @@ Each point runs two real optimizer steps of `recipes/quickstart/<method>.yaml` o
 on a GPU) and records the traced allocated peak, the estimator's allocated figure, their ratio (the estimator must
 stay within 0.9-1.1) and the per-category breakdown of both. `tiny`: the bundled tiny-chat, traced directly.
 `qwen0.5b`: Qwen2.5-0.5B-Instruct's architecture (bundled config; 24 layers, 152k vocabulary), traced at 1 and 2
-layers (GRPO/PPO: 2 and 3, `trl_ext.memcheck_cpu.GENERATING_METHODS`) and extrapolated linearly to 24
+layers (GRPO/PPO: 2 and 3, `trl_ext.memcheck_lengths.GENERATING_METHODS`) and extrapolated linearly to 24
 (`trl_ext.memory.trace.extrapolate_depth`), one sequence (pair) per micro-batch; `qwen0.5b-checkpointing`: the same
 with gradient checkpointing. Points of earlier runs at other lengths are kept (`--lengths` adds or replaces points).
 The slow traces live here, not in the test suite;
@@ -71,7 +71,7 @@ def _estimate_components(recipe_path, overrides) -> dict:
 
 
 def run_point(model: str, method: str, n: int) -> dict:
-    from trl_ext.memcheck_cpu import GENERATING_METHODS
+    from trl_ext.memcheck_lengths import GENERATING_METHODS
 
     key = SWEEPS[method][0]
     depths = MODELS[model][1]

@@ -5,7 +5,7 @@
 
 Each preset runs as `trl-ext memcheck recipes/<preset>.yaml --device cpu --depths D1,D2 --lengths L1,L2` (the grid
 below): four traces of two real optimizer steps on random weights of the preset's architecture at two reduced depths
-(1-2 decoder layers; GRPO/PPO 2-3, see `trl_ext.memcheck_cpu.GENERATING_METHODS`) and two reduced lengths (the
+(1-2 decoder layers; GRPO/PPO 2-3, see `trl_ext.memcheck_lengths.GENERATING_METHODS`) and two reduced lengths (the
 recipe's `max_length`; GRPO/PPO: `max_completion_length` with the prompt in proportion), every phase and category
 extrapolated bilinearly to the real depth and length (`trl_ext.memory.extrapolate`). `--validate` adds the preset's
 third length, traced directly at the first depth, or at the third depth where the grid lists one
@@ -29,7 +29,7 @@ from trl_ext.memcheck_cpu import trace_recipe
 REPO = Path(__file__).resolve().parents[1]
 GA2 = ["--gradient_accumulation_steps", "2"]
 #: preset -> (overrides, depths, lengths, validation length). Cheapest first. GRPO/PPO start at 2 layers (their
-#: generation holds the embedding output through layer 1: `trl_ext.memcheck_cpu.GENERATING_METHODS`); a third depth
+#: generation holds the embedding output through layer 1: `trl_ext.memcheck_lengths.GENERATING_METHODS`); a third depth
 #: is validated with the third length, at (d3, L3).
 PRESETS = {
     "grpo/qwen2.5-1.5b-qlora-query-rewrite": (GA2 + ["--steps_per_generation", "4"], (2, 3, 4), (16, 32), 64),
@@ -120,7 +120,8 @@ def validate_at(preset: str, r: dict, length: int) -> None:
     The prediction is the bilinear fit of the stored points' peaks (the tool's own for presets whose every point peaks
     in the same phase, as DPO/KTO do).
     """
-    from trl_ext.memcheck_cpu import point_inputs, trace_once
+    from trl_ext.memcheck_cpu import trace_once
+    from trl_ext.memcheck_lengths import point_inputs
     from trl_ext.memory.extrapolate import bilinear_coefficients
     from trl_ext.recipe import load_recipe
 

@@ -63,7 +63,7 @@ def test_a_grid_with_a_missing_corner_is_refused():
 
 
 def test_length_overrides_scale_the_method_key_and_the_fisher_pass_in_proportion():
-    from trl_ext.memcheck_cpu import length_key, length_overrides
+    from trl_ext.memcheck_lengths import length_key, length_overrides
     from trl_ext.recipe import load_recipe
 
     ewc = load_recipe(REPO / "recipes" / "dpo" / "llama3.1-8b-qlora-ewc.yaml")

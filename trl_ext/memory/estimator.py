@@ -370,18 +370,11 @@ def _dynamic(arch: Architecture, s: MemorySettings) -> list[Component]:
                     f"2*L*kv*{stream_bytes(s)} B x {G} sequences x {total_len} tokens (HF generate)",
                 )
             )
-            # the prefill's last layer (outside autocast when PEFT generates) or, later, the sampling logits: the
-            # prefill's working set is freed before the first logits exist
+            # the prefill's last layer (outside autocast when PEFT generates), freed before the sampling logits exist
             prefill = no_grad_working_set(arch, s, G * s.prompt_length, autocast=not s.use_peft)
-            sampling = G * arch.vocab_size * 4 * 3
-            comps.append(
-                Component(
-                    "generation prefill or sampling",
-                    max(prefill, sampling),
-                    "generation",
-                    f"larger of the prefill of {G}x{s.prompt_length} tokens and fp32 sampling logits x3",
-                )
-            )
+            gen = max(prefill, G * arch.vocab_size * 4 * 3)
+            f = f"larger of the prefill of {G}x{s.prompt_length} tokens and fp32 sampling logits x3"
+            comps.append(Component("generation prefill or sampling", gen, "generation", f))
         if s.beta > 0:
             comps.append(Component("reference pass", ref, "scoring", ref_f + ", per micro-batch after generation"))
         else:
