@@ -198,6 +198,12 @@ def _recorded(out: Path) -> dict:
 SEED_RUNS = {"sft": "SFT", "grpo_lr0.0001": "GRPO alone, lr 1e-4", "sft_grpo_lr0.0001": "SFT -> GRPO, lr 1e-4"}
 
 
+def seed_run(qr: dict, key: str, seed: int) -> dict | None:
+    """A run's stored results: seed 42's under `key`, another seed's under `key_seed<N>`."""
+    r = qr.get(key if seed == 42 else f"{key}_seed{seed}")
+    return r if isinstance(r, dict) else None
+
+
 def seed_table(qr: dict) -> list[str]:
     """Held-out MRR@10 of each run per seed, mean +- sample std, and SFT -> GRPO minus SFT paired by seed."""
     import statistics
@@ -207,8 +213,8 @@ def seed_table(qr: dict) -> list[str]:
         return []
 
     def mrr(key: str, seed: int):
-        r = qr.get(key if seed == 42 else f"{key}_seed{seed}")
-        return r["metrics"]["MRR@10"] if isinstance(r, dict) else None
+        r = seed_run(qr, key, seed)
+        return r["metrics"]["MRR@10"] if r else None
 
     lines = ["", "MRR@10 over seeds (same steps and data for every run; seed = LoRA init, data order, sampling):", ""]
     lines += ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- std |"]
@@ -251,8 +257,8 @@ def paired_query_bootstrap(qr: dict, seeds: list[int], resamples: int = 10000) -
     from trl_ext.rewards.eval_rewrite import load_rows, reciprocal_ranks
 
     def rewrites(key: str, seed: int):
-        r = qr.get(key if seed == 42 else f"{key}_seed{seed}")
-        return r.get("rewrites") if isinstance(r, dict) else None
+        r = seed_run(qr, key, seed)
+        return r.get("rewrites") if r else None
 
     both = [s for s in seeds if rewrites("sft", s) and rewrites("sft_grpo_lr0.0001", s)]
     if len(both) < 2:
@@ -261,7 +267,7 @@ def paired_query_bootstrap(qr: dict, seeds: list[int], resamples: int = 10000) -
 
     def ranks(key: str, seed: int) -> list[float]:
         rr = reciprocal_ranks(rows, rewrites(key, seed), CORPUS)
-        stored = qr[key if seed == 42 else f"{key}_seed{seed}"]["metrics"]["MRR@10"]
+        stored = seed_run(qr, key, seed)["metrics"]["MRR@10"]
         if abs(sum(rr) / len(rr) - stored) > 1e-9:  # the stored rewrites must be the ones that were scored
             raise ValueError(f"{key} seed {seed}: per-query ranks average {sum(rr) / len(rr)}, stored MRR {stored}")
         return rr

@@ -40,9 +40,8 @@ The formulas (each component's `formula` repeats its own):
   (a score head), GRPO/PPO B*max_completion_length.
 - Reference pass (no grad, adapters disabled; DPO/KTO run it while the policy graph is alive, so it adds to the
   training phase): the larger of the last layer's working set T*b*(4h+3I) (`terms.no_grad_working_set`) and its
-  log-prob buffers (they never
-  coexist), beyond the LM head's backward buffers. None with precompute_ref_log_probs (then it runs once before
-  training, as its own phase).
+  log-prob buffers (they never coexist), beyond the LM head's backward buffers. None with precompute_ref_log_probs
+  (then it runs once before training, as its own phase).
 - Generation with HF generate: KV cache 2*L*kv*b per token for generation_batch_size*(prompt+completion) tokens,
   and the larger of the prefill's last-layer working set (T*b*(4h+4I) with LoRA, its fp32 parts outside autocast)
   and the fp32 sampling logits (3*V*4 per sequence): the prefill's tensors are freed before the first logits.

@@ -4,6 +4,7 @@ the reference rewrites, and how many of them a hack detector flags."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -102,10 +103,16 @@ def _gated(pairs: list[tuple[dict, str]]) -> list[str]:
     return [check_format(w, r["query"], context=r.get("context") or "")[0] or "" for r, w in pairs]
 
 
+@functools.cache
+def _index(corpus: str):
+    """The BM25 index of `corpus`, built once per process (reciprocal ranks are asked for run after run)."""
+    return QueryRewriteReward(corpus=corpus).scorer.index
+
+
 def reciprocal_ranks(rows: list[dict], rewrites: list[str], corpus: str) -> list[float]:
     """Per-row reciprocal rank of the first gold document in the top 10 (MRR@10's terms, in `evaluate`'s order):
     the rows without gold documents are left out, a rewrite that fails the format gate scores 0."""
-    index = QueryRewriteReward(corpus=corpus).scorer.index
+    index = _index(corpus)
     pairs = [(r, w) for r, w in zip(rows, rewrites, strict=True) if r.get("gold_doc_ids")]
     return [index.metrics(text, r["gold_doc_ids"], 5, 10, 10)["mrr"] for (r, _), text in zip(pairs, _gated(pairs))]
 
